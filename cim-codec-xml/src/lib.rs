@@ -1,0 +1,363 @@
+//! # cim-codec-xml
+//!
+//! The XML protocol of CIM's MINA era (PROTOCOL.md section 4): each frame is one UTF-8 XML
+//! document followed by the byte `0x08` (`0x00` is accepted too, for Flash clients).
+//! Heartbeats are the bare strings `S_H_RQ` (server) and `C_H_RS` (client); the older
+//! `cmd_server_hb_request` / `cmd_client_hb_response` are accepted on decode.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use cim_codec_xml::XmlCodec;
+//! use cim_core::{Frame, StreamCodec};
+//!
+//! let mut codec = XmlCodec::new();
+//! let mut input = BytesMut::from(
+//!     &b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><sent><key>client_bind</key>\
+//!        <data><account>u1</account><device>Nokia</device></data></sent>\x08C_H_RS\x08"[..],
+//! );
+//! let Some(Frame::Sent(bind)) = codec.decode(&mut input).unwrap() else { panic!() };
+//! assert_eq!(bind.get("uid"), "u1"); // the legacy `account` key, under its 4.x name
+//! assert_eq!(bind.get("deviceName"), "Nokia");
+//! assert_eq!(codec.decode(&mut input).unwrap(), Some(Frame::Pong));
+//!
+//! let mut out = BytesMut::new();
+//! codec.encode(&Frame::Ping, &mut out).unwrap();
+//! assert_eq!(&out[..], b"S_H_RQ\x08");
+//! ```
+//!
+//! Unlike CIM, values are escaped on encode (content goes in CDATA, with `]]>` split across two
+//! sections; characters XML cannot carry literally, including the terminators, become character
+//! references), and both escaped text and CDATA are accepted on decode. Legacy element names
+//! (`mid` for `id`, `type` for `action`) and bind keys (`account`, `device`) are understood. A
+//! document longer than the configured maximum (default 64 KiB) is refused as soon as that many
+//! bytes have arrived without a terminator.
+
+mod document;
+mod escape;
+
+use bytes::{BufMut, BytesMut};
+use cim_core::{CodecError, Frame, StreamCodec};
+
+/// Terminator written after every document.
+pub const TERMINATOR: u8 = 0x08;
+/// Alternative terminator accepted on decode.
+pub const ALT_TERMINATOR: u8 = 0x00;
+/// Default maximum document size in bytes.
+pub const DEFAULT_MAX_DOCUMENT: usize = 64 * 1024;
+/// The server's heartbeat request.
+pub const SERVER_HEARTBEAT: &str = "S_H_RQ";
+/// The client's heartbeat answer.
+pub const CLIENT_HEARTBEAT: &str = "C_H_RS";
+const LEGACY_SERVER_HEARTBEAT: &str = "cmd_server_hb_request";
+const LEGACY_CLIENT_HEARTBEAT: &str = "cmd_client_hb_response";
+
+/// The `0x08`-terminated XML stream codec.
+#[derive(Clone, Debug)]
+pub struct XmlCodec {
+    max_document: usize,
+    /// Bytes at the front of the buffer already searched for a terminator.
+    scanned: usize,
+}
+
+impl XmlCodec {
+    /// A codec with the default maximum document size.
+    pub const fn new() -> Self {
+        Self::with_max_document(DEFAULT_MAX_DOCUMENT)
+    }
+
+    /// A codec that refuses documents longer than `max` bytes (terminator not counted), in
+    /// both directions.
+    pub const fn with_max_document(max: usize) -> Self {
+        Self {
+            max_document: max,
+            scanned: 0,
+        }
+    }
+
+    /// The maximum document size in bytes.
+    pub fn max_document(&self) -> usize {
+        self.max_document
+    }
+
+    /// Encodes `frame` as a document and its terminator.
+    pub fn encode_frame(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let mut doc = String::with_capacity(256);
+        document::write(frame, &mut doc)?;
+        if doc.len() > self.max_document {
+            return Err(CodecError::TooLarge {
+                len: doc.len(),
+                max: self.max_document,
+            });
+        }
+        dst.reserve(doc.len() + 1);
+        dst.put_slice(doc.as_bytes());
+        dst.put_u8(TERMINATOR);
+        Ok(())
+    }
+}
+
+impl Default for XmlCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decodes one document's bytes (terminator removed). `None` for an empty document.
+fn decode_document(bytes: &[u8]) -> Result<Option<Frame>, CodecError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| CodecError::malformed("XML document", e))?;
+    let text = text.trim();
+    Ok(Some(match text {
+        "" => return Ok(None),
+        SERVER_HEARTBEAT | LEGACY_SERVER_HEARTBEAT => Frame::Ping,
+        CLIENT_HEARTBEAT | LEGACY_CLIENT_HEARTBEAT => Frame::Pong,
+        doc => document::parse(doc)?,
+    }))
+}
+
+impl StreamCodec for XmlCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        loop {
+            let from = self.scanned.min(src.len());
+            let found = src
+                .get(from..)
+                .and_then(|rest| memchr::memchr2(TERMINATOR, ALT_TERMINATOR, rest));
+            let Some(offset) = found else {
+                self.scanned = src.len();
+                if src.len() > self.max_document {
+                    return Err(CodecError::TooLarge {
+                        len: src.len(),
+                        max: self.max_document,
+                    });
+                }
+                return Ok(None);
+            };
+            let end = from + offset;
+            self.scanned = 0;
+            if end > self.max_document {
+                return Err(CodecError::TooLarge {
+                    len: end,
+                    max: self.max_document,
+                });
+            }
+            let doc = src.split_to(end + 1);
+            // Empty documents (stray terminators) are skipped.
+            if let Some(frame) = decode_document(doc.get(..end).unwrap_or_default())? {
+                return Ok(Some(frame));
+            }
+        }
+    }
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode_frame(frame, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cim_core::{DataMap, Message, ReplyBody, SentBody};
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, CodecError> {
+        let mut codec = XmlCodec::new();
+        let mut src = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = codec.decode(&mut src)? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    fn encode(frame: &Frame) -> String {
+        let mut out = BytesMut::new();
+        XmlCodec::new().encode(frame, &mut out).unwrap();
+        assert_eq!(out.last(), Some(&TERMINATOR));
+        String::from_utf8(out[..out.len() - 1].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn protocol_examples_decode() {
+        let input = concat!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><sent><key>client_bind</key><timestamp>1487900000000</timestamp><data><uid>u1</uid><channel>android</channel></data></sent>"#,
+            "\u{8}",
+            r#"<?xml version="1.0" encoding="UTF-8"?><reply><key>client_bind</key><timestamp>1487900000000</timestamp><code>200</code><message>ok</message><data><k>v</k></data></reply>"#,
+            "\u{8}",
+            r#"<?xml version="1.0" encoding="UTF-8"?><message><id>1</id><action>2</action><title>t</title><content><![CDATA[hello]]></content><sender>system</sender><receiver>u1</receiver><format>txt</format><extra></extra><timestamp>1487900000000</timestamp></message>"#,
+            "\u{0}",
+        );
+        let frames = decode_all(input.as_bytes()).unwrap();
+        assert_eq!(
+            frames,
+            [
+                Frame::Sent(SentBody {
+                    key: "client_bind".into(),
+                    timestamp: 1_487_900_000_000,
+                    data: DataMap::from([("uid", "u1"), ("channel", "android")]),
+                }),
+                Frame::Reply(ReplyBody {
+                    key: "client_bind".into(),
+                    code: "200".into(),
+                    message: "ok".into(),
+                    data: DataMap::from([("k", "v")]),
+                    timestamp: 1_487_900_000_000,
+                }),
+                Frame::Message(Message {
+                    id: 1,
+                    action: "2".into(),
+                    title: "t".into(),
+                    content: "hello".into(),
+                    sender: "system".into(),
+                    receiver: "u1".into(),
+                    format: "txt".into(),
+                    extra: String::new(),
+                    timestamp: 1_487_900_000_000,
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn protocol_examples_encode() {
+        let sent = Frame::Sent(SentBody {
+            key: "client_bind".into(),
+            timestamp: 1_487_900_000_000,
+            data: DataMap::from([("uid", "u1"), ("channel", "android")]),
+        });
+        assert_eq!(
+            encode(&sent),
+            r#"<?xml version="1.0" encoding="UTF-8"?><sent><key>client_bind</key><timestamp>1487900000000</timestamp><data><uid>u1</uid><channel>android</channel></data></sent>"#
+        );
+        let msg = Frame::Message(Message {
+            id: 1,
+            action: "2".into(),
+            title: "t".into(),
+            content: "hello".into(),
+            sender: "system".into(),
+            receiver: "u1".into(),
+            format: "txt".into(),
+            extra: String::new(),
+            timestamp: 1_487_900_000_000,
+        });
+        assert_eq!(
+            encode(&msg),
+            r#"<?xml version="1.0" encoding="UTF-8"?><message><id>1</id><action>2</action><title>t</title><content><![CDATA[hello]]></content><sender>system</sender><receiver>u1</receiver><format>txt</format><extra></extra><timestamp>1487900000000</timestamp></message>"#
+        );
+    }
+
+    #[test]
+    fn heartbeats_new_and_legacy() {
+        assert_eq!(encode(&Frame::Ping), "S_H_RQ");
+        assert_eq!(encode(&Frame::Pong), "C_H_RS");
+        let frames = decode_all(
+            b"S_H_RQ\x08C_H_RS\x08cmd_server_hb_request\x08\x08 cmd_client_hb_response \x00",
+        )
+        .unwrap();
+        assert_eq!(frames, [Frame::Ping, Frame::Pong, Frame::Ping, Frame::Pong]);
+    }
+
+    #[test]
+    fn legacy_names() {
+        let frames = decode_all(
+            "<message><mid>5c1f2d3e-uuid</mid><type>2</type><content>a &amp; b</content></message>\u{8}\
+             <message><mid>42</mid></message>\u{8}"
+                .as_bytes(),
+        )
+        .unwrap();
+        let [Frame::Message(a), Frame::Message(b)] = &frames[..] else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(
+            (a.id, a.action.as_str(), a.content.as_str()),
+            (0, "2", "a & b")
+        );
+        assert_eq!(b.id, 42);
+    }
+
+    #[test]
+    fn escaping_round_trip() {
+        let m = Frame::Message(Message {
+            content: "<b>]]>&\u{8}\u{0}\r\n".into(),
+            title: "a<b>&\"'".into(),
+            ..Message::default()
+        });
+        let wire = encode(&m);
+        assert!(!wire.contains('\u{8}') && !wire.contains('\u{0}'));
+        assert_eq!(decode_all(format!("{wire}\u{8}").as_bytes()).unwrap(), [m]);
+    }
+
+    #[test]
+    fn bad_data_key_is_an_encode_error() {
+        let f = Frame::Reply(ReplyBody::ok("k").with("not a name", "v"));
+        let mut out = BytesMut::new();
+        assert!(matches!(
+            XmlCodec::new().encode(&f, &mut out),
+            Err(CodecError::Unencodable(_))
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn malformed_documents() {
+        for bad in [
+            "<sent><key>k</sent>",
+            "<sent><key>k</key>",
+            "<unknown/>",
+            "<sent/><sent/>",
+            "<sent><timestamp>soon</timestamp></sent>",
+            "<sent><key>&bogus;</key></sent>",
+            "just text",
+        ] {
+            let input = format!("{bad}\u{8}");
+            assert!(
+                decode_all(input.as_bytes()).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+        assert!(decode_all(b"\xff\xfe\x08").is_err());
+    }
+
+    #[test]
+    fn document_size_limit_at_the_edge() {
+        let doc = |n: usize| {
+            let pad = n - "<sent><key></key></sent>".len();
+            format!("<sent><key>{}</key></sent>", "k".repeat(pad))
+        };
+        let mut codec = XmlCodec::with_max_document(100);
+        let mut src = BytesMut::from(format!("{}\u{8}", doc(100)).as_bytes());
+        assert!(codec.decode(&mut src).unwrap().is_some());
+        // One byte more, terminated or not, is refused.
+        let mut src = BytesMut::from(format!("{}\u{8}", doc(101)).as_bytes());
+        assert_eq!(
+            codec.decode(&mut src),
+            Err(CodecError::TooLarge { len: 101, max: 100 })
+        );
+        let mut codec = XmlCodec::with_max_document(100);
+        let mut src = BytesMut::from(&[b'x'; 100][..]);
+        assert_eq!(codec.decode(&mut src), Ok(None));
+        src.extend_from_slice(b"x");
+        assert_eq!(
+            codec.decode(&mut src),
+            Err(CodecError::TooLarge { len: 101, max: 100 })
+        );
+        // Encoding refuses too.
+        let big = Frame::Sent(SentBody::new("k".repeat(200)));
+        assert!(matches!(
+            XmlCodec::with_max_document(100).encode(&big, &mut BytesMut::new()),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn incremental_scan_resumes() {
+        let mut codec = XmlCodec::new();
+        let mut src = BytesMut::from(&b"<sent><key>a"[..]);
+        assert_eq!(codec.decode(&mut src), Ok(None));
+        src.extend_from_slice(b"b</key></sent>\x08S_H");
+        assert_eq!(
+            codec.decode(&mut src),
+            Ok(Some(Frame::Sent(SentBody::new("ab"))))
+        );
+        assert_eq!(codec.decode(&mut src), Ok(None));
+        src.extend_from_slice(b"_RQ\x08");
+        assert_eq!(codec.decode(&mut src), Ok(Some(Frame::Ping)));
+    }
+}

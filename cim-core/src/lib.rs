@@ -1,0 +1,37 @@
+//! # cim-core
+//!
+//! The heart of cim-rs, an instant-messaging and push framework that speaks the CIM protocols:
+//! the data model ([`Message`], [`SentBody`], [`ReplyBody`], [`Frame`], [`Session`]), the
+//! reserved names of the protocol ([`protocol`]), and the codec seams ([`StreamCodec`],
+//! [`PacketCodec`], [`CodecError`]) that the `cim-codec-*` crates implement.
+//!
+//! ```
+//! use cim_core::{protocol::{bind, key}, Frame, ReplyBody, SentBody, Session};
+//!
+//! // What a stock Android client sends first...
+//! let request = SentBody::new(key::CLIENT_BIND)
+//!     .with(bind::UID, "10000")
+//!     .with(bind::CHANNEL, "android");
+//! // ...what the server makes of it...
+//! let session = Session::from_bind(&request);
+//! assert_eq!(session.uid, "10000");
+//! // ...and what it answers.
+//! let reply = Frame::Reply(ReplyBody::ok(&request.key));
+//! assert!(matches!(reply, Frame::Reply(r) if r.is_ok()));
+//! ```
+
+mod codec;
+mod data;
+mod frame;
+mod lenient;
+mod message;
+pub mod protocol;
+mod session;
+#[cfg(feature = "proptest")]
+pub mod testing;
+
+pub use codec::{CodecError, OwnedPacket, Packet, PacketCodec, StreamCodec};
+pub use data::DataMap;
+pub use frame::{Frame, FrameType};
+pub use message::{Message, ReplyBody, SentBody, handshake_refused};
+pub use session::Session;

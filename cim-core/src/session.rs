@@ -1,0 +1,88 @@
+//! [`Session`]: what the server knows about a bound connection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::SentBody;
+use crate::protocol::bind;
+
+/// A connection bound to an account, as listed by the session manager and the HTTP API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    /// Connection id, unique within its node (CIM's `nid`).
+    pub nid: u64,
+    /// Node (server) that holds the connection.
+    pub node: String,
+    /// The bound account.
+    pub uid: String,
+    /// Terminal type, see [`crate::protocol::channel`].
+    pub channel: String,
+    /// Device id.
+    pub device_id: String,
+    /// Device name.
+    pub device_name: String,
+    /// Application version.
+    pub app_version: String,
+    /// Operating system version.
+    pub os_version: String,
+    /// Language.
+    pub language: String,
+    /// Peer address, as `ip:port`.
+    pub remote_addr: String,
+    /// Bind time, milliseconds since the Unix epoch.
+    pub bind_time: i64,
+}
+
+impl Session {
+    /// The session described by a `client_bind` request, with the legacy keys `account` and
+    /// `device` accepted for `uid` and `deviceName`. `nid`, `node`, `remote_addr` and
+    /// `bind_time` are left for the caller.
+    pub fn from_bind(body: &SentBody) -> Session {
+        let pick = |k: &str, legacy: Option<&str>| -> String {
+            match body.data.get(k) {
+                Some(v) => v.to_owned(),
+                None => legacy
+                    .and_then(|l| body.data.get(l))
+                    .unwrap_or("")
+                    .to_owned(),
+            }
+        };
+        Session {
+            uid: pick(bind::UID, Some(bind::LEGACY_ACCOUNT)),
+            channel: pick(bind::CHANNEL, None),
+            device_id: pick(bind::DEVICE_ID, None),
+            device_name: pick(bind::DEVICE_NAME, Some(bind::LEGACY_DEVICE)),
+            app_version: pick(bind::APP_VERSION, None),
+            os_version: pick(bind::OS_VERSION, None),
+            language: pick(bind::LANGUAGE, None),
+            ..Session::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_bind_reads_new_and_legacy_keys() {
+        let s = Session::from_bind(
+            &SentBody::new("client_bind")
+                .with("uid", "u1")
+                .with("channel", "android")
+                .with("deviceId", "d1")
+                .with("deviceName", "Pixel"),
+        );
+        assert_eq!((s.uid.as_str(), s.channel.as_str()), ("u1", "android"));
+        assert_eq!(
+            (s.device_id.as_str(), s.device_name.as_str()),
+            ("d1", "Pixel")
+        );
+        let s = Session::from_bind(
+            &SentBody::new("client_bind")
+                .with("account", "old")
+                .with("device", "Nokia"),
+        );
+        assert_eq!((s.uid.as_str(), s.device_name.as_str()), ("old", "Nokia"));
+    }
+}

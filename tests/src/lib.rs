@@ -1,0 +1,1 @@
+//! End-to-end tests of cim-rs live in `tests/`.
