@@ -33,7 +33,9 @@
 mod proto;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use cim_core::{CodecError, Frame, FrameType, OwnedPacket, Packet, PacketCodec, StreamCodec};
+use cim_core::{
+    CodecError, Frame, FrameType, OwnedPacket, Packet, PacketCodec, StreamCodec, WireFormat,
+};
 
 /// The largest body the 16-bit length field can carry.
 pub const MAX_BODY: usize = u16::MAX as usize;
@@ -167,6 +169,10 @@ impl StreamCodec for BinaryCodec {
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         self.encode_frame(frame, dst)
     }
+
+    fn wire_format(&self) -> Option<WireFormat> {
+        Some(WireFormat::BinaryStream)
+    }
 }
 
 /// WebSocket protobuf mode: one binary message `[type: u8][body]` per frame.
@@ -202,6 +208,10 @@ impl PacketCodec for WsBinaryCodec {
 
     fn encode(&self, frame: &Frame) -> Result<OwnedPacket, CodecError> {
         Ok(OwnedPacket::Binary(self.encode_payload(frame)))
+    }
+
+    fn wire_format(&self) -> Option<WireFormat> {
+        Some(WireFormat::BinaryPacket)
     }
 }
 

@@ -1,5 +1,10 @@
 //! Encode and decode of a typical message (100-byte content, 6 short string fields).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::hint::black_box;
 

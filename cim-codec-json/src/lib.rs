@@ -26,7 +26,7 @@
 //! may be a string, and `content` may be an object instead of a string. The envelope's
 //! `content` of a PING or PONG is ignored.
 
-use cim_core::{CodecError, Frame, FrameType, OwnedPacket, Packet, PacketCodec};
+use cim_core::{CodecError, Frame, FrameType, OwnedPacket, Packet, PacketCodec, WireFormat};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -127,6 +127,10 @@ impl PacketCodec for JsonCodec {
 
     fn encode(&self, frame: &Frame) -> Result<OwnedPacket, CodecError> {
         self.encode_text(frame).map(OwnedPacket::Text)
+    }
+
+    fn wire_format(&self) -> Option<WireFormat> {
+        Some(WireFormat::JsonPacket)
     }
 }
 

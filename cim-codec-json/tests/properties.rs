@@ -1,5 +1,10 @@
 //! Property tests of the JSON codec.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use cim_codec_json::JsonCodec;
 use cim_core::testing::frame;

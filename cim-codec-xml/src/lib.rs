@@ -36,7 +36,7 @@ mod document;
 mod escape;
 
 use bytes::{BufMut, BytesMut};
-use cim_core::{CodecError, Frame, StreamCodec};
+use cim_core::{CodecError, Frame, StreamCodec, WireFormat};
 
 /// Terminator written after every document.
 pub const TERMINATOR: u8 = 0x08;
@@ -149,6 +149,10 @@ impl StreamCodec for XmlCodec {
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         self.encode_frame(frame, dst)
+    }
+
+    fn wire_format(&self) -> Option<WireFormat> {
+        Some(WireFormat::XmlStream)
     }
 }
 

@@ -1,5 +1,10 @@
 //! Property tests of the XML codec.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use bytes::BytesMut;
 use cim_codec_xml::XmlCodec;

@@ -8,6 +8,35 @@ use bytes::{Bytes, BytesMut};
 
 use crate::frame::Frame;
 
+/// The wire formats whose encodings are cached for fan-out. A codec names its format through
+/// [`crate::StreamCodec::wire_format`] or [`crate::PacketCodec::wire_format`]; a codec without
+/// one encodes each delivery afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WireFormat {
+    /// TCP binary frames.
+    BinaryStream,
+    /// WebSocket binary packets.
+    BinaryPacket,
+    /// WebSocket JSON text packets.
+    JsonPacket,
+    /// XML documents.
+    XmlStream,
+}
+
+impl WireFormat {
+    pub(crate) const COUNT: usize = 4;
+
+    pub(crate) fn slot(self) -> usize {
+        match self {
+            WireFormat::BinaryStream => 0,
+            WireFormat::BinaryPacket => 1,
+            WireFormat::JsonPacket => 2,
+            WireFormat::XmlStream => 3,
+        }
+    }
+}
+
 /// Frames on a byte stream (TCP, TLS): one codec value per connection, so it may keep scanning
 /// state between calls, as tokio-util's `Decoder` does.
 pub trait StreamCodec: Send + 'static {
@@ -19,6 +48,12 @@ pub trait StreamCodec: Send + 'static {
 
     /// Appends the encoding of `frame` to `dst`. On error `dst` is left as it was.
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError>;
+
+    /// The wire format this codec writes, if its encodings of pushed messages may be shared
+    /// with other connections of the same format. `None` (the default) encodes every delivery.
+    fn wire_format(&self) -> Option<WireFormat> {
+        None
+    }
 
     /// Like [`decode`](Self::decode), at the end of the stream: bytes that do not make a whole
     /// frame are an error ([`CodecError::Truncated`]).
@@ -80,6 +115,12 @@ pub trait PacketCodec: Send + Sync + 'static {
     fn decode(&self, packet: Packet<'_>) -> Result<Frame, CodecError>;
     /// Encodes one frame as one packet.
     fn encode(&self, frame: &Frame) -> Result<OwnedPacket, CodecError>;
+
+    /// The wire format this codec writes, if its encodings may be shared; see
+    /// [`StreamCodec::wire_format`].
+    fn wire_format(&self) -> Option<WireFormat> {
+        None
+    }
 }
 
 /// Why a codec refused bytes or a frame. Each variant says enough to log a useful reason when a

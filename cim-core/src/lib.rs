@@ -22,6 +22,8 @@
 
 mod codec;
 mod data;
+pub mod engine;
+mod error;
 mod frame;
 mod lenient;
 mod message;
@@ -30,8 +32,20 @@ mod session;
 #[cfg(feature = "proptest")]
 pub mod testing;
 
-pub use codec::{CodecError, OwnedPacket, Packet, PacketCodec, StreamCodec};
+pub use codec::{CodecError, OwnedPacket, Packet, PacketCodec, StreamCodec, WireFormat};
 pub use data::DataMap;
+pub use engine::{
+    ConnId, ConnectionHandle, Hub, LocalSessionManager, RequestContext, RequestHandler,
+    SessionManager,
+};
+pub use error::{Error, Result};
 pub use frame::{Frame, FrameType};
 pub use message::{Message, ReplyBody, SentBody, handshake_refused};
 pub use session::Session;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

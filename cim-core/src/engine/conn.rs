@@ -1,0 +1,278 @@
+//! [`ConnectionHandle`]: the only way anything but a connection's own task reaches it, through
+//! a bounded outbound queue.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+
+use crate::engine::shared::SharedMessage;
+use crate::frame::Frame;
+
+/// A connection's id, unique within its node (CIM's `nid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Hands out connection ids.
+#[derive(Debug, Default)]
+pub(crate) struct ConnIds(AtomicU64);
+
+impl ConnIds {
+    pub(crate) fn next(&self) -> ConnId {
+        ConnId(self.0.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+/// Something queued for a connection to write.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A frame for this connection alone, encoded by its codec.
+    Frame(Box<Frame>),
+    /// A pushed message that may go to many connections: each codec encodes it once.
+    Message(Arc<SharedMessage>),
+}
+
+/// Why a push to a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The outbound queue is full: the reader is too slow. The connection is being closed.
+    #[error("outbound queue full")]
+    Full,
+    /// The connection is closed or closing.
+    #[error("connection closed")]
+    Closed,
+}
+
+/// Why a connection was asked to close by someone other than its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseRequest {
+    /// Its account bound elsewhere and the kick policy closed this one.
+    Kicked,
+    /// Its queue overflowed (slow consumer).
+    Overflow,
+    /// An operator or the API closed it.
+    Closed(String),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for CloseRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseRequest::Kicked => f.write_str("kicked by a newer bind"),
+            CloseRequest::Overflow => f.write_str("outbound queue overflow (slow consumer)"),
+            CloseRequest::Closed(why) => write!(f, "closed: {why}"),
+            CloseRequest::Shutdown => f.write_str("server shutting down"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outbound>,
+    /// Set once: after the queued items are written, the connection closes.
+    close: Option<CloseRequest>,
+}
+
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked while pushing: the queue itself
+        // is still consistent (every mutation is a single push or drain).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A cheap, cloneable handle to one connection's outbound queue.
+///
+/// Pushing never waits: a full queue fails at once with [`PushError::Full`] and the connection
+/// is closed, so a slow reader never stalls whoever pushes to it. The queue allocates nothing
+/// while empty.
+#[derive(Clone, Debug)]
+pub struct ConnectionHandle {
+    id: ConnId,
+    queue: Arc<Queue>,
+}
+
+impl ConnectionHandle {
+    /// A handle and the receiving end for the connection's task. `capacity` bounds the queue
+    /// (at least 1).
+    pub fn new(id: ConnId, capacity: usize) -> (ConnectionHandle, OutboundReceiver) {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+        });
+        (
+            ConnectionHandle {
+                id,
+                queue: Arc::clone(&queue),
+            },
+            OutboundReceiver { queue },
+        )
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Queues `item`. On a full queue the connection is marked for closing
+    /// ([`CloseRequest::Overflow`]) and the item is handed back to the caller with the error,
+    /// so nothing is lost silently.
+    pub fn push(&self, item: Outbound) -> Result<(), (PushError, Outbound)> {
+        let mut st = self.queue.lock();
+        if st.close.is_some() {
+            return Err((PushError::Closed, item));
+        }
+        if st.items.len() >= self.queue.capacity {
+            st.close = Some(CloseRequest::Overflow);
+            drop(st);
+            self.queue.notify.notify_one();
+            return Err((PushError::Full, item));
+        }
+        let was_empty = st.items.is_empty();
+        st.items.push_back(item);
+        drop(st);
+        if was_empty {
+            self.queue.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a frame for this connection alone.
+    pub fn push_frame(&self, frame: Frame) -> Result<(), PushError> {
+        self.push(Outbound::Frame(Box::new(frame)))
+            .map_err(|(e, _)| e)
+    }
+
+    /// Asks the connection to close once everything queued before this call is written.
+    /// The first request wins; later ones are ignored.
+    pub fn close(&self, why: CloseRequest) {
+        let mut st = self.queue.lock();
+        if st.close.is_none() {
+            st.close = Some(why);
+        }
+        drop(st);
+        self.queue.notify.notify_one();
+    }
+
+    /// Whether the connection is closed or closing.
+    pub fn is_closed(&self) -> bool {
+        self.queue.lock().close.is_some()
+    }
+
+    /// Number of items waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().items.len()
+    }
+}
+
+/// The receiving end of a connection's queue, owned by its task.
+#[derive(Debug)]
+pub struct OutboundReceiver {
+    queue: Arc<Queue>,
+}
+
+impl OutboundReceiver {
+    /// Waits until something is queued or a close is requested. Cancel-safe.
+    pub async fn ready(&self) {
+        loop {
+            {
+                let st = self.queue.lock();
+                if !st.items.is_empty() || st.close.is_some() {
+                    return;
+                }
+            }
+            self.queue.notify.notified().await;
+        }
+    }
+
+    /// Moves up to `max` queued items into `out` and returns the close request, if one is
+    /// pending and every item before it has been taken.
+    pub fn drain(&self, out: &mut Vec<Outbound>, max: usize) -> Option<CloseRequest> {
+        let mut st = self.queue.lock();
+        let n = st.items.len().min(max);
+        out.extend(st.items.drain(..n));
+        if st.items.is_empty() {
+            // Release the ring buffer of a queue that grew for a burst.
+            if st.items.capacity() > 64 {
+                st.items = VecDeque::new();
+            }
+            if st.close.is_some() {
+                return st.close.clone();
+            }
+        }
+        None
+    }
+
+    /// Closes the queue for good (the connection ended): later pushes fail with
+    /// [`PushError::Closed`]. Returns what was still queued, so the caller can account for it.
+    pub fn shut(&self, why: CloseRequest) -> Vec<Outbound> {
+        let mut st = self.queue.lock();
+        if st.close.is_none() {
+            st.close = Some(why);
+        }
+        st.items.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_refuses_and_marks_overflow() {
+        let (h, rx) = ConnectionHandle::new(ConnId(1), 2);
+        h.push_frame(Frame::Ping).unwrap();
+        h.push_frame(Frame::Ping).unwrap();
+        assert_eq!(h.push_frame(Frame::Ping), Err(PushError::Full));
+        assert!(h.is_closed());
+        let mut out = Vec::new();
+        // The two accepted items come out, then the overflow.
+        assert_eq!(rx.drain(&mut out, 10), Some(CloseRequest::Overflow));
+        assert_eq!(out.len(), 2);
+        assert_eq!(h.push_frame(Frame::Ping), Err(PushError::Closed));
+    }
+
+    #[test]
+    fn close_comes_after_queued_items() {
+        let (h, rx) = ConnectionHandle::new(ConnId(1), 8);
+        for _ in 0..3 {
+            h.push_frame(Frame::Ping).unwrap();
+        }
+        h.close(CloseRequest::Kicked);
+        let mut out = Vec::new();
+        assert_eq!(rx.drain(&mut out, 2), None);
+        assert_eq!(rx.drain(&mut out, 2), Some(CloseRequest::Kicked));
+        assert_eq!(out.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_on_push() {
+        let (h, rx) = ConnectionHandle::new(ConnId(1), 8);
+        let waiter = tokio::spawn(async move {
+            rx.ready().await;
+            let mut out = Vec::new();
+            rx.drain(&mut out, 8);
+            out.len()
+        });
+        tokio::task::yield_now().await;
+        h.push_frame(Frame::Pong).unwrap();
+        assert_eq!(waiter.await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,332 @@
+//! The connection task: one per connection, owning its transport and its timers. It reads
+//! frames, runs handlers, writes replies and whatever others queue for it, and cleans up.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound};
+use crate::engine::handler::RequestContext;
+use crate::engine::heartbeat::{Heartbeat, TimerAction, Timers};
+use crate::engine::hub::Hub;
+use crate::error::{Error, Result};
+use crate::frame::Frame;
+use crate::message::{ReplyBody, SentBody};
+use crate::protocol::{code, key};
+use crate::session::Session;
+
+/// A connection's frames in and out: a codec over a socket, or a WebSocket.
+pub trait Transport: Send + 'static {
+    /// The next frame from the peer; `Ok(None)` when the peer closed the connection cleanly.
+    /// Must be cancel-safe: a call abandoned before it completes loses nothing.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>>> + Send;
+
+    /// Encodes `items` and writes them, in as few writes as possible, then flushes. An item
+    /// this transport cannot encode is skipped with a warning; only a failed write is an error.
+    fn send(&mut self, items: &[Outbound]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Closes the connection (a WebSocket close frame, a TCP shutdown).
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Per-listener settings of the connections it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Heartbeat, idle and bind timers.
+    pub timers: Timers,
+    /// Items a connection's outbound queue holds before it counts as a slow consumer and is
+    /// closed (default 1024).
+    pub queue_capacity: usize,
+    /// Time a write may take before the peer counts as stalled and is closed (default 15 s).
+    pub write_timeout: Duration,
+    /// Queued items written in one batch at most (default 256).
+    pub max_batch: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            timers: Timers::default(),
+            queue_capacity: 1024,
+            write_timeout: Duration::from_secs(15),
+            max_batch: 256,
+        }
+    }
+}
+
+/// Why a connection ended, for logs and listeners.
+enum End {
+    /// Normal: the peer left, a timer fired, the server asked.
+    Normal(String),
+    /// The peer broke the protocol.
+    Protocol(String),
+}
+
+struct Conn<T> {
+    hub: Arc<Hub>,
+    transport: T,
+    handle: ConnectionHandle,
+    session: Option<Session>,
+    heartbeat: Heartbeat,
+    remote: SocketAddr,
+    config: ConnectionConfig,
+    out: Vec<Outbound>,
+}
+
+/// Runs one connection to its end. Spawn it; it returns when the connection is closed and
+/// everything about it is cleaned up (unbound, `client_closed` handled, listeners told).
+pub async fn serve_connection<T: Transport>(
+    hub: Arc<Hub>,
+    transport: T,
+    config: ConnectionConfig,
+    remote: SocketAddr,
+) {
+    let id = hub.conn_ids.next();
+    let span = info_span!("conn", id = id.0, peer = %remote, uid = tracing::field::Empty);
+    async move {
+        let (handle, rx) = ConnectionHandle::new(id, config.queue_capacity);
+        let mut shutdown = hub.shutdown_signal();
+        let mut conn = Conn {
+            hub,
+            transport,
+            handle,
+            session: None,
+            heartbeat: Heartbeat::new(config.timers, Instant::now()),
+            remote,
+            config,
+            out: Vec::new(),
+        };
+        debug!("connected");
+        let end = loop {
+            if *shutdown.borrow_and_update() {
+                let _ = conn.flush(&rx).await;
+                break End::Normal(CloseRequest::Shutdown.to_string());
+            }
+            let deadline = conn.heartbeat.next_deadline();
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                () = rx.ready() => {
+                    if let Err(end) = conn.flush(&rx).await {
+                        break end;
+                    }
+                }
+                frame = conn.transport.recv() => match frame {
+                    Ok(Some(frame)) => {
+                        conn.heartbeat.on_read(Instant::now());
+                        if let Err(end) = conn.on_frame(frame).await {
+                            break end;
+                        }
+                    }
+                    Ok(None) => break End::Normal("closed by peer".into()),
+                    Err(Error::Io(e)) => break End::Normal(format!("read failed: {e}")),
+                    Err(e) => break End::Protocol(e.to_string()),
+                },
+                () = sleep_until(deadline) => match conn.heartbeat.poll(Instant::now()) {
+                    TimerAction::Nothing => {}
+                    TimerAction::Ping => {
+                        if let Err(end) = conn.write(Frame::Ping).await {
+                            break end;
+                        }
+                    }
+                    TimerAction::Close(why) => break End::Normal(why.to_string()),
+                },
+            }
+        };
+        let reason = match &end {
+            End::Normal(r) => r.clone(),
+            End::Protocol(r) => format!("protocol error: {r}"),
+        };
+        let undelivered = rx.shut(CloseRequest::Closed(reason.clone()));
+        conn.finish(&reason, undelivered.len()).await;
+        match end {
+            End::Normal(_) => info!(reason = %reason, "closed"),
+            End::Protocol(_) => warn!(reason = %reason, "closed"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+impl<T: Transport> Conn<T> {
+    /// Writes `self.out` (with the write timeout) and clears it.
+    async fn write_out(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let res = timeout(self.config.write_timeout, self.transport.send(&self.out)).await;
+        self.out.clear();
+        match res {
+            Ok(Ok(())) => {
+                self.heartbeat.on_write(Instant::now());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(End::Normal(format!("write failed: {e}"))),
+            Err(_) => Err(End::Normal(format!(
+                "write stalled for {:?} (slow reader)",
+                self.config.write_timeout
+            ))),
+        }
+    }
+
+    async fn write(&mut self, frame: Frame) -> Result<(), End> {
+        self.out.push(Outbound::Frame(Box::new(frame)));
+        self.write_out().await
+    }
+
+    /// Writes what others queued, batch by batch; ends the connection on a close request.
+    async fn flush(&mut self, rx: &crate::engine::conn::OutboundReceiver) -> Result<(), End> {
+        loop {
+            let close = rx.drain(&mut self.out, self.config.max_batch);
+            let drained = self.out.len();
+            self.write_out().await?;
+            if let Some(req) = close {
+                return Err(End::Normal(req.to_string()));
+            }
+            if drained < self.config.max_batch {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
+        match frame {
+            Frame::Pong => Ok(()),
+            Frame::Sent(body) => self.on_request(body).await,
+            other => Err(End::Protocol(format!(
+                "a client may not send {:?} frames",
+                other.frame_type()
+            ))),
+        }
+    }
+
+    async fn reply(&mut self, request_key: &str, mut reply: ReplyBody) -> Result<(), End> {
+        if reply.key.is_empty() {
+            reply.key = request_key.to_owned();
+        }
+        if reply.timestamp == 0 {
+            reply.timestamp = crate::now_ms();
+        }
+        self.write(Frame::Reply(reply)).await
+    }
+
+    async fn on_request(&mut self, body: SentBody) -> Result<(), End> {
+        match body.key.as_str() {
+            key::CLIENT_BIND => return self.bind(body).await,
+            key::CLIENT_CLOSED => {
+                let r = ReplyBody::new(key::CLIENT_CLOSED, code::FORBIDDEN)
+                    .with_message("client_closed is reserved for the server");
+                return self.reply(key::CLIENT_CLOSED, r).await;
+            }
+            _ => {}
+        }
+        let request_key = body.key.clone();
+        let Some(handler) = self.hub.handler(&body.key).cloned() else {
+            debug!(key = %request_key, "no handler");
+            let r = ReplyBody::new(&request_key, code::NOT_FOUND)
+                .with_message(format!("no handler for key {request_key:?}"));
+            return self.reply(&request_key, r).await;
+        };
+        let ctx = RequestContext {
+            conn: self.handle.id(),
+            session: self.session.as_ref(),
+            remote: self.remote,
+            handle: &self.handle,
+            hub: &self.hub,
+        };
+        let reply = match handler.handle(&ctx, body).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(Error::Reply { code, message }) => {
+                ReplyBody::new(&request_key, code).with_message(message)
+            }
+            Err(e) => {
+                warn!(key = %request_key, error = %e, "handler failed");
+                ReplyBody::new(&request_key, code::SERVER_ERROR).with_message(e.to_string())
+            }
+        };
+        self.reply(&request_key, reply).await
+    }
+
+    async fn bind(&mut self, body: SentBody) -> Result<(), End> {
+        let mut session = Session::from_bind(&body);
+        if session.uid.is_empty() {
+            let r =
+                ReplyBody::new(key::CLIENT_BIND, code::BAD_REQUEST).with_message("uid is required");
+            return self.reply(key::CLIENT_BIND, r).await;
+        }
+        if let Err(e) = self.hub.authenticator().authenticate(&body, &session).await {
+            let r = ReplyBody::new(key::CLIENT_BIND, code::UNAUTHORIZED).with_message(e.0.clone());
+            self.reply(key::CLIENT_BIND, r).await?;
+            return Err(End::Normal(format!("bind refused: {e}")));
+        }
+        session.nid = self.handle.id().0;
+        session.node = self.hub.node().to_owned();
+        session.remote_addr = self.remote.to_string();
+        session.bind_time = crate::now_ms();
+        if let Some(old) = self.session.take()
+            && old.uid != session.uid
+            && let Err(e) = self.hub.sessions().unbind(&old).await
+        {
+            warn!(error = %e, "unbinding the previous account failed");
+        }
+        let outcome = match self
+            .hub
+            .sessions()
+            .bind(session.clone(), self.handle.clone())
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "bind failed");
+                let r = ReplyBody::new(key::CLIENT_BIND, code::SERVER_ERROR)
+                    .with_message(e.to_string());
+                return self.reply(key::CLIENT_BIND, r).await;
+            }
+        };
+        tracing::Span::current().record("uid", session.uid.as_str());
+        self.heartbeat.on_bound();
+        debug!(channel = %session.channel, device = %session.device_id, "bound");
+        for l in self.hub.listeners() {
+            l.on_bound(&session);
+            for k in &outcome.kicked {
+                l.on_kicked(k);
+            }
+        }
+        self.session = Some(session);
+        self.reply(key::CLIENT_BIND, ReplyBody::ok(key::CLIENT_BIND))
+            .await
+    }
+
+    /// Cleans up after the connection ended.
+    async fn finish(&mut self, reason: &str, undelivered: usize) {
+        if undelivered > 0 {
+            warn!(undelivered, "connection closed with messages still queued");
+        }
+        if let Some(s) = &self.session
+            && let Err(e) = self.hub.sessions().unbind(s).await
+        {
+            warn!(error = %e, "unbind failed");
+        }
+        if let Some(handler) = self.hub.handler(key::CLIENT_CLOSED).cloned() {
+            let ctx = RequestContext {
+                conn: self.handle.id(),
+                session: self.session.as_ref(),
+                remote: self.remote,
+                handle: &self.handle,
+                hub: &self.hub,
+            };
+            let body = SentBody::new(key::CLIENT_CLOSED).with("reason", reason);
+            if let Err(e) = handler.handle(&ctx, body).await {
+                warn!(error = %e, "client_closed handler failed");
+            }
+        }
+        for l in self.hub.listeners() {
+            l.on_closed(self.handle.id(), self.session.as_ref(), reason);
+        }
+        let _ = timeout(Duration::from_secs(1), self.transport.close()).await;
+    }
+}

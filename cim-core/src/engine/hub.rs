@@ -1,0 +1,277 @@
+//! [`Hub`]: the services a server's connections share — sessions, handlers, policies, ids —
+//! and the way other parts (the HTTP API, a custom handler) push messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::sync::watch;
+
+use crate::engine::builtin::{ClientMessage, RemoveTag, SetTag};
+use crate::engine::conn::ConnIds;
+use crate::engine::handler::{EventListener, RequestHandler};
+use crate::engine::local::LocalSessionManager;
+use crate::engine::policy::{AllowAll, BindAuthenticator};
+use crate::engine::sessions::{Delivery, SessionManager};
+use crate::engine::shared::SharedMessage;
+use crate::error::Result;
+use crate::message::Message;
+use crate::protocol::key;
+
+/// Message ids: milliseconds since the Unix epoch in the high bits, a 10-bit node number and a
+/// 12-bit counter below, strictly increasing within a node even if the clock steps back.
+#[derive(Debug)]
+pub struct MessageIds {
+    last: AtomicI64,
+    node: i64,
+}
+
+impl MessageIds {
+    /// Ids for node number `node` (its low 10 bits are used).
+    pub fn new(node: u16) -> Self {
+        Self {
+            last: AtomicI64::new(0),
+            node: i64::from(node & 0x3ff),
+        }
+    }
+
+    /// The next id.
+    pub fn next(&self) -> i64 {
+        let floor = (crate::now_ms() << 22) | (self.node << 12);
+        let mut prev = self.last.load(Ordering::Relaxed);
+        loop {
+            // Within one millisecond (or after a clock step back) count up from the last id;
+            // the node bits are kept by stepping over them.
+            let mut next = floor.max(prev + 1);
+            if (next >> 12) & 0x3ff != self.node {
+                next = ((next >> 22) + 1) << 22 | (self.node << 12);
+            }
+            match self
+                .last
+                .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+}
+
+/// A message that was sent: its id and how far it got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The message's id.
+    pub id: i64,
+    /// Where it went.
+    pub delivery: Delivery,
+}
+
+/// Shared services of a server. Build one with [`Hub::builder`].
+pub struct Hub {
+    node: String,
+    sessions: Arc<dyn SessionManager>,
+    handlers: HashMap<String, Arc<dyn RequestHandler>>,
+    authenticator: Arc<dyn BindAuthenticator>,
+    listeners: Vec<Arc<dyn EventListener>>,
+    ids: MessageIds,
+    pub(crate) conn_ids: ConnIds,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("node", &self.node)
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A builder with the defaults: local sessions, the built-in handlers, every bind allowed.
+    pub fn builder() -> HubBuilder {
+        HubBuilder::default()
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The session manager.
+    pub fn sessions(&self) -> &Arc<dyn SessionManager> {
+        &self.sessions
+    }
+
+    /// The handler registered for `key`.
+    pub fn handler(&self, key: &str) -> Option<&Arc<dyn RequestHandler>> {
+        self.handlers.get(key)
+    }
+
+    /// The bind authenticator.
+    pub fn authenticator(&self) -> &Arc<dyn BindAuthenticator> {
+        &self.authenticator
+    }
+
+    /// The event listeners.
+    pub fn listeners(&self) -> &[Arc<dyn EventListener>] {
+        &self.listeners
+    }
+
+    /// A new message id.
+    pub fn next_message_id(&self) -> i64 {
+        self.ids.next()
+    }
+
+    /// Gives `message` an id and a timestamp where it has none.
+    fn stamp(&self, message: &mut Message) {
+        if message.id == 0 {
+            message.id = self.ids.next();
+        }
+        if message.timestamp == 0 {
+            message.timestamp = crate::now_ms();
+        }
+    }
+
+    /// Sends `message` to every live connection of its receiver.
+    pub async fn send(&self, mut message: Message) -> Result<Sent> {
+        self.stamp(&mut message);
+        let id = message.id;
+        let delivery = self
+            .sessions
+            .push(Arc::new(SharedMessage::new(message)))
+            .await?;
+        Ok(Sent { id, delivery })
+    }
+
+    /// Sends `message` to every live connection tagged `tag`.
+    pub async fn send_to_tag(&self, tag: &str, mut message: Message) -> Result<Sent> {
+        self.stamp(&mut message);
+        let id = message.id;
+        let delivery = self
+            .sessions
+            .push_tag(tag, Arc::new(SharedMessage::new(message)))
+            .await?;
+        Ok(Sent { id, delivery })
+    }
+
+    /// Sends `message` to every live connection.
+    pub async fn broadcast(&self, mut message: Message) -> Result<Sent> {
+        self.stamp(&mut message);
+        let id = message.id;
+        let delivery = self
+            .sessions
+            .broadcast(Arc::new(SharedMessage::new(message)))
+            .await?;
+        Ok(Sent { id, delivery })
+    }
+
+    /// Asks every connection to flush what is queued and close.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+/// Builds a [`Hub`].
+pub struct HubBuilder {
+    node: String,
+    node_number: u16,
+    sessions: Option<Arc<dyn SessionManager>>,
+    handlers: HashMap<String, Arc<dyn RequestHandler>>,
+    authenticator: Arc<dyn BindAuthenticator>,
+    listeners: Vec<Arc<dyn EventListener>>,
+}
+
+impl Default for HubBuilder {
+    fn default() -> Self {
+        let mut handlers: HashMap<String, Arc<dyn RequestHandler>> = HashMap::new();
+        handlers.insert(key::CLIENT_MESSAGE.into(), Arc::new(ClientMessage));
+        handlers.insert(key::CLIENT_SET_TAG.into(), Arc::new(SetTag));
+        handlers.insert(key::CLIENT_REMOVE_TAG.into(), Arc::new(RemoveTag));
+        Self {
+            node: "node-0".into(),
+            node_number: 0,
+            sessions: None,
+            handlers,
+            authenticator: Arc::new(AllowAll),
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl HubBuilder {
+    /// Names this node (shown in sessions) and numbers it (in message ids; 0 to 1023).
+    pub fn node(mut self, name: impl Into<String>, number: u16) -> Self {
+        self.node = name.into();
+        self.node_number = number;
+        self
+    }
+
+    /// Uses `sessions` instead of a [`LocalSessionManager`].
+    pub fn sessions(mut self, sessions: Arc<dyn SessionManager>) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// Routes requests with `key` to `handler`, replacing any handler of that key (the
+    /// built-in ones included). `client_bind` is handled by the engine itself; a handler
+    /// registered for `client_closed` is called on every disconnect.
+    pub fn handler(mut self, key: impl Into<String>, handler: impl RequestHandler) -> Self {
+        self.handlers.insert(key.into(), Arc::new(handler));
+        self
+    }
+
+    /// Checks binds with `auth`.
+    pub fn authenticator(mut self, auth: Arc<dyn BindAuthenticator>) -> Self {
+        self.authenticator = auth;
+        self
+    }
+
+    /// Adds an event listener.
+    pub fn listener(mut self, listener: Arc<dyn EventListener>) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// The hub.
+    pub fn build(self) -> Hub {
+        Hub {
+            node: self.node,
+            sessions: self
+                .sessions
+                .unwrap_or_else(|| Arc::new(LocalSessionManager::new())),
+            handlers: self.handlers,
+            authenticator: self.authenticator,
+            listeners: self.listeners,
+            ids: MessageIds::new(self.node_number),
+            conn_ids: ConnIds::default(),
+            shutdown: watch::Sender::new(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_increase_and_keep_the_node() {
+        let ids = MessageIds::new(5);
+        let mut prev = 0;
+        for _ in 0..100_000 {
+            let id = ids.next();
+            assert!(id > prev);
+            assert_eq!((id >> 12) & 0x3ff, 5);
+            prev = id;
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! [`LocalSessionManager`]: the session registry of a single node, in memory.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+
+use crate::engine::conn::{CloseRequest, ConnId, ConnectionHandle, Outbound};
+use crate::engine::policy::{CimKickPolicy, KickDecision, KickPolicy};
+use crate::engine::sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
+use crate::engine::shared::SharedMessage;
+use crate::error::Result;
+use crate::message::Message;
+use crate::protocol::action;
+use crate::session::Session;
+
+struct Entry {
+    session: Session,
+    handle: ConnectionHandle,
+    tags: Vec<String>,
+}
+
+#[derive(Default)]
+struct Shard {
+    by_uid: HashMap<String, Vec<Entry>>,
+}
+
+type TagMap = HashMap<String, HashMap<ConnId, ConnectionHandle>>;
+
+/// Sessions of one node, in memory, sharded by account so that binds and pushes on different
+/// accounts rarely contend. Pushes take a shard's read lock only.
+pub struct LocalSessionManager {
+    shards: Box<[RwLock<Shard>]>,
+    hasher: RandomState,
+    tags: RwLock<TagMap>,
+    policy: Arc<dyn KickPolicy>,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // Every critical section leaves the maps consistent, so a poisoned lock is still usable.
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The notice a kicked connection gets: action `999`, sender `"0"`, content = the new
+/// device's name.
+pub fn kick_notice(uid: &str, new_device_name: &str) -> Message {
+    Message {
+        action: action::KICK.to_owned(),
+        sender: action::KICK_SENDER.to_owned(),
+        receiver: uid.to_owned(),
+        content: new_device_name.to_owned(),
+        timestamp: crate::now_ms(),
+        ..Message::default()
+    }
+}
+
+fn deliver(handle: &ConnectionHandle, msg: &Arc<SharedMessage>, d: &mut Delivery) {
+    match handle.push(Outbound::Message(Arc::clone(msg))) {
+        Ok(()) => d.delivered += 1,
+        Err(_) => d.failed += 1,
+    }
+}
+
+impl LocalSessionManager {
+    /// A manager with CIM's kick policy and one shard per 2 cores' worth of contention (64).
+    pub fn new() -> Self {
+        Self::with_shards(64)
+    }
+
+    /// A manager with `n` shards (at least 1).
+    pub fn with_shards(n: usize) -> Self {
+        Self {
+            shards: (0..n.max(1))
+                .map(|_| RwLock::new(Shard::default()))
+                .collect(),
+            hasher: RandomState::new(),
+            tags: RwLock::new(HashMap::new()),
+            policy: Arc::new(CimKickPolicy),
+        }
+    }
+
+    /// Replaces the kick policy.
+    pub fn with_policy(mut self, policy: Arc<dyn KickPolicy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    #[allow(clippy::indexing_slicing)] // the index is reduced modulo the (non-zero) length
+    fn shard(&self, uid: &str) -> &RwLock<Shard> {
+        &self.shards[(self.hasher.hash_one(uid) as usize) % self.shards.len()]
+    }
+
+    fn untag(&self, conn: ConnId, tags: &[String]) {
+        if tags.is_empty() {
+            return;
+        }
+        let mut map = write(&self.tags);
+        for tag in tags {
+            if let Some(members) = map.get_mut(tag) {
+                members.remove(&conn);
+                if members.is_empty() {
+                    map.remove(tag);
+                }
+            }
+        }
+    }
+}
+
+impl Default for LocalSessionManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl SessionManager for LocalSessionManager {
+    async fn bind(&self, session: Session, conn: ConnectionHandle) -> Result<BindOutcome> {
+        let mut outcome = BindOutcome::default();
+        let mut removed: Vec<(Entry, KickDecision)> = Vec::new();
+        {
+            let mut shard = write(self.shard(&session.uid));
+            let entries = shard.by_uid.entry(session.uid.clone()).or_default();
+            let mut i = 0;
+            while let Some(e) = entries.get(i) {
+                let decision = if e.handle.id() == conn.id() {
+                    // This connection bound again: its old entry is replaced, not kicked.
+                    None
+                } else {
+                    Some(self.policy.decide(&e.session, &session))
+                };
+                match decision {
+                    Some(KickDecision::Keep) => i += 1,
+                    Some(d) => removed.push((entries.swap_remove(i), d)),
+                    None => {
+                        let old = entries.swap_remove(i);
+                        self.untag(old.handle.id(), &old.tags);
+                    }
+                }
+            }
+            entries.push(Entry {
+                session: session.clone(),
+                handle: conn,
+                tags: Vec::new(),
+            });
+        }
+        for (entry, decision) in removed {
+            self.untag(entry.handle.id(), &entry.tags);
+            if decision == KickDecision::Kick {
+                let notice = kick_notice(&session.uid, &session.device_name);
+                let _ = entry
+                    .handle
+                    .push(Outbound::Message(Arc::new(SharedMessage::new(notice))));
+                outcome.kicked.push(entry.session);
+            } else {
+                outcome.closed.push(entry.session);
+            }
+            entry.handle.close(CloseRequest::Kicked);
+        }
+        Ok(outcome)
+    }
+
+    async fn unbind(&self, session: &Session) -> Result<()> {
+        let removed = {
+            let mut shard = write(self.shard(&session.uid));
+            let Some(entries) = shard.by_uid.get_mut(&session.uid) else {
+                return Ok(());
+            };
+            let removed = entries
+                .iter()
+                .position(|e| e.handle.id().0 == session.nid)
+                .map(|i| entries.swap_remove(i));
+            if entries.is_empty() {
+                shard.by_uid.remove(&session.uid);
+            }
+            removed
+        };
+        if let Some(e) = removed {
+            self.untag(e.handle.id(), &e.tags);
+        }
+        Ok(())
+    }
+
+    async fn push(&self, msg: Arc<SharedMessage>) -> Result<Delivery> {
+        let uid = msg.message().receiver.as_str();
+        let mut d = Delivery::default();
+        let shard = read(self.shard(uid));
+        for e in shard.by_uid.get(uid).into_iter().flatten() {
+            deliver(&e.handle, &msg, &mut d);
+        }
+        Ok(d)
+    }
+
+    async fn push_tag(&self, tag: &str, msg: Arc<SharedMessage>) -> Result<Delivery> {
+        let mut d = Delivery::default();
+        let tags = read(&self.tags);
+        for handle in tags.get(tag).into_iter().flat_map(HashMap::values) {
+            deliver(handle, &msg, &mut d);
+        }
+        Ok(d)
+    }
+
+    async fn broadcast(&self, msg: Arc<SharedMessage>) -> Result<Delivery> {
+        let mut d = Delivery::default();
+        for shard in self.shards.iter() {
+            let shard = read(shard);
+            for e in shard.by_uid.values().flatten() {
+                deliver(&e.handle, &msg, &mut d);
+            }
+        }
+        Ok(d)
+    }
+
+    async fn set_tag(&self, session: &Session, tag: &str) -> Result<()> {
+        let handle = {
+            let mut shard = write(self.shard(&session.uid));
+            let Some(e) = shard
+                .by_uid
+                .get_mut(&session.uid)
+                .and_then(|es| es.iter_mut().find(|e| e.handle.id().0 == session.nid))
+            else {
+                return Ok(());
+            };
+            if !e.tags.iter().any(|t| t == tag) {
+                e.tags.push(tag.to_owned());
+            }
+            e.handle.clone()
+        };
+        write(&self.tags)
+            .entry(tag.to_owned())
+            .or_default()
+            .insert(handle.id(), handle);
+        Ok(())
+    }
+
+    async fn remove_tag(&self, session: &Session, tag: &str) -> Result<()> {
+        let conn = {
+            let mut shard = write(self.shard(&session.uid));
+            let Some(e) = shard
+                .by_uid
+                .get_mut(&session.uid)
+                .and_then(|es| es.iter_mut().find(|e| e.handle.id().0 == session.nid))
+            else {
+                return Ok(());
+            };
+            e.tags.retain(|t| t != tag);
+            e.handle.id()
+        };
+        self.untag(conn, &[tag.to_owned()]);
+        Ok(())
+    }
+
+    async fn sessions(&self, uid: &str) -> Result<Vec<Session>> {
+        let shard = read(self.shard(uid));
+        Ok(shard
+            .by_uid
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .map(|e| e.session.clone())
+            .collect())
+    }
+
+    async fn online(&self, page: &Page) -> Result<OnlinePage> {
+        let matches = |s: &Session| {
+            page.uid.as_deref().is_none_or(|u| s.uid == u)
+                && page.channel.as_deref().is_none_or(|c| s.channel == c)
+        };
+        let mut all: Vec<Session> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = read(shard);
+            all.extend(
+                shard
+                    .by_uid
+                    .values()
+                    .flatten()
+                    .map(|e| &e.session)
+                    .filter(|s| matches(s))
+                    .cloned(),
+            );
+        }
+        all.sort_by_key(|s| s.nid);
+        let total = all.len();
+        let sessions = all.into_iter().skip(page.offset).take(page.limit).collect();
+        Ok(OnlinePage { total, sessions })
+    }
+
+    async fn kick(&self, uid: &str) -> Result<usize> {
+        let entries = write(self.shard(uid))
+            .by_uid
+            .remove(uid)
+            .unwrap_or_default();
+        let n = entries.len();
+        for e in entries {
+            self.untag(e.handle.id(), &e.tags);
+            let notice = kick_notice(uid, "");
+            let _ = e
+                .handle
+                .push(Outbound::Message(Arc::new(SharedMessage::new(notice))));
+            e.handle.close(CloseRequest::Kicked);
+        }
+        Ok(n)
+    }
+
+    async fn count(&self) -> Result<usize> {
+        Ok(self
+            .shards
+            .iter()
+            .map(|s| read(s).by_uid.values().map(Vec::len).sum::<usize>())
+            .sum())
+    }
+}

@@ -1,0 +1,98 @@
+//! The [`SessionManager`] seam: who is connected, and pushing to them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::conn::ConnectionHandle;
+use crate::engine::shared::SharedMessage;
+use crate::error::Result;
+use crate::session::Session;
+
+/// What a bind did to the account's other connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BindOutcome {
+    /// Connections sent the kick notice and closed.
+    pub kicked: Vec<Session>,
+    /// Connections closed silently (the same device bound again).
+    pub closed: Vec<Session>,
+}
+
+/// How far a push got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Live connections the message was queued to.
+    pub delivered: usize,
+    /// Live connections that could not take it (queue full or closing).
+    pub failed: usize,
+}
+
+impl Delivery {
+    /// Adds another delivery's counts.
+    pub fn merge(&mut self, other: Delivery) {
+        self.delivered += other.delivered;
+        self.failed += other.failed;
+    }
+}
+
+/// A page of the online list, with optional filters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Sessions to skip.
+    pub offset: usize,
+    /// Sessions to return at most.
+    pub limit: usize,
+    /// Only this account.
+    pub uid: Option<String>,
+    /// Only this channel.
+    pub channel: Option<String>,
+}
+
+/// One page of online sessions and how many match in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnlinePage {
+    /// Sessions matching the filters, in all.
+    pub total: usize,
+    /// This page, ordered by connection id.
+    pub sessions: Vec<Session>,
+}
+
+/// Registers bound connections and pushes messages to them: in memory
+/// ([`LocalSessionManager`](crate::LocalSessionManager)) or across a cluster.
+#[async_trait]
+pub trait SessionManager: Send + Sync + 'static {
+    /// Registers `session` (its `nid` is `conn`'s id) and applies the kick policy to the
+    /// account's other connections. Binding a connection again replaces its session.
+    async fn bind(&self, session: Session, conn: ConnectionHandle) -> Result<BindOutcome>;
+
+    /// Forgets the connection of `session` (no-op when it is already gone).
+    async fn unbind(&self, session: &Session) -> Result<()>;
+
+    /// Queues `msg` to every live connection of `msg.receiver`.
+    async fn push(&self, msg: Arc<SharedMessage>) -> Result<Delivery>;
+
+    /// Queues `msg` to every live connection tagged `tag`.
+    async fn push_tag(&self, tag: &str, msg: Arc<SharedMessage>) -> Result<Delivery>;
+
+    /// Queues `msg` to every live connection.
+    async fn broadcast(&self, msg: Arc<SharedMessage>) -> Result<Delivery>;
+
+    /// Tags the connection of `session`.
+    async fn set_tag(&self, session: &Session, tag: &str) -> Result<()>;
+
+    /// Removes a tag from the connection of `session`.
+    async fn remove_tag(&self, session: &Session, tag: &str) -> Result<()>;
+
+    /// The live sessions of an account.
+    async fn sessions(&self, uid: &str) -> Result<Vec<Session>>;
+
+    /// A page of the live sessions.
+    async fn online(&self, page: &Page) -> Result<OnlinePage>;
+
+    /// Sends the kick notice to every connection of `uid` and closes them; returns how many.
+    async fn kick(&self, uid: &str) -> Result<usize>;
+
+    /// Number of live sessions.
+    async fn count(&self) -> Result<usize>;
+}
