@@ -52,3 +52,11 @@ pub trait EventListener: Send + Sync + 'static {
     /// A connection closed, bound or not, for `reason`.
     fn on_closed(&self, _conn: ConnId, _session: Option<&Session>, _reason: &str) {}
 }
+
+/// A shared handler is a handler, so one value can serve several keys or stay reachable.
+#[async_trait]
+impl<H: RequestHandler + ?Sized> RequestHandler for std::sync::Arc<H> {
+    async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
+        (**self).handle(ctx, body).await
+    }
+}

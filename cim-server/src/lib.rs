@@ -1,0 +1,47 @@
+//! # cim-server
+//!
+//! Compose a CIM-compatible push server: listeners (CIM's binary protocol on TCP, WebSocket in
+//! protobuf or JSON mode, the MINA-era XML protocol), a session manager, request handlers and
+//! policies, started as one [`RunningServer`].
+//!
+//! ```no_run
+//! use async_trait::async_trait;
+//! use cim_core::{ReplyBody, RequestContext, RequestHandler, Result, SentBody};
+//! use cim_server::{Listener, Server};
+//!
+//! /// Answers `echo` requests with their own data.
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl RequestHandler for Echo {
+//!     async fn handle(&self, _: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
+//!         let mut reply = ReplyBody::ok(&body.key);
+//!         reply.data = body.data;
+//!         Ok(Some(reply))
+//!     }
+//! }
+//!
+//! # async fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .listener(Listener::binary("127.0.0.1:23456".parse()?))
+//!     .listener(Listener::websocket("127.0.0.1:34567".parse()?))
+//!     .handler("echo", Echo)
+//!     .start()
+//!     .await?;
+//! // Push to account "10000" from anywhere that holds the hub:
+//! server.hub().send(cim_core::Message {
+//!     receiver: "10000".into(),
+//!     action: "2".into(),
+//!     content: "hello".into(),
+//!     ..Default::default()
+//! }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod listener;
+pub mod server;
+pub mod transport;
+
+pub use listener::{Listener, Protocol};
+pub use server::{RunningServer, Server, ServerBuilder, ServerError};
+pub use transport::{WsMode, WsSettings};

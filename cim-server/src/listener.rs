@@ -1,0 +1,164 @@
+//! Listeners: a socket, the protocol spoken on it, and the settings of its connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cim_codec_binary::BinaryCodec;
+use cim_codec_xml::XmlCodec;
+use cim_core::Hub;
+use cim_core::engine::{ConnectionConfig, serve_connection};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::{debug, info, warn};
+
+use crate::transport::{StreamTransport, WsSettings, WsTransport, ws};
+
+/// The protocol a listener speaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// CIM's binary frames over TCP.
+    Binary {
+        /// Largest frame body accepted and sent (at most 65535).
+        max_frame: usize,
+    },
+    /// WebSocket, in protobuf or JSON mode.
+    WebSocket(WsSettings),
+    /// The MINA-era XML documents over TCP.
+    Xml {
+        /// Largest document accepted and sent.
+        max_document: usize,
+    },
+}
+
+impl Protocol {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::Binary { .. } => "tcp",
+            Protocol::WebSocket(_) => "websocket",
+            Protocol::Xml { .. } => "xml",
+        }
+    }
+}
+
+/// One listening socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// Where to listen; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// What is spoken there.
+    pub protocol: Protocol,
+    /// Timers and queue limits of its connections.
+    pub connection: ConnectionConfig,
+}
+
+impl Listener {
+    /// CIM's binary protocol on `addr`, frames up to 65535 bytes.
+    pub fn binary(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Binary {
+                max_frame: cim_codec_binary::MAX_BODY,
+            },
+            connection: ConnectionConfig::default(),
+        }
+    }
+
+    /// WebSocket on `addr` with default settings (path `/`, mode detected per connection).
+    pub fn websocket(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::WebSocket(WsSettings::default()),
+            connection: ConnectionConfig::default(),
+        }
+    }
+
+    /// The XML protocol on `addr`, documents up to 64 KiB.
+    pub fn xml(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Xml {
+                max_document: cim_codec_xml::DEFAULT_MAX_DOCUMENT,
+            },
+            connection: ConnectionConfig::default(),
+        }
+    }
+
+    /// Replaces the connection settings.
+    pub fn with_connection(mut self, connection: ConnectionConfig) -> Self {
+        self.connection = connection;
+        self
+    }
+}
+
+async fn serve_socket(
+    hub: Arc<Hub>,
+    protocol: Protocol,
+    conf: ConnectionConfig,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    match protocol {
+        Protocol::Binary { max_frame } => {
+            let codec = BinaryCodec::with_max_body(max_frame);
+            serve_connection(hub, StreamTransport::new(stream, codec), conf, peer).await;
+        }
+        Protocol::Xml { max_document } => {
+            let codec = XmlCodec::with_max_document(max_document);
+            serve_connection(hub, StreamTransport::new(stream, codec), conf, peer).await;
+        }
+        Protocol::WebSocket(settings) => match ws::accept(stream, &settings).await {
+            Ok(Some((socket, _request))) => {
+                let transport = WsTransport::new(socket, settings.mode);
+                serve_connection(hub, transport, conf, peer).await;
+            }
+            Ok(None) => {}
+            Err(e) => debug!(%peer, error = %e, "websocket upgrade failed"),
+        },
+    }
+}
+
+/// Accepts connections until `stop` turns true. Each connection holds a permit of `slots`;
+/// with none left, a new connection is closed at once (and logged).
+pub(crate) async fn accept_loop(
+    socket: TcpListener,
+    listener: Listener,
+    hub: Arc<Hub>,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = socket.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            res = socket.accept() => res,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit: OwnedSemaphorePermit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                warn!(%peer, "connection limit reached; connection refused");
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let hub = Arc::clone(&hub);
+        let protocol = listener.protocol.clone();
+        let conf = listener.connection;
+        tokio::spawn(async move {
+            serve_socket(hub, protocol, conf, stream, peer).await;
+            drop(permit);
+        });
+    }
+    info!(listener = ?local, "stopped accepting");
+}

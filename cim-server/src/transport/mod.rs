@@ -1,0 +1,7 @@
+//! Transports: what carries frames between a socket and the connection engine.
+
+pub mod stream;
+pub mod ws;
+
+pub use stream::StreamTransport;
+pub use ws::{HandshakeRequest, WsMode, WsSettings, WsTransport};

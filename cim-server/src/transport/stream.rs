@@ -1,0 +1,114 @@
+//! [`StreamTransport`]: a [`StreamCodec`] over a TCP socket.
+
+use bytes::BytesMut;
+use cim_core::engine::{Outbound, Transport};
+use cim_core::{CodecError, Error, Frame, Result, StreamCodec};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::warn;
+
+/// Bytes reserved for each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Frames of a [`StreamCodec`] over a TCP socket.
+///
+/// Idle connections hold no buffers: the read buffer is released whenever it holds no partial
+/// frame, and the write buffer after every write. Everything queued is written with one
+/// `write_all` per batch, and a pushed message's encoding is shared with every other connection
+/// of the same wire format.
+pub struct StreamTransport<C> {
+    stream: TcpStream,
+    codec: C,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl<C: StreamCodec> StreamTransport<C> {
+    /// Wraps `stream`, framed by `codec`.
+    pub fn new(stream: TcpStream, codec: C) -> Self {
+        Self {
+            stream,
+            codec,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+        }
+    }
+
+    fn encode(&mut self, item: &Outbound) -> std::result::Result<(), CodecError> {
+        match item {
+            Outbound::Frame(frame) => self.codec.encode(frame, &mut self.wbuf),
+            Outbound::Message(shared) => match self.codec.wire_format() {
+                Some(format) => {
+                    let codec = &mut self.codec;
+                    let bytes = shared.encoded(format, |frame| {
+                        let mut b = BytesMut::new();
+                        codec.encode(frame, &mut b)?;
+                        Ok(b.freeze())
+                    })?;
+                    self.wbuf.extend_from_slice(&bytes);
+                    Ok(())
+                }
+                None => self.codec.encode(shared.frame(), &mut self.wbuf),
+            },
+        }
+    }
+}
+
+fn describe(item: &Outbound) -> String {
+    match item {
+        Outbound::Frame(f) => format!("{:?} frame", f.frame_type()),
+        Outbound::Message(m) => format!("message {}", m.message().id),
+    }
+}
+
+impl<C: StreamCodec> Transport for StreamTransport<C> {
+    async fn recv(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if !self.rbuf.is_empty() {
+                let frame = self.codec.decode(&mut self.rbuf)?;
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
+                }
+                if let Some(frame) = frame {
+                    return Ok(Some(frame));
+                }
+            }
+            // Cancel-safe: waiting for readiness consumes nothing.
+            self.stream.readable().await?;
+            self.rbuf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) if self.rbuf.is_empty() => return Ok(None),
+                Ok(0) => {
+                    return Err(Error::Codec(CodecError::Truncated {
+                        pending: self.rbuf.len(),
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.rbuf.is_empty() {
+                        self.rbuf = BytesMut::new();
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn send(&mut self, items: &[Outbound]) -> Result<()> {
+        for item in items {
+            if let Err(e) = self.encode(item) {
+                warn!(error = %e, "cannot encode {}; skipped", describe(item));
+            }
+        }
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let res = self.stream.write_all(&self.wbuf).await;
+        self.wbuf = BytesMut::new();
+        res.map_err(Error::from)
+    }
+
+    async fn close(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
