@@ -29,7 +29,7 @@ mod lenient;
 mod message;
 pub mod protocol;
 mod session;
-#[cfg(feature = "proptest")]
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use codec::{CodecError, OwnedPacket, Packet, PacketCodec, StreamCodec, WireFormat};

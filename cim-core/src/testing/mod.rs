@@ -1,9 +1,15 @@
-//! proptest strategies for the data model, shared by the property tests of every codec
-//! (feature `proptest`).
+//! Test support shared by the implementations of the seams (feature `testing`): proptest
+//! strategies for the data model and stream checks used by every codec's property tests, and
+//! the conformance suite every [`SessionManager`](crate::SessionManager) passes
+//! ([`sessions::conformance`]).
 //!
 //! Strings mix arbitrary Unicode with the characters that break naive encoders (XML and JSON
 //! specials, control characters, the XML terminators `\x08` and `\0`, `]]>`), and now and then
 //! a long one; integers favour the extremes; maps are empty, small or large.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // test support: a failed check panics
+
+pub mod sessions;
 
 use proptest::prelude::*;
 
