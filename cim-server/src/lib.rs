@@ -38,10 +38,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod app;
+pub mod auth;
+pub mod http;
 pub mod listener;
 pub mod server;
+pub mod settings;
 pub mod transport;
 
 pub use listener::{Listener, Protocol};
 pub use server::{RunningServer, Server, ServerBuilder, ServerError};
+pub use settings::Settings;
 pub use transport::{WsMode, WsSettings};

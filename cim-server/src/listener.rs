@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use crate::transport::ws::HandshakeCheck;
 use crate::transport::{StreamTransport, WsSettings, WsTransport, ws};
 
 /// The protocol a listener speaks.
@@ -94,23 +95,29 @@ impl Listener {
 
 async fn serve_socket(
     hub: Arc<Hub>,
-    protocol: Protocol,
+    protocol: Arc<Protocol>,
     conf: ConnectionConfig,
+    check: Option<Arc<dyn HandshakeCheck>>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    match protocol {
-        Protocol::Binary { max_frame } => {
+    match &*protocol {
+        &Protocol::Binary { max_frame } => {
             let codec = BinaryCodec::with_max_body(max_frame);
             serve_connection(hub, StreamTransport::new(stream, codec), conf, peer).await;
         }
-        Protocol::Xml { max_document } => {
+        &Protocol::Xml { max_document } => {
             let codec = XmlCodec::with_max_document(max_document);
             serve_connection(hub, StreamTransport::new(stream, codec), conf, peer).await;
         }
-        Protocol::WebSocket(settings) => match ws::accept(stream, &settings).await {
-            Ok(Some((socket, _request))) => {
+        Protocol::WebSocket(settings) => match ws::accept(stream, settings).await {
+            Ok(Some((socket, request))) => {
                 let transport = WsTransport::new(socket, settings.mode);
+                if let Some(Err(why)) = check.as_ref().map(|c| c.check(&request)) {
+                    info!(%peer, reason = %why, "websocket handshake refused");
+                    transport.refuse(settings.handshake_timeout).await;
+                    return;
+                }
                 serve_connection(hub, transport, conf, peer).await;
             }
             Ok(None) => {}
@@ -126,9 +133,11 @@ pub(crate) async fn accept_loop(
     listener: Listener,
     hub: Arc<Hub>,
     slots: Arc<Semaphore>,
+    check: Option<Arc<dyn HandshakeCheck>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let local = socket.local_addr().ok();
+    let protocol = Arc::new(listener.protocol);
     loop {
         let accepted = tokio::select! {
             res = socket.accept() => res,
@@ -153,10 +162,11 @@ pub(crate) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let hub = Arc::clone(&hub);
-        let protocol = listener.protocol.clone();
+        let protocol = Arc::clone(&protocol);
+        let check = check.clone();
         let conf = listener.connection;
         tokio::spawn(async move {
-            serve_socket(hub, protocol, conf, stream, peer).await;
+            serve_socket(hub, protocol, conf, check, stream, peer).await;
             drop(permit);
         });
     }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::listener::{Listener, accept_loop};
+use crate::transport::ws::HandshakeCheck;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,7 @@ impl Server {
             hub: Hub::builder(),
             listeners: Vec::new(),
             max_connections: 100_000,
+            handshake: None,
         }
     }
 }
@@ -50,9 +52,16 @@ pub struct ServerBuilder {
     hub: HubBuilder,
     listeners: Vec<Listener>,
     max_connections: usize,
+    handshake: Option<Arc<dyn HandshakeCheck>>,
 }
 
 impl ServerBuilder {
+    /// Checks every WebSocket upgrade with `check`.
+    pub fn handshake_check(mut self, check: Arc<dyn HandshakeCheck>) -> Self {
+        self.handshake = Some(check);
+        self
+    }
+
     /// Adds a listener.
     pub fn listener(mut self, listener: Listener) -> Self {
         self.listeners.push(listener);
@@ -138,6 +147,7 @@ impl ServerBuilder {
                 listener,
                 Arc::clone(&hub),
                 Arc::clone(&slots),
+                self.handshake.clone(),
                 stop_rx.clone(),
             )));
         }

@@ -105,6 +105,14 @@ impl HandshakeRequest {
     }
 }
 
+/// Decides whether an upgrade request may proceed (a token check, say). A refused connection
+/// is sent `ReplyBody{key="client_handshake", code="401"}` in its mode and closed, which makes
+/// the stock JS SDK stop reconnecting.
+pub trait HandshakeCheck: Send + Sync + 'static {
+    /// `Ok(())` to accept; `Err(reason)` to refuse (the reason is logged).
+    fn check(&self, request: &HandshakeRequest) -> std::result::Result<(), String>;
+}
+
 fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
@@ -267,6 +275,18 @@ impl WsTransport {
             fixed: mode,
             mode: resolved,
         }
+    }
+
+    /// Sends the `client_handshake` / `401` refusal and closes. In automatic mode the client's
+    /// first message (its bind, for the stock SDKs) is awaited for up to `wait`, so the refusal
+    /// goes out in the mode the client speaks.
+    pub async fn refuse(mut self, wait: Duration) {
+        if self.mode.is_none() {
+            let _ = timeout(wait, self.recv()).await;
+        }
+        let refusal = Outbound::Frame(Box::new(Frame::Reply(cim_core::handshake_refused())));
+        let _ = self.send(std::slice::from_ref(&refusal)).await;
+        self.close().await;
     }
 
     /// The mode in use: fixed, detected, or protobuf until something is detected.

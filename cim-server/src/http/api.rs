@@ -1,0 +1,239 @@
+//! The JSON API under `/api/v1`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use cim_core::engine::{Page, Sent};
+use cim_core::{Message, Session};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::HttpState;
+use super::error::{ApiError, ApiJson, ApiQuery};
+
+/// A message to send, as the API takes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageIn {
+    /// Receiving account (required when sending to an account).
+    #[serde(default)]
+    pub receiver: String,
+    /// Sending account; `system` when absent.
+    #[serde(default)]
+    pub sender: Option<String>,
+    /// Message action.
+    #[serde(default)]
+    pub action: String,
+    /// Title.
+    #[serde(default)]
+    pub title: String,
+    /// Content.
+    #[serde(default)]
+    pub content: String,
+    /// Format.
+    #[serde(default)]
+    pub format: String,
+    /// Extra.
+    #[serde(default)]
+    pub extra: String,
+}
+
+impl MessageIn {
+    fn into_message(self) -> Message {
+        Message {
+            receiver: self.receiver,
+            sender: self.sender.unwrap_or_else(|| "system".into()),
+            action: self.action,
+            title: self.title,
+            content: self.content,
+            format: self.format,
+            extra: self.extra,
+            ..Message::default()
+        }
+    }
+}
+
+/// The result of one send. Ids are strings: they exceed JavaScript's exact integers.
+#[derive(Debug, Serialize)]
+pub struct SentOut {
+    /// The message id.
+    pub id: String,
+    /// Live connections it was queued to.
+    pub delivered: usize,
+}
+
+impl From<Sent> for SentOut {
+    fn from(s: Sent) -> Self {
+        Self {
+            id: s.id.to_string(),
+            delivered: s.delivery.delivered,
+        }
+    }
+}
+
+fn require_receiver(m: &MessageIn) -> Result<(), ApiError> {
+    if m.receiver.is_empty() {
+        return Err(ApiError::bad_request("receiver is required"));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/messages`: one message to one account.
+pub async fn send(
+    State(st): State<Arc<HttpState>>,
+    ApiJson(m): ApiJson<MessageIn>,
+) -> Result<Json<SentOut>, ApiError> {
+    require_receiver(&m)?;
+    Ok(Json(st.hub.send(m.into_message()).await?.into()))
+}
+
+/// A batch of messages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchIn {
+    /// The messages, each to its own receiver.
+    pub messages: Vec<MessageIn>,
+}
+
+/// `POST /api/v1/messages/batch`: many messages, sent in order.
+pub async fn send_batch(
+    State(st): State<Arc<HttpState>>,
+    ApiJson(batch): ApiJson<BatchIn>,
+) -> Result<Json<Value>, ApiError> {
+    if batch.messages.is_empty() {
+        return Err(ApiError::bad_request("messages is empty"));
+    }
+    if batch.messages.len() > st.max_batch {
+        return Err(ApiError::bad_request(format!(
+            "{} messages exceed the batch limit of {}",
+            batch.messages.len(),
+            st.max_batch
+        )));
+    }
+    if let Some(i) = batch.messages.iter().position(|m| m.receiver.is_empty()) {
+        return Err(ApiError::bad_request(format!(
+            "messages[{i}]: receiver is required"
+        )));
+    }
+    let mut results = Vec::with_capacity(batch.messages.len());
+    for m in batch.messages {
+        results.push(SentOut::from(st.hub.send(m.into_message()).await?));
+    }
+    Ok(Json(json!({ "results": results })))
+}
+
+/// `POST /api/v1/broadcast`: one message to every live connection.
+pub async fn broadcast(
+    State(st): State<Arc<HttpState>>,
+    ApiJson(m): ApiJson<MessageIn>,
+) -> Result<Json<SentOut>, ApiError> {
+    Ok(Json(st.hub.broadcast(m.into_message()).await?.into()))
+}
+
+/// `POST /api/v1/tags/{tag}/messages`: one message to every connection with the tag.
+pub async fn send_to_tag(
+    State(st): State<Arc<HttpState>>,
+    Path(tag): Path<String>,
+    ApiJson(m): ApiJson<MessageIn>,
+) -> Result<Json<SentOut>, ApiError> {
+    Ok(Json(
+        st.hub.send_to_tag(&tag, m.into_message()).await?.into(),
+    ))
+}
+
+/// Paging and filters of the online list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineQuery {
+    /// Sessions to skip.
+    #[serde(default)]
+    pub offset: usize,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+    /// Only this account.
+    pub uid: Option<String>,
+    /// Only this channel.
+    pub channel: Option<String>,
+}
+
+/// `GET /api/v1/sessions?offset=&limit=&uid=&channel=`: a page of online sessions.
+pub async fn online(
+    State(st): State<Arc<HttpState>>,
+    ApiQuery(q): ApiQuery<OnlineQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} is not between 1 and 1000"
+        )));
+    }
+    let page = st
+        .hub
+        .sessions()
+        .online(&Page {
+            offset: q.offset,
+            limit,
+            uid: q.uid,
+            channel: q.channel,
+        })
+        .await?;
+    Ok(Json(
+        json!({ "total": page.total, "sessions": page.sessions }),
+    ))
+}
+
+/// `GET /api/v1/accounts/{uid}/sessions`: the live sessions of one account.
+pub async fn account_sessions(
+    State(st): State<Arc<HttpState>>,
+    Path(uid): Path<String>,
+) -> Result<Json<Vec<Session>>, ApiError> {
+    Ok(Json(st.hub.sessions().sessions(&uid).await?))
+}
+
+/// `DELETE /api/v1/accounts/{uid}/sessions`: kicks the account off every connection.
+pub async fn kick(
+    State(st): State<Arc<HttpState>>,
+    Path(uid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let kicked = st.hub.sessions().kick(&uid).await?;
+    Ok(Json(json!({ "kicked": kicked })))
+}
+
+/// A token request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIn {
+    /// The account.
+    pub uid: String,
+    /// Lifetime in seconds (default `auth.token_ttl_secs`).
+    pub ttl_secs: Option<u64>,
+}
+
+/// `POST /api/v1/tokens`: mints a bind token (needs `auth.token_secret`).
+pub async fn mint_token(
+    State(st): State<Arc<HttpState>>,
+    ApiJson(t): ApiJson<TokenIn>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(signer) = &st.signer else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "tokens are off: auth.token_secret is not set",
+        ));
+    };
+    if t.uid.is_empty() {
+        return Err(ApiError::bad_request("uid is required"));
+    }
+    let expires = crate::auth::now_secs().saturating_add(t.ttl_secs.unwrap_or(st.token_ttl_secs));
+    Ok(Json(
+        json!({ "token": signer.mint(&t.uid, expires), "expires_at": expires }),
+    ))
+}
+
+/// `GET /health`: liveness, with counts.
+pub async fn health(State(st): State<Arc<HttpState>>) -> Result<Json<Value>, ApiError> {
+    let sessions = st.hub.sessions().count().await?;
+    Ok(Json(
+        json!({ "status": "ok", "node": st.hub.node(), "sessions": sessions }),
+    ))
+}

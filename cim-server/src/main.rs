@@ -1,0 +1,142 @@
+//! The `cim-server` binary: the reference CIM-compatible push server.
+//!
+//! ```sh
+//! cargo run --release -p cim-server                      # defaults: TCP 23456, WS 34567, HTTP 8080
+//! cargo run --release -p cim-server -- --config cim.toml # a TOML file; CIM_* variables override it
+//! cargo run --release -p cim-server -- --print-config    # the effective configuration
+//! cargo run --release -p cim-server -- token --uid 10000 # mint a bind token (needs auth.token_secret)
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cim_server::app::App;
+use cim_server::auth::{TokenSigner, now_secs};
+use cim_server::settings::{LogFormat, Settings};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "cim-server",
+    version,
+    about = "A CIM-compatible push and instant-messaging server"
+)]
+struct Args {
+    /// A TOML configuration file; `CIM_*` environment variables override it
+    /// (`CIM_TCP__PORT=5000` sets `tcp.port`).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mint a bind token for an account with `auth.token_secret`.
+    Token {
+        /// The account.
+        #[arg(long)]
+        uid: String,
+        /// Lifetime in seconds (default `auth.token_ttl_secs`, or one day).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+fn init_logs(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; Ok("SIGINT") }
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref(), std::env::vars())?;
+    if args.print_config {
+        print!("{}", settings.to_toml());
+        return Ok(());
+    }
+    if let Some(Command::Token { uid, ttl }) = args.command {
+        anyhow::ensure!(
+            !settings.auth.token_secret.is_empty(),
+            "auth.token_secret is not set: tokens are off"
+        );
+        let ttl = ttl.unwrap_or(if settings.auth.token_ttl_secs > 0 {
+            settings.auth.token_ttl_secs
+        } else {
+            86_400
+        });
+        println!(
+            "{}",
+            TokenSigner::new(&settings.auth.token_secret)
+                .mint(&uid, now_secs().saturating_add(ttl))
+        );
+        return Ok(());
+    }
+    init_logs(&settings);
+    let app = App::start(&settings).await?;
+    for (protocol, addr) in app.addrs() {
+        println!("cim-server: {protocol} listening on {addr}");
+    }
+    let signal = shutdown_signal().await?;
+    println!("cim-server: {signal} received, shutting down");
+    let grace = Duration::from_millis(settings.shutdown.grace_ms);
+    let clean = app.shutdown(grace).await;
+    println!(
+        "cim-server: stopped{}",
+        if clean { "" } else { " (grace period ran out)" }
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cim-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cim-server: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
