@@ -6,6 +6,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,204 @@
+//! The real `cim-server` binary as a child process, and a minimal HTTP client.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The `cim-server` binary of this build, built on first use.
+pub fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "cim-server",
+                "--bin",
+                "cim-server",
+            ])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building cim-server failed");
+        // This test binary lives in target/<profile>/deps/.
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap().parent().unwrap();
+        let bin = dir.join(format!("cim-server{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "{} not found", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A running `cim-server`; killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub stdout: std::sync::mpsc::Receiver<String>,
+}
+
+/// Environment that puts every listener on a free port of 127.0.0.1.
+pub fn free_ports() -> Vec<(String, String)> {
+    [
+        ("CIM_TCP__PORT", "0"),
+        ("CIM_WEBSOCKET__PORT", "0"),
+        ("CIM_XML__PORT", "0"),
+        ("CIM_HTTP__PORT", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+impl ServerProcess {
+    /// Starts the server with `env` (on top of free ports) and waits until it prints every
+    /// listening address.
+    pub fn start(env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(server_binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(free_ports())
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("starting cim-server");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = HashMap::new();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("cim-server did not print its addresses");
+            // The HTTP listener is printed last.
+            if let Some((proto, addr)) = line
+                .strip_prefix("cim-server: ")
+                .and_then(|rest| rest.split_once(" listening on "))
+            {
+                addrs.insert(proto.to_owned(), addr.parse().unwrap());
+                if proto == "http" {
+                    break;
+                }
+            }
+        }
+        ServerProcess {
+            child,
+            addrs,
+            stdout: rx,
+        }
+    }
+
+    pub fn addr(&self, proto: &str) -> SocketAddr {
+        self.addrs[proto]
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("cim-server did not exit within 15 s of SIGTERM");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with `args` and `env`; returns (exit code, stdout, stderr).
+pub fn run_once(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(server_binary())
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An HTTP response: status and body.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("HTTP response timed out")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {text:?}"));
+    Resp {
+        status,
+        body: body.to_owned(),
+    }
+}
+
+pub const JSON: (&str, &str) = ("content-type", "application/json");
