@@ -105,11 +105,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logs(&settings);
+    let signal = shutdown_signal()?;
     let app = App::start(&settings).await?;
     for (protocol, addr) in app.addrs() {
         println!("cim-server: {protocol} listening on {addr}");
     }
-    let signal = shutdown_signal().await?;
+    let signal = signal.await;
     println!("cim-server: {signal} received, shutting down");
     let grace = Duration::from_millis(settings.shutdown.grace_ms);
     let clean = app.shutdown(grace).await;
