@@ -217,13 +217,22 @@ impl Default for ConnectionSettings {
 }
 
 /// `[auth]`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// When set, every `client_bind` must carry a `token` minted with this secret for its uid.
     pub token_secret: String,
     /// Lifetime of tokens minted by `cim-server token` and the API, in seconds.
     pub token_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            token_secret: String::new(),
+            token_ttl_secs: 86_400,
+        }
+    }
 }
 
 /// `[http]`
@@ -538,6 +547,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("websocket.mode") || e.contains("xml"), "{e}");
+    }
+
+    /// The sample in the repository documents every key with its default value.
+    #[test]
+    fn sample_file_is_the_defaults() {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cim.toml");
+        let s = Settings::load(Some(&sample), env(&[])).unwrap();
+        assert_eq!(s, Settings::default());
+        let text = std::fs::read_to_string(&sample).unwrap();
+        let printed = Settings::default().to_toml();
+        for line in printed.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap();
+            assert!(text.contains(&format!("{key} =")), "cim.toml does not mention {key}");
+        }
     }
 
     #[test]
