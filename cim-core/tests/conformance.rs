@@ -12,3 +12,14 @@ async fn local_session_manager_conforms() {
 async fn local_session_manager_with_one_shard_conforms() {
     cim_core::testing::sessions::conformance(|| LocalSessionManager::with_shards(1)).await;
 }
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    use cim_core::engine::MemoryStore;
+    cim_core::testing::store::conformance(
+        || async { MemoryStore::new(5) },
+        None::<fn(MemoryStore) -> std::future::Ready<MemoryStore>>,
+        5,
+    )
+    .await;
+}

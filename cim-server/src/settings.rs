@@ -559,7 +559,10 @@ mod tests {
         let printed = Settings::default().to_toml();
         for line in printed.lines().filter(|l| l.contains(" = ")) {
             let key = line.split(" = ").next().unwrap();
-            assert!(text.contains(&format!("{key} =")), "cim.toml does not mention {key}");
+            assert!(
+                text.contains(&format!("{key} =")),
+                "cim.toml does not mention {key}"
+            );
         }
     }
 

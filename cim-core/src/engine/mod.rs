@@ -12,6 +12,7 @@ mod local;
 mod policy;
 mod sessions;
 mod shared;
+mod store;
 
 pub use builtin::{ClientMessage, RemoveTag, SetTag};
 pub use conn::{CloseRequest, ConnId, ConnectionHandle, Outbound, OutboundReceiver, PushError};
@@ -25,3 +26,4 @@ pub use policy::{
 };
 pub use sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
 pub use shared::SharedMessage;
+pub use store::{Appended, MemoryStore, MessageStore, Seq, Stored};

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // test support: a failed check panics
 
 pub mod sessions;
+pub mod store;
 
 use proptest::prelude::*;
 
