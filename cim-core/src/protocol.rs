@@ -14,7 +14,8 @@ pub mod key {
     pub const CLIENT_REMOVE_TAG: &str = "client_remove_tag";
     /// Ask for stored (offline) messages.
     pub const CLIENT_GET_OFFLINE_MESSAGE: &str = "client_get_offline_message";
-    /// Acknowledge messages up to a sequence (the receipts extension).
+    /// Acknowledge a message, and every older one, by its id: data key `id` (the receipts
+    /// extension; see [`super::bind::CLIENT_ACK`]).
     pub const CLIENT_ACK: &str = "client_ack";
     /// Reply key of a refused WebSocket handshake.
     pub const CLIENT_HANDSHAKE: &str = "client_handshake";
@@ -42,6 +43,10 @@ pub mod bind {
     pub const PACKAGE_NAME: &str = "packageName";
     /// Client instance id (optional).
     pub const CLIENT_ID: &str = "clientId";
+    /// `"true"` (or `"1"`) when the client supports receipts: it acknowledges each message with
+    /// [`super::key::CLIENT_ACK`], and in return messages stay stored until acknowledged and
+    /// are re-sent after a reconnect.
+    pub const CLIENT_ACK: &str = "clientAck";
     /// Legacy (MINA-era) name of [`UID`].
     pub const LEGACY_ACCOUNT: &str = "account";
     /// Legacy (MINA-era) name of [`DEVICE_NAME`].

@@ -31,6 +31,9 @@ pub struct Session {
     pub remote_addr: String,
     /// Bind time, milliseconds since the Unix epoch.
     pub bind_time: i64,
+    /// Whether the client acknowledges messages (the receipts extension).
+    #[serde(default)]
+    pub client_ack: bool,
 }
 
 impl Session {
@@ -55,6 +58,7 @@ impl Session {
             app_version: pick(bind::APP_VERSION, None),
             os_version: pick(bind::OS_VERSION, None),
             language: pick(bind::LANGUAGE, None),
+            client_ack: matches!(body.data.get(bind::CLIENT_ACK), Some("true" | "1")),
             ..Session::default()
         }
     }

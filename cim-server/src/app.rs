@@ -13,11 +13,14 @@ use crate::auth::{TokenAuthenticator, TokenHandshake, TokenSigner};
 use crate::http::{self, HttpConfig, HttpState};
 use crate::listener::{Listener, Protocol};
 use crate::server::{RunningServer, Server, ServerError};
-use crate::settings::{Settings, socket_addr};
+use crate::settings::{DurabilitySetting, Settings, StoreBackend, socket_addr};
+use cim_core::engine::{MemoryStore, MessageStore};
+use cim_store::{Durability, SledStore};
 
 /// A running reference server: long-connection listeners and the HTTP API.
 pub struct App {
     server: RunningServer,
+    expiry: Option<JoinHandle<()>>,
     http: Option<(SocketAddr, watch::Sender<bool>, JoinHandle<()>)>,
 }
 
@@ -53,6 +56,8 @@ impl App {
                 connection: conn,
             });
         }
+        let store = open_store(settings)?;
+        builder = builder.store(Arc::clone(&store));
         let signer = (!settings.auth.token_secret.is_empty())
             .then(|| TokenSigner::new(&settings.auth.token_secret));
         if let Some(signer) = &signer {
@@ -103,7 +108,16 @@ impl App {
             }
             None => None,
         };
-        Ok(App { server, http })
+        let expiry = (settings.store.max_age_secs > 0).then(|| {
+            let max_age = Duration::from_secs(settings.store.max_age_secs);
+            let every = Duration::from_secs(settings.store.expire_every_secs);
+            tokio::spawn(expire_loop(store, max_age, every))
+        });
+        Ok(App {
+            server,
+            expiry,
+            http,
+        })
     }
 
     /// The long-connection server.
@@ -123,10 +137,49 @@ impl App {
     /// Stops accepting everywhere, lets HTTP requests in flight finish, flushes and closes every
     /// connection; waits up to `grace`. Returns whether everything closed in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        if let Some(expiry) = self.expiry {
+            expiry.abort();
+        }
         if let Some((_, stop, task)) = self.http {
             stop.send_replace(true);
             let _ = tokio::time::timeout(grace, task).await;
         }
         self.server.shutdown(grace).await
+    }
+}
+
+fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError> {
+    let s = &settings.store;
+    Ok(match s.backend {
+        StoreBackend::Memory => Arc::new(MemoryStore::new(s.max_per_account)),
+        StoreBackend::Sled => {
+            let durability = match s.durability {
+                DurabilitySetting::Always => Durability::Always,
+                DurabilitySetting::Interval => {
+                    Durability::Interval(Duration::from_millis(s.flush_interval_ms))
+                }
+                DurabilitySetting::Os => Durability::Os,
+            };
+            let store = SledStore::open(&s.path, durability, s.max_per_account)
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+            Arc::new(store)
+        }
+    })
+}
+
+/// Deletes stored messages older than `max_age`, every `every`.
+async fn expire_loop(store: Arc<dyn MessageStore>, max_age: Duration, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let cut = cim_core::now_ms() - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        match store.expire(cut).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                expired = n,
+                "stored messages past store.max_age_secs deleted"
+            ),
+            Err(e) => tracing::warn!(error = %e, "expiring stored messages failed"),
+        }
     }
 }

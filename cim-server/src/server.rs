@@ -80,6 +80,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Keeps messages for offline accounts in `store`.
+    pub fn store(mut self, store: Arc<dyn cim_core::engine::MessageStore>) -> Self {
+        self.hub = self.hub.store(store);
+        self
+    }
+
     /// Checks binds with `auth`.
     pub fn authenticator(mut self, auth: Arc<dyn BindAuthenticator>) -> Self {
         self.hub = self.hub.authenticator(auth);
@@ -207,6 +213,11 @@ impl RunningServer {
         let all_closed = tokio::time::timeout(grace, self.slots.acquire_many(self.max))
             .await
             .is_ok();
+        if let Some(store) = self.hub.store()
+            && let Err(e) = store.flush().await
+        {
+            tracing::warn!(error = %e, "flushing the message store failed");
+        }
         info!(all_closed, "shut down");
         all_closed
     }

@@ -58,6 +58,8 @@ pub struct Settings {
     pub xml: XmlSettings,
     /// Timers and queue limits of every long connection.
     pub connection: ConnectionSettings,
+    /// Offline messages.
+    pub store: StoreSettings,
     /// Bind tokens.
     pub auth: AuthSettings,
     /// The HTTP API.
@@ -78,6 +80,7 @@ impl Default for Settings {
             websocket: WebSocketSettings::default(),
             xml: XmlSettings::default(),
             connection: ConnectionSettings::default(),
+            store: StoreSettings::default(),
             auth: AuthSettings::default(),
             http: HttpSettings::default(),
             log: LogSettings::default(),
@@ -214,6 +217,63 @@ impl Default for ConnectionSettings {
             write_timeout_ms: c.write_timeout.as_millis() as u64,
         }
     }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sled` (on disk under `path`) or `memory` (lost at exit).
+    pub backend: StoreBackend,
+    /// Directory of the sled database.
+    pub path: PathBuf,
+    /// `always` (fsynced before a send is answered), `interval` (every `flush_interval_ms`) or
+    /// `os` (left to the operating system).
+    pub durability: DurabilitySetting,
+    /// Flush period for `interval`.
+    pub flush_interval_ms: u64,
+    /// Messages kept per account; the oldest are dropped beyond it.
+    pub max_per_account: usize,
+    /// Messages older than this are deleted (0: kept until delivered).
+    pub max_age_secs: u64,
+    /// How often the expiry runs.
+    pub expire_every_secs: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Sled,
+            path: PathBuf::from("./data"),
+            durability: DurabilitySetting::Always,
+            flush_interval_ms: 100,
+            max_per_account: 10_000,
+            max_age_secs: 7 * 24 * 3600,
+            expire_every_secs: 60,
+        }
+    }
+}
+
+/// `store.backend`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// sled, on disk.
+    Sled,
+    /// In memory.
+    Memory,
+}
+
+/// `store.durability`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    /// fsync before answering (group commit).
+    Always,
+    /// fsync every `flush_interval_ms`.
+    Interval,
+    /// Leave it to the OS.
+    Os,
 }
 
 /// `[auth]`
@@ -399,6 +459,16 @@ impl Settings {
             if v == 0 {
                 return Err(invalid(key, v, "must be more than 0"));
             }
+        }
+        if self.store.max_per_account == 0 {
+            return Err(invalid("store.max_per_account", 0, "must be at least 1"));
+        }
+        if self.store.durability == DurabilitySetting::Interval && self.store.flush_interval_ms == 0
+        {
+            return Err(invalid("store.flush_interval_ms", 0, "must be more than 0"));
+        }
+        if self.store.expire_every_secs == 0 {
+            return Err(invalid("store.expire_every_secs", 0, "must be more than 0"));
         }
         if c.queue_capacity == 0 {
             return Err(invalid(

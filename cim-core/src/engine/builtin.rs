@@ -75,3 +75,74 @@ impl RequestHandler for RemoveTag {
         Ok(Some(ReplyBody::ok(&body.key)))
     }
 }
+
+fn store_of<'a>(
+    ctx: &'a RequestContext<'_>,
+) -> Result<&'a std::sync::Arc<dyn crate::engine::MessageStore>> {
+    ctx.hub.store().ok_or_else(|| {
+        Error::reply(
+            crate::protocol::code::NOT_FOUND,
+            "this server keeps no messages",
+        )
+    })
+}
+
+/// `client_ack`: the bound account acknowledges message `id` and every older one; they are
+/// deleted from the store. Replies with `acked`, the number deleted.
+#[derive(Debug, Default)]
+pub struct ClientAck;
+
+#[async_trait]
+impl RequestHandler for ClientAck {
+    async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
+        let session = ctx.bound()?;
+        let id: i64 = body
+            .get("id")
+            .parse()
+            .map_err(|_| Error::bad_request("id must be a message id"))?;
+        let n = store_of(ctx)?.ack_id(&session.uid, id).await?;
+        Ok(Some(ReplyBody::ok(&body.key).with("acked", n.to_string())))
+    }
+}
+
+/// `client_get_offline_message`: queues the bound account's stored messages to this connection,
+/// oldest first (up to `limit`, default 500). For a client without receipts they are then
+/// deleted; a client with receipts acknowledges them. Replies with `count`.
+#[derive(Debug, Default)]
+pub struct GetOfflineMessages;
+
+#[async_trait]
+impl RequestHandler for GetOfflineMessages {
+    async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
+        let session = ctx.bound()?;
+        let limit = match body.get("limit") {
+            "" => 500,
+            l => l
+                .parse()
+                .map_err(|_| Error::bad_request("limit must be a number"))?,
+        };
+        let store = store_of(ctx)?;
+        let pending = store.pending(&session.uid, 0, limit).await?;
+        let mut queued = 0;
+        let mut last = None;
+        for p in pending {
+            let seq = p.seq;
+            let item = crate::engine::Outbound::Message(std::sync::Arc::new(
+                crate::engine::SharedMessage::new(p.message),
+            ));
+            if ctx.handle.push(item).is_err() {
+                break;
+            }
+            queued += 1;
+            last = Some(seq);
+        }
+        if !session.client_ack
+            && let Some(last) = last
+        {
+            store.ack(&session.uid, last).await?;
+        }
+        Ok(Some(
+            ReplyBody::ok(&body.key).with("count", queued.to_string()),
+        ))
+    }
+}

@@ -1,6 +1,7 @@
 //! The connection task: one per connection, owning its transport and its timers. It reads
 //! frames, runs handlers, writes replies and whatever others queue for it, and cleans up.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound};
 use crate::engine::handler::RequestContext;
 use crate::engine::heartbeat::{Heartbeat, TimerAction, Timers};
 use crate::engine::hub::Hub;
+use crate::engine::shared::SharedMessage;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::message::{ReplyBody, SentBody};
@@ -75,7 +77,13 @@ struct Conn<T> {
     remote: SocketAddr,
     config: ConnectionConfig,
     out: Vec<Outbound>,
+    /// Ids of stored messages written during the bind hand-over: the same messages may also sit
+    /// in the queue (pushed while the hand-over ran), and are skipped there once.
+    replayed: HashSet<i64>,
 }
+
+/// Stored messages written per batch during the bind hand-over.
+const REPLAY_BATCH: usize = 256;
 
 /// Runs one connection to its end. Spawn it; it returns when the connection is closed and
 /// everything about it is cleaned up (unbound, `client_closed` handled, listeners told).
@@ -99,6 +107,7 @@ pub async fn serve_connection<T: Transport>(
             remote,
             config,
             out: Vec::new(),
+            replayed: HashSet::new(),
         };
         debug!("connected");
         let end = loop {
@@ -141,7 +150,7 @@ pub async fn serve_connection<T: Transport>(
             End::Protocol(r) => format!("protocol error: {r}"),
         };
         let undelivered = rx.shut(CloseRequest::Closed(reason.clone()));
-        conn.finish(&reason, undelivered.len()).await;
+        conn.finish(&reason, undelivered).await;
         match end {
             End::Normal(_) => info!(reason = %reason, "closed"),
             End::Protocol(_) => warn!(reason = %reason, "closed"),
@@ -182,6 +191,13 @@ impl<T: Transport> Conn<T> {
         loop {
             let close = rx.drain(&mut self.out, self.config.max_batch);
             let drained = self.out.len();
+            if !self.replayed.is_empty() {
+                let replayed = std::mem::take(&mut self.replayed);
+                self.out.retain(|o| match o {
+                    Outbound::Message(m) => !replayed.contains(&m.message().id),
+                    Outbound::Frame(_) => true,
+                });
+            }
             self.write_out().await?;
             if let Some(req) = close {
                 return Err(End::Normal(req.to_string()));
@@ -298,19 +314,57 @@ impl<T: Transport> Conn<T> {
         }
         self.session = Some(session);
         self.reply(key::CLIENT_BIND, ReplyBody::ok(key::CLIENT_BIND))
-            .await
+            .await?;
+        self.replay_stored().await
+    }
+
+    /// Writes the account's stored messages, oldest first, before anything pushed since the
+    /// bind (which waits in the queue until this returns). A client without receipts has them
+    /// deleted once written; one with receipts acknowledges them itself.
+    async fn replay_stored(&mut self) -> Result<(), End> {
+        let (Some(store), Some(session)) = (self.hub.store().cloned(), self.session.clone()) else {
+            return Ok(());
+        };
+        let mut after = 0;
+        loop {
+            let page = match store.pending(&session.uid, after, REPLAY_BATCH).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "reading stored messages failed");
+                    return Ok(());
+                }
+            };
+            let Some(last) = page.last().map(|p| p.seq) else {
+                return Ok(());
+            };
+            let n = page.len();
+            for p in page {
+                self.replayed.insert(p.message.id);
+                self.out
+                    .push(Outbound::Message(Arc::new(SharedMessage::new(p.message))));
+            }
+            self.write_out().await?;
+            debug!(n, "stored messages delivered");
+            if !session.client_ack
+                && let Err(e) = store.ack(&session.uid, last).await
+            {
+                warn!(error = %e, "deleting delivered messages failed; they may be sent again");
+            }
+            if n < REPLAY_BATCH {
+                return Ok(());
+            }
+            after = last;
+        }
     }
 
     /// Cleans up after the connection ended.
-    async fn finish(&mut self, reason: &str, undelivered: usize) {
-        if undelivered > 0 {
-            warn!(undelivered, "connection closed with messages still queued");
-        }
+    async fn finish(&mut self, reason: &str, undelivered: Vec<Outbound>) {
         if let Some(s) = &self.session
             && let Err(e) = self.hub.sessions().unbind(s).await
         {
             warn!(error = %e, "unbind failed");
         }
+        self.keep_undelivered(undelivered).await;
         if let Some(handler) = self.hub.handler(key::CLIENT_CLOSED).cloned() {
             let ctx = RequestContext {
                 conn: self.handle.id(),
@@ -328,5 +382,41 @@ impl<T: Transport> Conn<T> {
             l.on_closed(self.handle.id(), self.session.as_ref(), reason);
         }
         let _ = timeout(Duration::from_secs(1), self.transport.close()).await;
+    }
+
+    /// Stores messages to this account that were still queued when the connection ended, unless
+    /// another connection of the account is live (it got them) or the client acknowledges
+    /// messages (they are stored already).
+    async fn keep_undelivered(&self, undelivered: Vec<Outbound>) {
+        let mut messages: Vec<Arc<SharedMessage>> = undelivered
+            .into_iter()
+            .filter_map(|o| match o {
+                Outbound::Message(m) => Some(m),
+                Outbound::Frame(_) => None,
+            })
+            .collect();
+        let (Some(store), Some(session)) = (self.hub.store(), &self.session) else {
+            if !messages.is_empty() {
+                warn!(
+                    undelivered = messages.len(),
+                    "connection closed with messages still queued"
+                );
+            }
+            return;
+        };
+        messages.retain(|m| m.message().receiver == session.uid && !m.message().is_kick());
+        if messages.is_empty() || session.client_ack {
+            return;
+        }
+        match self.hub.sessions().sessions(&session.uid).await {
+            Ok(others) if others.is_empty() => {}
+            _ => return,
+        }
+        for m in &messages {
+            if let Err(e) = store.append(&session.uid, m.message()).await {
+                warn!(error = %e, id = m.message().id, "storing an undelivered message failed");
+            }
+        }
+        debug!(stored = messages.len(), "undelivered messages stored");
     }
 }

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::watch;
 
-use crate::engine::builtin::{ClientMessage, RemoveTag, SetTag};
+use crate::engine::builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTag};
 use crate::engine::conn::ConnIds;
 use crate::engine::handler::{EventListener, RequestHandler};
 use crate::engine::local::LocalSessionManager;
 use crate::engine::policy::{AllowAll, BindAuthenticator};
 use crate::engine::sessions::{Delivery, SessionManager};
 use crate::engine::shared::SharedMessage;
+use crate::engine::store::MessageStore;
 use crate::error::Result;
 use crate::message::Message;
 use crate::protocol::key;
@@ -64,12 +65,16 @@ pub struct Sent {
     pub id: i64,
     /// Where it went.
     pub delivery: Delivery,
+    /// Whether it was stored for later delivery (no live connection took it, or the account
+    /// acknowledges messages).
+    pub stored: bool,
 }
 
 /// Shared services of a server. Build one with [`Hub::builder`].
 pub struct Hub {
     node: String,
     sessions: Arc<dyn SessionManager>,
+    store: Option<Arc<dyn MessageStore>>,
     handlers: HashMap<String, Arc<dyn RequestHandler>>,
     authenticator: Arc<dyn BindAuthenticator>,
     listeners: Vec<Arc<dyn EventListener>>,
@@ -103,6 +108,11 @@ impl Hub {
         &self.sessions
     }
 
+    /// The offline message store, if there is one.
+    pub fn store(&self) -> Option<&Arc<dyn MessageStore>> {
+        self.store.as_ref()
+    }
+
     /// The handler registered for `key`.
     pub fn handler(&self, key: &str) -> Option<&Arc<dyn RequestHandler>> {
         self.handlers.get(key)
@@ -133,15 +143,49 @@ impl Hub {
         }
     }
 
-    /// Sends `message` to every live connection of its receiver.
+    /// Sends `message` to every live connection of its receiver. With a store: when no live
+    /// connection takes it (none, or their queues are full) it is stored for the next bind; when
+    /// the account acknowledges messages it is stored first and kept until acknowledged. Returns
+    /// once the message is queued to a connection or stored as durably as the store's policy
+    /// says; a store failure is an [`Error::Unavailable`](crate::Error::Unavailable).
     pub async fn send(&self, mut message: Message) -> Result<Sent> {
         self.stamp(&mut message);
         let id = message.id;
-        let delivery = self
-            .sessions
-            .push(Arc::new(SharedMessage::new(message)))
-            .await?;
-        Ok(Sent { id, delivery })
+        let Some(store) = &self.store else {
+            let delivery = self
+                .sessions
+                .push(Arc::new(SharedMessage::new(message)))
+                .await?;
+            return Ok(Sent {
+                id,
+                delivery,
+                stored: false,
+            });
+        };
+        let uid = message.receiver.clone();
+        if self.sessions.wants_receipts(&uid).await? {
+            store.append(&uid, &message).await?;
+            let delivery = self
+                .sessions
+                .push(Arc::new(SharedMessage::new(message)))
+                .await?;
+            return Ok(Sent {
+                id,
+                delivery,
+                stored: true,
+            });
+        }
+        let shared = Arc::new(SharedMessage::new(message));
+        let delivery = self.sessions.push(Arc::clone(&shared)).await?;
+        let stored = delivery.delivered == 0;
+        if stored {
+            store.append(&uid, shared.message()).await?;
+        }
+        Ok(Sent {
+            id,
+            delivery,
+            stored,
+        })
     }
 
     /// Sends `message` to every live connection tagged `tag`.
@@ -152,7 +196,11 @@ impl Hub {
             .sessions
             .push_tag(tag, Arc::new(SharedMessage::new(message)))
             .await?;
-        Ok(Sent { id, delivery })
+        Ok(Sent {
+            id,
+            delivery,
+            stored: false,
+        })
     }
 
     /// Sends `message` to every live connection.
@@ -163,7 +211,11 @@ impl Hub {
             .sessions
             .broadcast(Arc::new(SharedMessage::new(message)))
             .await?;
-        Ok(Sent { id, delivery })
+        Ok(Sent {
+            id,
+            delivery,
+            stored: false,
+        })
     }
 
     /// Asks every connection to flush what is queued and close.
@@ -186,6 +238,7 @@ pub struct HubBuilder {
     node: String,
     node_number: u16,
     sessions: Option<Arc<dyn SessionManager>>,
+    store: Option<Arc<dyn MessageStore>>,
     handlers: HashMap<String, Arc<dyn RequestHandler>>,
     authenticator: Arc<dyn BindAuthenticator>,
     listeners: Vec<Arc<dyn EventListener>>,
@@ -197,10 +250,16 @@ impl Default for HubBuilder {
         handlers.insert(key::CLIENT_MESSAGE.into(), Arc::new(ClientMessage));
         handlers.insert(key::CLIENT_SET_TAG.into(), Arc::new(SetTag));
         handlers.insert(key::CLIENT_REMOVE_TAG.into(), Arc::new(RemoveTag));
+        handlers.insert(key::CLIENT_ACK.into(), Arc::new(ClientAck));
+        handlers.insert(
+            key::CLIENT_GET_OFFLINE_MESSAGE.into(),
+            Arc::new(GetOfflineMessages),
+        );
         Self {
             node: "node-0".into(),
             node_number: 0,
             sessions: None,
+            store: None,
             handlers,
             authenticator: Arc::new(AllowAll),
             listeners: Vec::new(),
@@ -219,6 +278,13 @@ impl HubBuilder {
     /// Uses `sessions` instead of a [`LocalSessionManager`].
     pub fn sessions(mut self, sessions: Arc<dyn SessionManager>) -> Self {
         self.sessions = Some(sessions);
+        self
+    }
+
+    /// Keeps messages for offline accounts in `store` (default: none; messages to an account
+    /// with no live connection are then dropped, as in CIM).
+    pub fn store(mut self, store: Arc<dyn MessageStore>) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -249,6 +315,7 @@ impl HubBuilder {
             sessions: self
                 .sessions
                 .unwrap_or_else(|| Arc::new(LocalSessionManager::new())),
+            store: self.store,
             handlers: self.handlers,
             authenticator: self.authenticator,
             listeners: self.listeners,

@@ -265,6 +265,14 @@ impl SessionManager for LocalSessionManager {
             .collect())
     }
 
+    async fn wants_receipts(&self, uid: &str) -> Result<bool> {
+        let shard = read(self.shard(uid));
+        Ok(shard
+            .by_uid
+            .get(uid)
+            .is_some_and(|es| es.iter().any(|e| e.session.client_ack)))
+    }
+
     async fn online(&self, page: &Page) -> Result<OnlinePage> {
         let matches = |s: &Session| {
             page.uid.as_deref().is_none_or(|u| s.uid == u)

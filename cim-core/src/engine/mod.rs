@@ -14,7 +14,7 @@ mod sessions;
 mod shared;
 mod store;
 
-pub use builtin::{ClientMessage, RemoveTag, SetTag};
+pub use builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTag};
 pub use conn::{CloseRequest, ConnId, ConnectionHandle, Outbound, OutboundReceiver, PushError};
 pub use driver::{ConnectionConfig, Transport, serve_connection};
 pub use handler::{EventListener, RequestContext, RequestHandler};

@@ -87,6 +87,12 @@ pub trait SessionManager: Send + Sync + 'static {
     /// The live sessions of an account.
     async fn sessions(&self, uid: &str) -> Result<Vec<Session>>;
 
+    /// Whether any live connection of `uid` acknowledges messages (so its messages are stored
+    /// before they are pushed).
+    async fn wants_receipts(&self, uid: &str) -> Result<bool> {
+        Ok(self.sessions(uid).await?.iter().any(|s| s.client_ack))
+    }
+
     /// A page of the live sessions.
     async fn online(&self, page: &Page) -> Result<OnlinePage>;
 

@@ -61,6 +61,8 @@ pub struct SentOut {
     pub id: String,
     /// Live connections it was queued to.
     pub delivered: usize,
+    /// Whether it was stored for later delivery.
+    pub stored: bool,
 }
 
 impl From<Sent> for SentOut {
@@ -68,6 +70,7 @@ impl From<Sent> for SentOut {
         Self {
             id: s.id.to_string(),
             delivered: s.delivery.delivered,
+            stored: s.stored,
         }
     }
 }
@@ -236,4 +239,31 @@ pub async fn health(State(st): State<Arc<HttpState>>) -> Result<Json<Value>, Api
     Ok(Json(
         json!({ "status": "ok", "node": st.hub.node(), "sessions": sessions }),
     ))
+}
+
+fn store(st: &HttpState) -> Result<&Arc<dyn cim_core::engine::MessageStore>, ApiError> {
+    st.hub.store().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "this server keeps no messages",
+        )
+    })
+}
+
+/// `GET /api/v1/accounts/{uid}/pending`: how many messages wait for the account.
+pub async fn pending_count(
+    State(st): State<Arc<HttpState>>,
+    Path(uid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let count = store(&st)?.count(&uid).await?;
+    Ok(Json(json!({ "uid": uid, "pending": count })))
+}
+
+/// `DELETE /api/v1/accounts/{uid}/pending`: deletes the account's waiting messages.
+pub async fn pending_clear(
+    State(st): State<Arc<HttpState>>,
+    Path(uid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let deleted = store(&st)?.clear(&uid).await?;
+    Ok(Json(json!({ "uid": uid, "deleted": deleted })))
 }

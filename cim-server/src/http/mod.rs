@@ -102,6 +102,10 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             "/api/v1/accounts/{uid}/sessions",
             get(api::account_sessions).delete(api::kick),
         )
+        .route(
+            "/api/v1/accounts/{uid}/pending",
+            get(api::pending_count).delete(api::pending_clear),
+        )
         .route("/api/v1/tokens", post(api::mint_token))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),

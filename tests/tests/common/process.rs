@@ -46,6 +46,8 @@ pub fn server_binary() -> PathBuf {
 
 /// A running `cim-server`; killed when dropped.
 pub struct ServerProcess {
+    /// The store directory, when the test did not choose one.
+    pub data: Option<tempfile::TempDir>,
     pub child: Child,
     pub addrs: HashMap<String, SocketAddr>,
     pub stdout: std::sync::mpsc::Receiver<String>,
@@ -68,12 +70,15 @@ impl ServerProcess {
     /// Starts the server with `env` (on top of free ports) and waits until it prints every
     /// listening address.
     pub fn start(env: &[(&str, &str)]) -> ServerProcess {
+        let data = (!env.iter().any(|(k, _)| *k == "CIM_STORE__PATH"))
+            .then(|| tempfile::tempdir().unwrap());
         let mut cmd = Command::new(server_binary());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(free_ports())
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .env("RUST_LOG", "info")
+            .envs(data.iter().map(|d| ("CIM_STORE__PATH", d.path())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -105,6 +110,7 @@ impl ServerProcess {
             }
         }
         ServerProcess {
+            data,
             child,
             addrs,
             stdout: rx,
