@@ -319,42 +319,60 @@ impl<T: Transport> Conn<T> {
     }
 
     /// Writes the account's stored messages, oldest first, before anything pushed since the
-    /// bind (which waits in the queue until this returns). A client without receipts has them
-    /// deleted once written; one with receipts acknowledges them itself.
+    /// bind (which waits in the queue until this returns). Only messages sent before the bind
+    /// are replayed: one stored later (its queue overflowed meanwhile) belongs after what is
+    /// queued, and waits for the next bind or pull. A client without receipts has the replayed
+    /// messages deleted once written; one with receipts acknowledges them itself.
     async fn replay_stored(&mut self) -> Result<(), End> {
         let (Some(store), Some(session)) = (self.hub.store().cloned(), self.session.clone()) else {
             return Ok(());
         };
+        // Ids increase with sending time: anything sent from now on has a larger one.
+        let boundary = self.hub.next_message_id();
         let mut after = 0;
-        loop {
+        let mut written = None;
+        let mut total = 0;
+        'pages: loop {
             let page = match store.pending(&session.uid, after, REPLAY_BATCH).await {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(error = %e, "reading stored messages failed");
-                    return Ok(());
+                    break;
                 }
             };
-            let Some(last) = page.last().map(|p| p.seq) else {
-                return Ok(());
-            };
-            let n = page.len();
+            let full = page.len() == REPLAY_BATCH;
+            let mut last = None;
+            let mut reached_boundary = false;
             for p in page {
+                if p.message.id > boundary {
+                    reached_boundary = true;
+                    break;
+                }
+                last = Some(p.seq);
                 self.replayed.insert(p.message.id);
                 self.out
                     .push(Outbound::Message(Arc::new(SharedMessage::new(p.message))));
             }
+            total += self.out.len();
             self.write_out().await?;
-            debug!(n, "stored messages delivered");
-            if !session.client_ack
-                && let Err(e) = store.ack(&session.uid, last).await
-            {
-                warn!(error = %e, "deleting delivered messages failed; they may be sent again");
+            if last.is_some() {
+                written = last;
             }
-            if n < REPLAY_BATCH {
-                return Ok(());
+            match last {
+                Some(seq) if full && !reached_boundary => after = seq,
+                _ => break 'pages,
             }
-            after = last;
         }
+        if total > 0 {
+            debug!(total, "stored messages delivered");
+        }
+        if !session.client_ack
+            && let Some(last) = written
+            && let Err(e) = store.ack(&session.uid, last).await
+        {
+            warn!(error = %e, "deleting delivered messages failed; they may be sent again");
+        }
+        Ok(())
     }
 
     /// Cleans up after the connection ended.
