@@ -22,7 +22,9 @@
 //! ```
 
 mod keys;
+mod redb_store;
 mod sled_store;
 mod value;
 
+pub use redb_store::{RedbOpenError, RedbStore};
 pub use sled_store::{Durability, OpenError, SledStore};

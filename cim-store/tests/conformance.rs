@@ -1,7 +1,67 @@
 //! `SledStore` passes the message store conformance suite, restart included.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use cim_store::{Durability, SledStore};
+use cim_store::{Durability, RedbStore, SledStore};
+
+/// Opens a store, retrying for a moment while the previous owner of the files lets go.
+async fn open_retrying<S, E: std::fmt::Display>(open: impl Fn() -> Result<S, E>) -> S {
+    let mut tries = 0;
+    loop {
+        match open() {
+            Ok(s) => return s,
+            Err(_) if tries < 200 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+async fn redb_conforms(durability: Durability) {
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let base = dir.path().to_path_buf();
+    let make = || {
+        let path = base.join(format!(
+            "db{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        async move { RedbStore::open(path, durability, 5).unwrap() }
+    };
+    let reopen = |s: RedbStore| {
+        let path = base.join("db0");
+        async move {
+            drop(s);
+            open_retrying(|| RedbStore::open(&path, durability, 5)).await
+        }
+    };
+    cim_core::testing::store::conformance(make, Some(reopen), 5).await;
+}
+
+#[tokio::test]
+async fn redb_store_conforms_always() {
+    redb_conforms(Durability::Always).await;
+}
+
+#[tokio::test]
+async fn redb_store_conforms_interval() {
+    redb_conforms(Durability::Interval(std::time::Duration::from_millis(50))).await;
+}
+
+#[tokio::test]
+async fn redb_store_conforms_os() {
+    redb_conforms(Durability::Os).await;
+}
+
+#[tokio::test]
+async fn redb_unopenable_directory_names_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = RedbStore::open(&file, Durability::Os, 5).err().unwrap();
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+}
 
 async fn conforms(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
@@ -20,17 +80,7 @@ async fn conforms(durability: Durability) {
             drop(s);
             // sled releases its file lock when its last internal handle is gone, which its
             // background threads may delay by a moment.
-            let mut tries = 0;
-            loop {
-                match SledStore::open(&path, durability, 5) {
-                    Ok(s) => break s,
-                    Err(_) if tries < 200 => {
-                        tries += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            open_retrying(|| SledStore::open(&path, durability, 5)).await
         }
     };
     cim_core::testing::store::conformance(make, Some(reopen), 5).await;
