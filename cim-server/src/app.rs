@@ -15,7 +15,7 @@ use crate::listener::{Listener, Protocol};
 use crate::server::{RunningServer, Server, ServerError};
 use crate::settings::{DurabilitySetting, Settings, StoreBackend, socket_addr};
 use cim_core::engine::{MemoryStore, MessageStore};
-use cim_store::{Durability, SledStore};
+use cim_store::{Durability, RedbStore, SledStore};
 
 /// A running reference server: long-connection listeners and the HTTP API.
 pub struct App {
@@ -150,20 +150,22 @@ impl App {
 
 fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError> {
     let s = &settings.store;
+    let durability = match s.durability {
+        DurabilitySetting::Always => Durability::Always,
+        DurabilitySetting::Interval => {
+            Durability::Interval(Duration::from_millis(s.flush_interval_ms))
+        }
+        DurabilitySetting::Os => Durability::Os,
+    };
+    let failed = |e: &dyn std::fmt::Display| ServerError::Config(e.to_string());
     Ok(match s.backend {
         StoreBackend::Memory => Arc::new(MemoryStore::new(s.max_per_account)),
-        StoreBackend::Sled => {
-            let durability = match s.durability {
-                DurabilitySetting::Always => Durability::Always,
-                DurabilitySetting::Interval => {
-                    Durability::Interval(Duration::from_millis(s.flush_interval_ms))
-                }
-                DurabilitySetting::Os => Durability::Os,
-            };
-            let store = SledStore::open(&s.path, durability, s.max_per_account)
-                .map_err(|e| ServerError::Config(e.to_string()))?;
-            Arc::new(store)
-        }
+        StoreBackend::Redb => Arc::new(
+            RedbStore::open(&s.path, durability, s.max_per_account).map_err(|e| failed(&e))?,
+        ),
+        StoreBackend::Sled => Arc::new(
+            SledStore::open(&s.path, durability, s.max_per_account).map_err(|e| failed(&e))?,
+        ),
     })
 }
 

@@ -223,9 +223,10 @@ impl Default for ConnectionSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
-    /// `sled` (on disk under `path`) or `memory` (lost at exit).
+    /// `redb` (on disk under `path`, the default), `sled` (on disk under `path`) or `memory`
+    /// (lost at exit).
     pub backend: StoreBackend,
-    /// Directory of the sled database.
+    /// Directory of the database.
     pub path: PathBuf,
     /// `always` (fsynced before a send is answered), `interval` (every `flush_interval_ms`) or
     /// `os` (left to the operating system).
@@ -243,7 +244,7 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            backend: StoreBackend::Sled,
+            backend: StoreBackend::Redb,
             path: PathBuf::from("./data"),
             durability: DurabilitySetting::Always,
             flush_interval_ms: 100,
@@ -258,6 +259,8 @@ impl Default for StoreSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
+    /// redb, on disk, with a write-ahead log under `always`.
+    Redb,
     /// sled, on disk.
     Sled,
     /// In memory.

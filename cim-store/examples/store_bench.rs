@@ -7,7 +7,7 @@
 //! cargo run --release -p cim-store --example store_bench -- append redb     # appends only, one backend
 //! cargo run --release -p cim-store --example store_bench -- churn sled      # disk use only
 //! ```
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -92,13 +92,11 @@ async fn churn(backend: Backend) {
     let accounts = 1000u64;
     let total = 1_000_000u64;
     let keep = 10u64;
-    let mut last_seq = vec![0u64; accounts as usize];
     let start = Instant::now();
     for i in 0..total {
         let a = (i % accounts) as usize;
         let uid = format!("user-{a}");
         let appended = store.append(&uid, &typical(i)).await.unwrap();
-        last_seq[a] = appended.seq;
         if appended.seq > keep {
             store.ack(&uid, appended.seq - keep).await.unwrap();
         }

@@ -25,6 +25,7 @@ mod keys;
 mod redb_store;
 mod sled_store;
 mod value;
+mod wal;
 
 pub use redb_store::{RedbOpenError, RedbStore};
 pub use sled_store::{Durability, OpenError, SledStore};

@@ -21,12 +21,21 @@ use tracing::{info, warn};
 
 use crate::Durability;
 use crate::value;
+use crate::wal::{self, Record, Wal};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const SEQS: TableDefinition<&str, u64> = TableDefinition::new("seqs");
 
 /// File name of the database inside the store directory.
 pub const FILE_NAME: &str = "messages.redb";
+
+/// File name of the write-ahead log (`Durability::Always`) inside the store directory.
+pub const WAL_FILE_NAME: &str = "messages.wal";
+
+/// The log is folded into the database (a durable commit) when it grows past this...
+const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// ...or this long after the last checkpoint.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Operations queued for the writer, most taking at most this many per transaction.
 const MAX_BATCH: usize = 4096;
@@ -96,15 +105,32 @@ impl RedbStore {
         txn.open_table(SEQS).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
         let db = Arc::new(db);
-        let (ops, rx) = mpsc::channel();
-        let writer = Writer {
+        // redb commits are either durable or lost on a crash; "left to the OS" becomes a durable
+        // commit once a second.
+        let durability = match durability {
+            Durability::Os => Durability::Interval(std::time::Duration::from_secs(1)),
+            d => d,
+        };
+        let mut writer = Writer {
             db: Arc::clone(&db),
             durability,
             cap: cap.max(1),
             accounts: HashMap::new(),
             last_durable: Instant::now(),
             dirty: false,
+            wal: None,
         };
+        if durability == Durability::Always {
+            let wal_path = dir.join(WAL_FILE_NAME);
+            let (log, records) = Wal::open(&wal_path).map_err(|e| err(&e))?;
+            if !records.is_empty() {
+                info!(records = records.len(), "replaying the write-ahead log");
+                writer.replay(&records).map_err(|e| err(&e))?;
+            }
+            writer.wal = Some(log);
+            writer.checkpoint().map_err(|e| err(&e))?;
+        }
+        let (ops, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("cim-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -156,6 +182,8 @@ struct Writer {
     last_durable: Instant,
     /// Commits made without fsync since the last durable one.
     dirty: bool,
+    /// The write-ahead log, under `Durability::Always`.
+    wal: Option<Wal>,
 }
 
 struct Tables<'t> {
@@ -198,19 +226,70 @@ impl Writer {
             }
             self.apply(batch);
         }
-        if self.dirty {
+        if self.wal.is_some() {
+            if let Err(e) = self.checkpoint() {
+                warn!(error = %e, "final checkpoint of the message store failed");
+            }
+        } else if self.dirty {
             self.commit_durable_now();
         }
     }
 
     fn durable_now(&self, batch_wants_flush: bool) -> bool {
         match self.durability {
-            Durability::Always => true,
+            // The log makes each batch durable; the database catches up at checkpoints.
+            Durability::Always => self.wal.is_none(),
             Durability::Interval(every) => {
                 batch_wants_flush || self.last_durable.elapsed() >= every
             }
             Durability::Os => batch_wants_flush,
         }
+    }
+
+    /// Applies logged records again (each is idempotent) and commits durably.
+    fn replay(&mut self, records: &[Record]) -> std::result::Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        {
+            let mut t = Tables {
+                messages: txn.open_table(MESSAGES)?,
+                seqs: txn.open_table(SEQS)?,
+            };
+            for rec in records {
+                match rec {
+                    Record::Append { uid, seq, value } => {
+                        t.messages.insert((uid.as_str(), *seq), value.as_slice())?;
+                        let last = t.seqs.get(uid.as_str())?.map_or(0, |v| v.value());
+                        t.seqs.insert(uid.as_str(), last.max(*seq))?;
+                    }
+                    Record::Ack { uid, upto } => {
+                        t.messages
+                            .retain_in((uid.as_str(), 0)..=(uid.as_str(), *upto), |_, _| false)?;
+                    }
+                    Record::Expire { older_than_ms } => {
+                        let cut = *older_than_ms;
+                        t.messages
+                            .retain(|_, v| value::decode(v).map_or(true, |(at, _)| at >= cut))?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        self.accounts.clear();
+        Ok(())
+    }
+
+    /// Makes everything committed so far durable and empties the log.
+    fn checkpoint(&mut self) -> std::result::Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.commit()?;
+        self.dirty = false;
+        self.last_durable = Instant::now();
+        if let Some(log) = &mut self.wal {
+            log.reset().map_err(redb::StorageError::from)?;
+        }
+        Ok(())
     }
 
     fn commit_durable_now(&mut self) {
@@ -269,6 +348,8 @@ impl Writer {
         let wants_flush = batch.iter().any(|op| matches!(op, Op::Flush { .. }));
         let durable = self.durable_now(wants_flush);
         let mut done = Vec::with_capacity(batch.len());
+        let mut log = Vec::new();
+        let logging = self.wal.is_some();
         let res = (|| -> std::result::Result<(), redb::Error> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(if durable {
@@ -289,6 +370,9 @@ impl Writer {
                         t.messages
                             .insert((uid.as_str(), a.last), value.as_slice())?;
                         t.seqs.insert(uid.as_str(), a.last)?;
+                        if logging {
+                            wal::encode_append(&mut log, &uid, a.last, &value);
+                        }
                         if let Some(slot) = self.accounts.get_mut(&uid) {
                             *slot = a;
                         }
@@ -308,12 +392,18 @@ impl Writer {
                     Op::Ack { uid, upto, reply } => {
                         self.account(&t, &uid)?;
                         let n = self.delete(&mut t, &uid, upto, usize::MAX)?;
+                        if logging && n > 0 {
+                            wal::encode_ack(&mut log, &uid, upto.unwrap_or(u64::MAX));
+                        }
                         done.push(Done::Count(reply, n));
                     }
                     Op::Expire {
                         older_than_ms,
                         reply,
                     } => {
+                        if logging {
+                            wal::encode_expire(&mut log, older_than_ms);
+                        }
                         let table = &mut t.messages;
                         let mut gone: HashMap<String, usize> = HashMap::new();
                         table.retain(|(uid, _), v| {
@@ -336,15 +426,29 @@ impl Writer {
                 }
             }
             drop(t);
+            // Durable in the log first; a failed log write abandons the transaction.
+            if let Some(wal) = &mut self.wal
+                && !log.is_empty()
+            {
+                wal.append_sync(&log).map_err(redb::StorageError::from)?;
+            }
             txn.commit()?;
             Ok(())
         })();
+        let res = res.and_then(|()| {
+            let due = self.wal.as_ref().is_some_and(|w| {
+                wants_flush
+                    || w.len() > CHECKPOINT_BYTES
+                    || self.last_durable.elapsed() > CHECKPOINT_EVERY
+            });
+            if due { self.checkpoint() } else { Ok(()) }
+        });
         match res {
             Ok(()) => {
                 if durable {
                     self.dirty = false;
                     self.last_durable = Instant::now();
-                } else {
+                } else if self.wal.is_none() {
                     self.dirty = true;
                 }
                 for d in done {

@@ -22,8 +22,10 @@ pub enum Durability {
     /// Flushed every so often in the background. A crash loses up to that much of what was
     /// answered as stored.
     Interval(Duration),
-    /// Left to the operating system. A crash of the process loses what sled had not yet written
-    /// (its buffers); a crash of the machine loses what the OS had not written either.
+    /// Left to the operating system. With sled, a crash of the process loses what sled had not
+    /// yet written (its buffers); a crash of the machine loses what the OS had not written
+    /// either. redb has no such mode: its commits are durable or lost, so there this means a
+    /// durable commit once a second.
     Os,
 }
 

@@ -1,4 +1,4 @@
-//! Nothing lost: offline messages in a real sled store, delivery on bind, receipts.
+//! Nothing lost: offline messages in a real redb store, delivery on bind, receipts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,14 +14,14 @@ use std::time::Duration;
 use cim_core::engine::{ConnectionConfig, MessageStore};
 use cim_core::{Frame, SentBody};
 use cim_server::{RunningServer, WsSettings};
-use cim_store::{Durability, SledStore};
+use cim_store::{Durability, RedbStore};
 use common::*;
 
 async fn start_with_store(
     dir: &std::path::Path,
     conn: ConnectionConfig,
-) -> (RunningServer, Arc<SledStore>) {
-    let store = Arc::new(SledStore::open(dir, Durability::Always, 10_000).unwrap());
+) -> (RunningServer, Arc<RedbStore>) {
+    let store = Arc::new(RedbStore::open(dir, Durability::Always, 10_000).unwrap());
     let s = store.clone();
     let (server, _) = start_with(conn, WsSettings::default(), move |b| b.store(s)).await;
     (server, store)
@@ -272,9 +272,9 @@ async fn restart_with_pending_messages() {
         drop(store);
         ids
     };
-    // sled lets go of its lock a moment after the last handle.
+    // the writer thread lets go of the file a moment after the last handle.
     let store = loop {
-        match SledStore::open(dir.path(), Durability::Always, 10_000) {
+        match RedbStore::open(dir.path(), Durability::Always, 10_000) {
             Ok(s) => break Arc::new(s),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
