@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cim_core::engine::{ConnectionConfig, Timers};
+use cim_core::engine::{ConnectionConfig, SlowConsumer, Timers};
 use serde::{Deserialize, Serialize};
 
 use crate::transport::{WsMode, WsSettings};
@@ -202,6 +202,19 @@ pub struct ConnectionSettings {
     pub queue_capacity: usize,
     /// Time a write may stall before the connection is closed.
     pub write_timeout_ms: u64,
+    /// A connection whose queue fills: `close` it, or `keep` it and deliver what did not fit
+    /// (stored meanwhile) once it catches up.
+    pub slow_consumer: SlowConsumerSetting,
+}
+
+/// `connection.slow_consumer`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumerSetting {
+    /// Close the connection.
+    Close,
+    /// Keep it; deliver later.
+    Keep,
 }
 
 impl Default for ConnectionSettings {
@@ -215,6 +228,7 @@ impl Default for ConnectionSettings {
             bind_timeout_ms: t.bind_timeout.as_millis() as u64,
             queue_capacity: c.queue_capacity,
             write_timeout_ms: c.write_timeout.as_millis() as u64,
+            slow_consumer: SlowConsumerSetting::Close,
         }
     }
 }
@@ -540,6 +554,10 @@ impl Settings {
             },
             queue_capacity: c.queue_capacity,
             write_timeout: Duration::from_millis(c.write_timeout_ms),
+            slow_consumer: match c.slow_consumer {
+                SlowConsumerSetting::Close => SlowConsumer::Close,
+                SlowConsumerSetting::Keep => SlowConsumer::Keep,
+            },
             ..ConnectionConfig::default()
         }
     }

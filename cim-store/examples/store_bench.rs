@@ -7,7 +7,12 @@
 //! cargo run --release -p cim-store --example store_bench -- append redb     # appends only, one backend
 //! cargo run --release -p cim-store --example store_bench -- churn sled      # disk use only
 //! ```
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -523,6 +523,12 @@ impl MessageStore for RedbStore {
         .await
     }
 
+    async fn last_seq(&self, uid: &str) -> Result<Seq> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let seqs = txn.open_table(SEQS).map_err(unavailable)?;
+        Ok(seqs.get(uid).map_err(unavailable)?.map_or(0, |v| v.value()))
+    }
+
     async fn count(&self, uid: &str) -> Result<usize> {
         self.read(|table| count_in(table, uid))
     }

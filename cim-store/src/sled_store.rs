@@ -290,6 +290,10 @@ impl MessageStore for SledStore {
         Ok(n)
     }
 
+    async fn last_seq(&self, uid: &str) -> Result<Seq> {
+        Ok(self.account(uid)?.last)
+    }
+
     async fn count(&self, uid: &str) -> Result<usize> {
         Ok(self.account(uid)?.count)
     }

@@ -75,11 +75,26 @@ impl fmt::Display for CloseRequest {
     }
 }
 
+/// What a full outbound queue does to its connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close it (after writing what is queued). Messages that did not fit are stored, when the
+    /// server has a store, and delivered on the next bind.
+    #[default]
+    Close,
+    /// Keep it: refuse pushes (which are then stored) until the queue is written out, then
+    /// deliver what was stored, in order. Without a store, refused messages are lost.
+    Keep,
+}
+
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Outbound>,
     /// Set once: after the queued items are written, the connection closes.
     close: Option<CloseRequest>,
+    /// The queue filled under [`SlowConsumer::Keep`]: pushes are refused until the connection
+    /// has caught up.
+    overflowed: bool,
 }
 
 #[derive(Debug)]
@@ -87,6 +102,7 @@ struct Queue {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    policy: SlowConsumer,
 }
 
 impl Queue {
@@ -110,12 +126,22 @@ pub struct ConnectionHandle {
 
 impl ConnectionHandle {
     /// A handle and the receiving end for the connection's task. `capacity` bounds the queue
-    /// (at least 1).
+    /// (at least 1); a full queue closes the connection.
     pub fn new(id: ConnId, capacity: usize) -> (ConnectionHandle, OutboundReceiver) {
+        Self::with_policy(id, capacity, SlowConsumer::Close)
+    }
+
+    /// Like [`new`](Self::new), with `policy` for a full queue.
+    pub fn with_policy(
+        id: ConnId,
+        capacity: usize,
+        policy: SlowConsumer,
+    ) -> (ConnectionHandle, OutboundReceiver) {
         let queue = Arc::new(Queue {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity: capacity.max(1),
+            policy,
         });
         (
             ConnectionHandle {
@@ -139,8 +165,14 @@ impl ConnectionHandle {
         if st.close.is_some() {
             return Err((PushError::Closed, item));
         }
+        if st.overflowed {
+            return Err((PushError::Full, item));
+        }
         if st.items.len() >= self.queue.capacity {
-            st.close = Some(CloseRequest::Overflow);
+            match self.queue.policy {
+                SlowConsumer::Close => st.close = Some(CloseRequest::Overflow),
+                SlowConsumer::Keep => st.overflowed = true,
+            }
             drop(st);
             self.queue.notify.notify_one();
             return Err((PushError::Full, item));
@@ -220,6 +252,23 @@ impl OutboundReceiver {
         None
     }
 
+    /// Whether the queue overflowed under [`SlowConsumer::Keep`] and refuses pushes.
+    pub fn overflowed(&self) -> bool {
+        self.queue.lock().overflowed
+    }
+
+    /// If the queue overflowed under [`SlowConsumer::Keep`] and has been written out, takes
+    /// pushes again and returns `true`: the caller then delivers what was stored meanwhile.
+    pub fn recover_overflow(&self) -> bool {
+        let mut st = self.queue.lock();
+        if st.overflowed && st.items.is_empty() {
+            st.overflowed = false;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Closes the queue for good (the connection ended): later pushes fail with
     /// [`PushError::Closed`]. Returns what was still queued, so the caller can account for it.
     pub fn shut(&self, why: CloseRequest) -> Vec<Outbound> {
@@ -260,6 +309,24 @@ mod tests {
         assert_eq!(rx.drain(&mut out, 2), None);
         assert_eq!(rx.drain(&mut out, 2), Some(CloseRequest::Kicked));
         assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn keep_policy_refuses_until_written_out() {
+        let (h, rx) = ConnectionHandle::with_policy(ConnId(1), 2, SlowConsumer::Keep);
+        h.push_frame(Frame::Ping).unwrap();
+        h.push_frame(Frame::Ping).unwrap();
+        assert_eq!(h.push_frame(Frame::Ping), Err(PushError::Full));
+        assert!(!h.is_closed());
+        let mut out = Vec::new();
+        assert_eq!(rx.drain(&mut out, 1), None);
+        // Room again, but still refused until everything queued is out.
+        assert_eq!(h.push_frame(Frame::Ping), Err(PushError::Full));
+        assert!(!rx.recover_overflow());
+        assert_eq!(rx.drain(&mut out, 1), None);
+        assert!(rx.recover_overflow());
+        assert!(!rx.recover_overflow());
+        h.push_frame(Frame::Ping).unwrap();
     }
 
     #[tokio::test]

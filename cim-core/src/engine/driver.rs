@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound};
+use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound, SlowConsumer};
 use crate::engine::handler::RequestContext;
 use crate::engine::heartbeat::{Heartbeat, TimerAction, Timers};
 use crate::engine::hub::Hub;
@@ -47,6 +47,8 @@ pub struct ConnectionConfig {
     pub write_timeout: Duration,
     /// Queued items written in one batch at most (default 256).
     pub max_batch: usize,
+    /// What a full queue does to the connection (default: close it).
+    pub slow_consumer: SlowConsumer,
 }
 
 impl Default for ConnectionConfig {
@@ -56,6 +58,7 @@ impl Default for ConnectionConfig {
             queue_capacity: 1024,
             write_timeout: Duration::from_secs(15),
             max_batch: 256,
+            slow_consumer: SlowConsumer::Close,
         }
     }
 }
@@ -96,7 +99,8 @@ pub async fn serve_connection<T: Transport>(
     let id = hub.conn_ids.next();
     let span = info_span!("conn", id = id.0, peer = %remote, uid = tracing::field::Empty);
     async move {
-        let (handle, rx) = ConnectionHandle::new(id, config.queue_capacity);
+        let (handle, rx) =
+            ConnectionHandle::with_policy(id, config.queue_capacity, config.slow_consumer);
         let mut shutdown = hub.shutdown_signal();
         let mut conn = Conn {
             hub,
@@ -203,6 +207,10 @@ impl<T: Transport> Conn<T> {
                 return Err(End::Normal(req.to_string()));
             }
             if drained < self.config.max_batch {
+                // Caught up after an overflow: what was refused meanwhile is in the store.
+                if rx.overflowed() {
+                    self.replay_stored(Some(rx)).await?;
+                }
                 return Ok(());
             }
         }
@@ -315,24 +323,45 @@ impl<T: Transport> Conn<T> {
         self.session = Some(session);
         self.reply(key::CLIENT_BIND, ReplyBody::ok(key::CLIENT_BIND))
             .await?;
-        self.replay_stored().await
+        self.replay_stored(None).await
     }
 
-    /// Writes the account's stored messages, oldest first, before anything pushed since the
-    /// bind (which waits in the queue until this returns). Only messages sent before the bind
-    /// are replayed: one stored later (its queue overflowed meanwhile) belongs after what is
-    /// queued, and waits for the next bind or pull. A client without receipts has the replayed
-    /// messages deleted once written; one with receipts acknowledges them itself.
-    async fn replay_stored(&mut self) -> Result<(), End> {
+    /// Writes the account's stored messages, oldest first, before anything pushed since (which
+    /// waits in the queue until this returns): after a bind, and after catching up from an
+    /// overflow (`recovering`, whose mark is cleared here). Only messages stored up to this
+    /// moment are replayed: the account's send lock is taken to read the boundary, so no
+    /// message refused before is still on its way to the store, and every later one is queued
+    /// (or stored after the boundary, for the next catch-up). A client without receipts has the
+    /// replayed messages deleted once written; one with receipts acknowledges them itself.
+    async fn replay_stored(
+        &mut self,
+        recovering: Option<&crate::engine::conn::OutboundReceiver>,
+    ) -> Result<(), End> {
         let (Some(store), Some(session)) = (self.hub.store().cloned(), self.session.clone()) else {
+            if let Some(rx) = recovering {
+                rx.recover_overflow();
+            }
             return Ok(());
         };
-        // Ids increase with sending time: anything sent from now on has a larger one.
-        let boundary = self.hub.next_message_id();
+        let boundary = {
+            let _lock = self.hub.lock_account(&session.uid).await;
+            if let Some(rx) = recovering
+                && !rx.recover_overflow()
+            {
+                return Ok(());
+            }
+            match store.last_seq(&session.uid).await {
+                Ok(seq) => seq,
+                Err(e) => {
+                    warn!(error = %e, "reading stored messages failed");
+                    return Ok(());
+                }
+            }
+        };
         let mut after = 0;
         let mut written = None;
         let mut total = 0;
-        'pages: loop {
+        while after < boundary {
             let page = match store.pending(&session.uid, after, REPLAY_BATCH).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -341,30 +370,28 @@ impl<T: Transport> Conn<T> {
                 }
             };
             let full = page.len() == REPLAY_BATCH;
-            let mut last = None;
-            let mut reached_boundary = false;
-            for p in page {
-                if p.message.id > boundary {
-                    reached_boundary = true;
-                    break;
-                }
-                last = Some(p.seq);
+            for p in page.into_iter().take_while(|p| p.seq <= boundary) {
+                after = p.seq;
                 self.replayed.insert(p.message.id);
                 self.out
                     .push(Outbound::Message(Arc::new(SharedMessage::new(p.message))));
             }
-            total += self.out.len();
-            self.write_out().await?;
-            if last.is_some() {
-                written = last;
+            if self.out.is_empty() {
+                break;
             }
-            match last {
-                Some(seq) if full && !reached_boundary => after = seq,
-                _ => break 'pages,
+            total += self.out.len();
+            written = Some(after);
+            self.write_out().await?;
+            if !full {
+                break;
             }
         }
         if total > 0 {
-            debug!(total, "stored messages delivered");
+            debug!(
+                total,
+                recovering = recovering.is_some(),
+                "stored messages delivered"
+            );
         }
         if !session.client_ack
             && let Some(last) = written

@@ -81,7 +81,15 @@ pub struct Hub {
     ids: MessageIds,
     pub(crate) conn_ids: ConnIds,
     shutdown: watch::Sender<bool>,
+    /// Per-account send locks (striped): a send to a stored account holds its lock from the
+    /// push to the append, so a connection that reads the store's last sequence under the same
+    /// lock knows that every message refused before is in the store.
+    account_locks: Box<[tokio::sync::Mutex<()>]>,
+    lock_hasher: std::hash::RandomState,
 }
+
+/// Number of stripes of [`Hub`]'s account locks.
+const ACCOUNT_LOCK_STRIPES: usize = 256;
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,6 +171,7 @@ impl Hub {
             });
         };
         let uid = message.receiver.clone();
+        let _serialised = self.lock_account(&uid).await;
         if self.sessions.wants_receipts(&uid).await? {
             store.append(&uid, &message).await?;
             let delivery = self
@@ -216,6 +225,14 @@ impl Hub {
             delivery,
             stored: false,
         })
+    }
+
+    /// Holds `uid`'s send lock (see the field's note) until the guard drops.
+    #[allow(clippy::indexing_slicing)] // reduced modulo the (non-zero) length
+    pub(crate) async fn lock_account(&self, uid: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let i = (self.lock_hasher.hash_one(uid) as usize) % self.account_locks.len();
+        self.account_locks[i].lock().await
     }
 
     /// Asks every connection to flush what is queued and close.
@@ -322,6 +339,10 @@ impl HubBuilder {
             ids: MessageIds::new(self.node_number),
             conn_ids: ConnIds::default(),
             shutdown: watch::Sender::new(false),
+            account_locks: (0..ACCOUNT_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            lock_hasher: std::hash::RandomState::new(),
         }
     }
 }

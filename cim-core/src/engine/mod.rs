@@ -15,7 +15,9 @@ mod shared;
 mod store;
 
 pub use builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTag};
-pub use conn::{CloseRequest, ConnId, ConnectionHandle, Outbound, OutboundReceiver, PushError};
+pub use conn::{
+    CloseRequest, ConnId, ConnectionHandle, Outbound, OutboundReceiver, PushError, SlowConsumer,
+};
 pub use driver::{ConnectionConfig, Transport, serve_connection};
 pub use handler::{EventListener, RequestContext, RequestHandler};
 pub use heartbeat::{Heartbeat, IdleReason, TimerAction, Timers};

@@ -61,6 +61,9 @@ pub trait MessageStore: Send + Sync + 'static {
         }
     }
 
+    /// The last sequence given to a message of `uid` (0 before any).
+    async fn last_seq(&self, uid: &str) -> Result<Seq>;
+
     /// Number of messages waiting for `uid`.
     async fn count(&self, uid: &str) -> Result<usize>;
 
@@ -155,6 +158,10 @@ impl MessageStore for MemoryStore {
         let n = acc.queue.len();
         acc.queue = keep;
         Ok(n)
+    }
+
+    async fn last_seq(&self, uid: &str) -> Result<Seq> {
+        Ok(self.lock().get(uid).map_or(0, |a| a.next))
     }
 
     async fn count(&self, uid: &str) -> Result<usize> {

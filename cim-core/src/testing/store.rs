@@ -49,6 +49,8 @@ where
     assert_eq!(s.count("u").await.unwrap(), 4);
     assert_eq!(s.count("v").await.unwrap(), 1);
     assert_eq!(s.count("nobody").await.unwrap(), 0);
+    assert_eq!(s.last_seq("u").await.unwrap(), 4);
+    assert_eq!(s.last_seq("nobody").await.unwrap(), 0);
 
     // Acks delete up to a sequence, or up to a message id.
     assert_eq!(s.ack("u", 2).await.unwrap(), 2);
@@ -68,6 +70,7 @@ where
     };
     assert_eq!(s.count("u").await.unwrap(), 1);
     assert_eq!(s.count("v").await.unwrap(), 1);
+    assert_eq!(s.last_seq("u").await.unwrap(), 4);
     let a = s.append("u", &msg(5, "m5")).await.unwrap();
     assert_eq!(a.seq, 5);
     assert_eq!(
