@@ -476,3 +476,33 @@ async fn sigterm_with_connected_clients_exits_zero_and_closes_them() {
     a.expect_closed().await;
     assert_eq!(ws_next(&mut ws).await, None);
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_connection_id_and_uid() {
+    let p = ServerProcess::start(&[("CIM_LOG__FORMAT", "json")]);
+    let c = client(&p, "logged").await;
+    drop(c);
+    // Every line is a JSON object; the connection's close is logged with its id and uid.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = p
+            .stderr
+            .recv_timeout(left)
+            .expect("no JSON log line about the closed connection");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        if v["fields"]["message"] == "closed" {
+            let span = &v["span"];
+            assert_eq!(span["name"], "conn", "{line}");
+            assert_eq!(span["uid"], "logged", "{line}");
+            assert!(span["id"].as_u64().is_some(), "{line}");
+            assert!(v["fields"]["reason"].is_string(), "{line}");
+            break;
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub addrs: HashMap<String, SocketAddr>,
     pub stdout: std::sync::mpsc::Receiver<String>,
+    /// The log, line by line.
+    pub stderr: std::sync::mpsc::Receiver<String>,
 }
 
 /// Environment that puts every listener on a free port of 127.0.0.1.
@@ -64,6 +66,20 @@ pub fn free_ports() -> Vec<(String, String)> {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// The lines `from` writes, read by a thread of their own (so the pipe never fills).
+fn lines(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl ServerProcess {
@@ -81,18 +97,10 @@ impl ServerProcess {
             .envs(data.iter().map(|d| ("CIM_STORE__PATH", d.path())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting cim-server");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
         let mut addrs = HashMap::new();
         loop {
             let line = rx
@@ -114,6 +122,7 @@ impl ServerProcess {
             child,
             addrs,
             stdout: rx,
+            stderr,
         }
     }
 
