@@ -19,29 +19,30 @@ use tokio::net::TcpStream;
 
 /// The `cim-server` binary of this build, built on first use.
 pub fn server_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "cim-server",
-                "--bin",
-                "cim-server",
-            ])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building cim-server failed");
-        // This test binary lives in target/<profile>/deps/.
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().unwrap().parent().unwrap();
-        let bin = dir.join(format!("cim-server{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} not found", bin.display());
-        bin
-    })
-    .clone()
+    built_binary("cim-server", "cim-server")
+}
+
+/// Binary `bin` of package `package` in this build, built on first use.
+pub fn built_binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    built
+        .entry(bin.to_owned())
+        .or_insert_with(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", package, "--bin", bin])
+                .status()
+                .expect("running cargo build");
+            assert!(status.success(), "building {bin} failed");
+            // This test binary lives in target/<profile>/deps/.
+            let exe = std::env::current_exe().unwrap();
+            let dir = exe.parent().unwrap().parent().unwrap();
+            let path = dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+            assert!(path.exists(), "{} not found", path.display());
+            path
+        })
+        .clone()
 }
 
 /// A running `cim-server`; killed when dropped.

@@ -1,0 +1,365 @@
+//! `cim`: a command-line client for cim-rs (and CIM) servers.
+//!
+//! ```sh
+//! cim listen --uid 10000                  # print messages to 10000 as they arrive
+//! cim send --to 10000 --content hello     # send over the socket (as account "cim-cli")
+//! cim send --to 10000 --content hi --http http://127.0.0.1:8080
+//! cim sessions                            # who is online (HTTP API)
+//! cim ping                                # connect + bind round trips
+//! ```
+
+mod http;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cim_client::{BindInfo, Client, ClientConfig, ClientError, Endpoint, Event, Message};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cim",
+    version,
+    about = "A command-line client for cim-rs servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bind an account and print its messages as they arrive (Ctrl-C ends).
+    Listen {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The account to bind.
+        #[arg(long)]
+        uid: String,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Ask for receipts: messages stay on the server until printed.
+        #[arg(long)]
+        receipts: bool,
+    },
+    /// Send a message to an account.
+    Send {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The receiving account.
+        #[arg(long)]
+        to: String,
+        /// The message text.
+        #[arg(long)]
+        content: String,
+        /// The sending account (bound over the socket; the `sender` field over HTTP).
+        #[arg(long, default_value = "cim-cli")]
+        from: String,
+        /// The message action.
+        #[arg(long, default_value = "2")]
+        action: String,
+        /// The message title.
+        #[arg(long, default_value = "")]
+        title: String,
+        /// The message format.
+        #[arg(long, default_value = "txt")]
+        format: String,
+        /// The message's extra field.
+        #[arg(long, default_value = "")]
+        extra: String,
+        /// Send through the HTTP API at this address instead of the socket.
+        #[arg(long, value_name = "URL")]
+        http: Option<String>,
+        /// The HTTP API key (also from CIM_API_KEY).
+        #[arg(long, env = "CIM_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
+    /// List the online sessions (HTTP API).
+    Sessions {
+        /// The HTTP API.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+        http: String,
+        /// The HTTP API key (also from CIM_API_KEY).
+        #[arg(long, env = "CIM_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Only this account's sessions.
+        #[arg(long)]
+        uid: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect and bind, and report how long it took.
+    Ping {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The account to bind.
+        #[arg(long, default_value = "cim-ping")]
+        uid: String,
+        /// How many rounds.
+        #[arg(long, short = 'c', default_value_t = 3)]
+        count: u32,
+    },
+}
+
+#[derive(Args)]
+struct ConnArgs {
+    /// The server: tcp://host:port, ws://host:port/path, ws+json://host:port/path or
+    /// xml://host:port.
+    #[arg(long, short = 's', default_value = "tcp://127.0.0.1:23456")]
+    server: String,
+    /// A bind token, when the server requires one.
+    #[arg(long)]
+    token: Option<String>,
+    /// The channel to bind on.
+    #[arg(long, default_value = "cli")]
+    channel: String,
+}
+
+impl ConnArgs {
+    fn config(&self, uid: &str) -> anyhow::Result<ClientConfig> {
+        let endpoint: Endpoint = self.server.parse()?;
+        let mut bind = BindInfo::new(uid);
+        bind.channel.clone_from(&self.channel);
+        bind.token.clone_from(&self.token);
+        let mut cfg = ClientConfig::new(endpoint, bind);
+        cfg.connect_timeout = Duration::from_secs(5);
+        Ok(cfg)
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CIM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Listen {
+            conn,
+            uid,
+            json,
+            receipts,
+        } => {
+            let mut cfg = conn.config(&uid)?;
+            cfg.receipts = receipts;
+            listen(cfg, json).await
+        }
+        Command::Send {
+            conn,
+            to,
+            content,
+            from,
+            action,
+            title,
+            format,
+            extra,
+            http,
+            api_key,
+        } => {
+            let message = Message {
+                action,
+                title,
+                content,
+                format,
+                extra,
+                ..Message::default()
+            };
+            match http {
+                Some(base) => {
+                    let body = serde_json::json!({
+                        "receiver": to, "sender": from, "action": message.action,
+                        "title": message.title, "content": message.content,
+                        "format": message.format, "extra": message.extra,
+                    });
+                    let v = http::call(
+                        &base,
+                        "POST",
+                        "/api/v1/messages",
+                        api_key.as_deref(),
+                        Some(body),
+                    )
+                    .await?;
+                    println!(
+                        "sent {} (delivered to {} connection(s){})",
+                        field(&v, "id").as_str().unwrap_or("?"),
+                        field(&v, "delivered"),
+                        if field(&v, "stored") == &serde_json::Value::Bool(true) {
+                            ", stored for later"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                None => {
+                    let (client, _events) = Client::connect(conn.config(&from)?).await?;
+                    let id = client.send_message(&to, message).await?;
+                    println!("sent {id}");
+                    client.destroy().await;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions {
+            http: base,
+            api_key,
+            uid,
+            json,
+        } => {
+            let path = match &uid {
+                Some(u) => format!("/api/v1/accounts/{}/sessions", encode(u)),
+                None => "/api/v1/sessions?limit=1000".to_owned(),
+            };
+            let v = http::call(&base, "GET", &path, api_key.as_deref(), None).await?;
+            if json {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let sessions = v
+                .get("sessions")
+                .unwrap_or(&v)
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            println!(
+                "{:<20} {:<10} {:<24} {:<22} node",
+                "uid", "channel", "device", "remote"
+            );
+            for s in &sessions {
+                println!(
+                    "{:<20} {:<10} {:<24} {:<22} {}",
+                    field(s, "uid").as_str().unwrap_or(""),
+                    field(s, "channel").as_str().unwrap_or(""),
+                    field(s, "deviceName").as_str().unwrap_or(""),
+                    field(s, "remoteAddr").as_str().unwrap_or(""),
+                    field(s, "node").as_str().unwrap_or(""),
+                );
+            }
+            let total = v.get("total").and_then(|t| t.as_u64());
+            println!(
+                "{} session(s){}",
+                sessions.len(),
+                total.map_or(String::new(), |t| format!(" of {t}"))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ping { conn, uid, count } => {
+            let cfg = conn.config(&uid)?;
+            let mut times = Vec::new();
+            for i in 0..count.max(1) {
+                let start = Instant::now();
+                let (client, _events) = Client::connect(cfg.clone()).await?;
+                let took = start.elapsed();
+                client.destroy().await;
+                println!(
+                    "{}: connected and bound in {:.2} ms",
+                    cfg.endpoint,
+                    took.as_secs_f64() * 1e3
+                );
+                times.push(took);
+                if i + 1 < count {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            let avg = times.iter().sum::<Duration>() / times.len().max(1) as u32;
+            println!(
+                "{} round(s): min {:.2} ms, avg {:.2} ms, max {:.2} ms",
+                times.len(),
+                ms(times.iter().min()),
+                ms(Some(&avg)),
+                ms(times.iter().max())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let endpoint = cfg.endpoint.to_string();
+    let uid = cfg.bind.uid.clone();
+    let (client, mut events) = Client::connect(cfg).await.map_err(|e| match e {
+        ClientError::Refused(r) => anyhow::anyhow!(
+            "the server refused the bind of {uid}: {} {}",
+            r.code,
+            r.message
+        ),
+        other => other.into(),
+    })?;
+    eprintln!("cim: listening as {uid} on {endpoint} (Ctrl-C ends)");
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let event = tokio::select! {
+            _ = &mut stop => break,
+            e = events.recv() => e,
+        };
+        let Some(event) = event else { break };
+        match event {
+            Event::Message(m) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&m).context("encoding a message")?
+                    );
+                } else {
+                    let title = if m.title.is_empty() {
+                        String::new()
+                    } else {
+                        format!("[{}] ", m.title)
+                    };
+                    println!("{} -> {}: {title}{}", m.sender, m.receiver, m.content);
+                }
+            }
+            Event::Connected { rebound: true } => eprintln!("cim: reconnected and bound again"),
+            Event::Connected { rebound: false } => {}
+            Event::ConnectFailed { reason, retry_in } => {
+                eprintln!("cim: connect failed ({reason}); retrying in {retry_in:.1?}");
+            }
+            Event::Closed { reason } => eprintln!("cim: connection closed: {reason}"),
+            Event::Kicked(m) => {
+                client.destroy().await;
+                bail!("{uid} was bound on another device ({})", m.content);
+            }
+            Event::Refused(r) => {
+                client.destroy().await;
+                bail!("the server refused {uid}: {} {}", r.code, r.message);
+            }
+            Event::Reply(_) => {}
+        }
+    }
+    client.destroy().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encodes a path segment.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A field of a JSON object (`null` when absent).
+fn field<'a>(v: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    v.get(key).unwrap_or(&serde_json::Value::Null)
+}

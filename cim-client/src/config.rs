@@ -1,0 +1,244 @@
+//! What a client connects to, who it binds as, and how it retries.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use cim_core::SentBody;
+use cim_core::protocol::{bind, key};
+
+use crate::backoff::Backoff;
+use crate::error::ClientError;
+
+/// The protocol and address of a server.
+///
+/// Written as a URL: `tcp://host:port` (CIM's binary protocol; a bare `host:port` means the
+/// same), `xml://host:port` (the MINA-era XML protocol), `ws://host:port/path` (WebSocket,
+/// protobuf packets) or `ws+json://host:port/path` (WebSocket, JSON mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// CIM's binary protocol over TCP.
+    Tcp(String),
+    /// The XML protocol over TCP.
+    Xml(String),
+    /// WebSocket: `host:port`, the path (with a leading `/`), and the packet format.
+    WebSocket {
+        /// `host:port`.
+        addr: String,
+        /// The request path, starting with `/`.
+        path: String,
+        /// Protobuf (binary) or JSON (text) packets.
+        mode: WsMode,
+    },
+}
+
+/// The packet format of a WebSocket connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsMode {
+    /// Binary packets `[type][protobuf]`.
+    Protobuf,
+    /// Text packets, CIM's JSON envelope.
+    Json,
+}
+
+impl Endpoint {
+    /// `host:port` of the server.
+    pub fn addr(&self) -> &str {
+        match self {
+            Endpoint::Tcp(a) | Endpoint::Xml(a) | Endpoint::WebSocket { addr: a, .. } => a,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Xml(a) => write!(f, "xml://{a}"),
+            Endpoint::WebSocket { addr, path, mode } => {
+                let scheme = match mode {
+                    WsMode::Protobuf => "ws",
+                    WsMode::Json => "ws+json",
+                };
+                write!(f, "{scheme}://{addr}{path}")
+            }
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = ClientError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| ClientError::BadEndpoint {
+            endpoint: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = s.split_once("://").unwrap_or(("tcp", s));
+        let (addr, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err(bad("expected host:port"));
+        };
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        if port.parse::<u16>().is_err() {
+            return Err(bad("the port is not a number from 0 to 65535"));
+        }
+        let addr = addr.to_owned();
+        let plain = |e: Endpoint| {
+            if path == "/" {
+                Ok(e)
+            } else {
+                Err(bad("only WebSocket endpoints have a path"))
+            }
+        };
+        match scheme {
+            "tcp" => plain(Endpoint::Tcp(addr)),
+            "xml" => plain(Endpoint::Xml(addr)),
+            "ws" => Ok(Endpoint::WebSocket {
+                addr,
+                path: path.to_owned(),
+                mode: WsMode::Protobuf,
+            }),
+            "ws+json" => Ok(Endpoint::WebSocket {
+                addr,
+                path: path.to_owned(),
+                mode: WsMode::Json,
+            }),
+            _ => Err(bad("the scheme must be tcp, xml, ws or ws+json")),
+        }
+    }
+}
+
+/// Who the client binds as: the `client_bind` request's data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindInfo {
+    /// The account.
+    pub uid: String,
+    /// `android`, `ios`, `web`, `windows`, `mac`, … (decides the multi-device rule).
+    pub channel: String,
+    /// A stable id of this device.
+    pub device_id: String,
+    /// A name for this device, shown to the device it displaces.
+    pub device_name: String,
+    /// The application's version.
+    pub app_version: String,
+    /// The operating system's version.
+    pub os_version: String,
+    /// The user's language.
+    pub language: String,
+    /// A bind token, when the server asks for one (also sent in the WebSocket handshake).
+    pub token: Option<String>,
+}
+
+impl BindInfo {
+    /// Binds `uid` on channel `rust`, with this machine's host name as the device.
+    pub fn new(uid: impl Into<String>) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "rust-client".into());
+        Self {
+            uid: uid.into(),
+            channel: "rust".into(),
+            device_id: host.clone(),
+            device_name: host,
+            app_version: env!("CARGO_PKG_VERSION").into(),
+            os_version: std::env::consts::OS.into(),
+            language: "en".into(),
+            token: None,
+        }
+    }
+
+    /// The `client_bind` request; `receipts` asks for the `client_ack` extension.
+    pub fn request(&self, receipts: bool) -> SentBody {
+        let mut body = SentBody::new(key::CLIENT_BIND)
+            .with(bind::UID, &self.uid)
+            .with(bind::CHANNEL, &self.channel)
+            .with(bind::DEVICE_ID, &self.device_id)
+            .with(bind::DEVICE_NAME, &self.device_name)
+            .with(bind::APP_VERSION, &self.app_version)
+            .with(bind::OS_VERSION, &self.os_version)
+            .with(bind::LANGUAGE, &self.language);
+        if let Some(t) = &self.token {
+            body = body.with(bind::TOKEN, t);
+        }
+        if receipts {
+            body = body.with(bind::CLIENT_ACK, "true");
+        }
+        body.timestamp = cim_core::now_ms();
+        body
+    }
+}
+
+/// Everything a [`Client`](crate::Client) needs.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The server.
+    pub endpoint: Endpoint,
+    /// Who to bind as.
+    pub bind: BindInfo,
+    /// Ask for receipts (`client_ack`): the server keeps each message until the application has
+    /// taken it from [`Events`](crate::Events), and sends it again after a reconnect otherwise.
+    pub receipts: bool,
+    /// Delays between reconnect attempts.
+    pub backoff: Backoff,
+    /// Time allowed for TCP connect plus bind (default 10 s).
+    pub connect_timeout: Duration,
+    /// Time allowed for a request's reply (default 10 s).
+    pub request_timeout: Duration,
+    /// Events held for the application before the client stops reading the socket (default
+    /// 1024).
+    pub event_capacity: usize,
+    /// Largest frame or WebSocket message accepted (default 64 KiB).
+    pub max_frame: usize,
+}
+
+impl ClientConfig {
+    /// The defaults for `endpoint` and `bind`.
+    pub fn new(endpoint: Endpoint, bind: BindInfo) -> Self {
+        Self {
+            endpoint,
+            bind,
+            receipts: false,
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            event_capacity: 1024,
+            max_frame: 65_536,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_and_print() {
+        for s in [
+            "tcp://127.0.0.1:23456",
+            "xml://localhost:23457",
+            "ws://127.0.0.1:34567/",
+            "ws+json://127.0.0.1:34567/push/x",
+        ] {
+            assert_eq!(s.parse::<Endpoint>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "127.0.0.1:1".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("127.0.0.1:1".into())
+        );
+        for bad in [
+            "127.0.0.1",
+            "tcp://:1",
+            "tcp://h:99999",
+            "http://h:1",
+            "tcp://h:1/x",
+        ] {
+            let e = bad.parse::<Endpoint>().unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+}

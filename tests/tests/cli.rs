@@ -1,0 +1,195 @@
+//! The `cim` command-line client against the real server binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use common::process::*;
+
+const KEY: &str = "k3y-for-cli-tests";
+
+fn cim() -> Command {
+    let mut c = Command::new(built_binary("cim-client", "cim"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+/// Runs `cim args` to the end: (exit code, stdout, stderr).
+fn cim_once(args: &[&str]) -> (i32, String, String) {
+    let out = cim().args(args).stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `cim` that keeps running, its output line by line.
+struct Running {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn spawn(args: &[&str]) -> Running {
+    let mut child = cim()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Running {
+        stdout: lines(child.stdout.take().unwrap()),
+        stderr: lines(child.stderr.take().unwrap()),
+        child,
+    }
+}
+
+fn wait_line(rx: &Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line with {what}"));
+        if pred(&line) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn listen_and_send_in_two_terminals() {
+    let p = ServerProcess::start(&[("CIM_HTTP__API_KEY", KEY)]);
+    let tcp = format!("tcp://{}", p.addr("tcp"));
+    let http = format!("http://{}", p.addr("http"));
+
+    let json = spawn(&["listen", "--uid", "alice", "--json", "-s", &tcp]);
+    wait_line(&json.stderr, "listening", |l| {
+        l.contains("listening as alice")
+    });
+    let ws = format!("ws://{}/", p.addr("websocket"));
+    let text = spawn(&["listen", "--uid", "bob", "-s", &ws]);
+    wait_line(&text.stderr, "listening", |l| {
+        l.contains("listening as bob")
+    });
+
+    // Over the socket.
+    let (code, out, err) =
+        cim_once(&["send", "--to", "alice", "--content", "hi alice", "-s", &tcp]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().strip_prefix("sent ").expect(&out).to_owned();
+    let line = wait_line(&json.stdout, "the message", |l| l.contains("hi alice"));
+    let m: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(m["id"].to_string(), id);
+    assert_eq!(m["sender"], "cim-cli");
+    assert_eq!(m["receiver"], "alice");
+
+    // Through the HTTP API, with and without the key.
+    let (code, _, err) = cim_once(&["send", "--to", "bob", "--content", "x", "--http", &http]);
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+    let (code, out, err) = cim_once(&[
+        "send",
+        "--to",
+        "bob",
+        "--content",
+        "hi bob",
+        "--from",
+        "ops",
+        "--http",
+        &http,
+        "--api-key",
+        KEY,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("delivered to 1 connection"), "{out}");
+    let line = wait_line(&text.stdout, "the message", |l| l.contains("hi bob"));
+    assert_eq!(line, "ops -> bob: hi bob");
+
+    // Who is online.
+    let (code, out, err) = cim_once(&["sessions", "--http", &http, "--api-key", KEY]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("alice") && out.contains("bob"), "{out}");
+    assert!(out.contains("2 session(s) of 2"), "{out}");
+    let (code, out, _) = cim_once(&[
+        "sessions",
+        "--http",
+        &http,
+        "--api-key",
+        KEY,
+        "--uid",
+        "alice",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{out}");
+
+    // A round trip.
+    let (code, out, err) = cim_once(&["ping", "-s", &tcp, "-c", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("connected and bound in").count(), 2, "{out}");
+    assert!(out.contains("2 round(s): min"), "{out}");
+}
+
+#[test]
+fn clear_errors() {
+    // Nobody listening.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, err) = cim_once(&["ping", "-s", &format!("tcp://{free}")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("cannot connect to tcp://{free}")),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+
+    // Not an address.
+    let (code, _, err) = cim_once(&["send", "--to", "a", "--content", "b", "-s", "nohost"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad endpoint \"nohost\""), "{err}");
+    let (code, _, err) = cim_once(&["sessions", "--http", "ftp://x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expected http://host:port"), "{err}");
+
+    // A bind the server refuses.
+    let p = ServerProcess::start(&[("CIM_AUTH__TOKEN_SECRET", "a-secret-of-32-characters-000000")]);
+    let tcp = format!("tcp://{}", p.addr("tcp"));
+    let (code, _, err) = cim_once(&["listen", "--uid", "nobody", "-s", &tcp]);
+    assert_eq!(code, 1);
+    assert!(err.contains("refused the bind of nobody: 401"), "{err}");
+}
