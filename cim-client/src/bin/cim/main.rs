@@ -8,6 +8,7 @@
 //! cim ping                                # connect + bind round trips
 //! ```
 
+#[path = "../common/http.rs"]
 mod http;
 
 use std::process::ExitCode;

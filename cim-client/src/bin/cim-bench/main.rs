@@ -1,0 +1,558 @@
+//! `cim-bench`: a load generator for cim-rs (and CIM) servers.
+//!
+//! It speaks CIM's binary protocol directly (one small task per connection), starts the server
+//! itself (or measures one given by address and pid), and reports rates, latency percentiles
+//! from an HDR histogram, the server's resident memory and its CPU seconds (from /proc).
+//!
+//! ```sh
+//! cargo build --release -p cim-server -p cim-client
+//! target/release/cim-bench connect -n 10000
+//! target/release/cim-bench idle -n 10000
+//! target/release/cim-bench push -n 1000 -m 1000000
+//! target/release/cim-bench push -n 1000 -m 200000 --rate 20000
+//! target/release/cim-bench broadcast -n 10000 --count 5
+//! target/release/cim-bench storm -n 10000
+//! ```
+
+#[path = "../common/http.rs"]
+#[allow(dead_code)]
+mod http;
+
+mod conn;
+mod pool;
+mod publish;
+mod server;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::conn::Sources;
+use crate::pool::{Options, Pool};
+use crate::server::Server;
+use crate::stats::{describe, percentiles, rate};
+
+#[derive(Parser)]
+#[command(
+    name = "cim-bench",
+    version,
+    about = "A load generator for cim-rs servers"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args)]
+struct Common {
+    /// The server binary to start (default: cim-server beside this program).
+    #[arg(long, global = true, value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+    /// Measure a running server at this TCP address instead of starting one.
+    #[arg(long, global = true, value_name = "ADDR")]
+    addr: Option<SocketAddr>,
+    /// The running server's HTTP API address (broadcast, push --via http).
+    #[arg(long, global = true, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// The running server's pid, for its memory and CPU figures.
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+    /// Source addresses 127.0.0.1 … 127.0.0.K to spread connections over (0: one per 25 000
+    /// connections).
+    #[arg(long, global = true, default_value_t = 0)]
+    sources: u8,
+    /// Connections being set up at once.
+    #[arg(long, global = true, default_value_t = 200)]
+    concurrency: usize,
+    /// Print one JSON object with the results (and no progress bars).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N clients connect and bind: time until all are bound, binds per second.
+    Connect {
+        #[arg(short, long, default_value_t = 10_000)]
+        n: usize,
+    },
+    /// N bound clients held open: the server's resident memory per connection.
+    Idle {
+        #[arg(short, long, default_value_t = 10_000)]
+        n: usize,
+        /// Seconds to hold the connections before measuring.
+        #[arg(long, default_value_t = 2)]
+        hold: u64,
+    },
+    /// N subscribers, one publisher sending M messages round robin.
+    Push {
+        #[arg(short, long, default_value_t = 1_000)]
+        n: usize,
+        #[arg(short, long, default_value_t = 1_000_000)]
+        m: u64,
+        /// Messages per second (0: as fast as the server takes them).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Content bytes per message (at least 20: the send time).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// How the publisher sends.
+        #[arg(long, value_enum, default_value_t = Via::Socket)]
+        via: Via,
+        /// Keep-alive HTTP connections for --via http.
+        #[arg(long, default_value_t = 8)]
+        http_conns: usize,
+    },
+    /// One message to all N connected clients, COUNT times: deliveries per second.
+    Broadcast {
+        #[arg(short, long, default_value_t = 10_000)]
+        n: usize,
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+    },
+    /// N bound clients; the server restarts; time until all are bound again.
+    Storm {
+        #[arg(short, long, default_value_t = 10_000)]
+        n: usize,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// `client_message` over a bound TCP connection.
+    Socket,
+    /// `POST /api/v1/messages` over keep-alive HTTP connections.
+    Http,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cim-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cim-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Ctx {
+    server: Server,
+    sources: u8,
+    concurrency: usize,
+    json: bool,
+}
+
+impl Ctx {
+    fn pool_options(&self, n: usize, prefix: &str, reconnect: bool) -> Options {
+        let sources = if self.sources == 0 {
+            u8::try_from(n / 25_000 + 1).unwrap_or(u8::MAX)
+        } else {
+            self.sources
+        };
+        Options {
+            server: self.server.tcp,
+            n,
+            sources: Sources::loopback(sources),
+            concurrency: self.concurrency,
+            reconnect,
+            uid_prefix: prefix.to_owned(),
+            quiet: self.json,
+        }
+    }
+
+    /// Checks that this process and the server may open `n` more sockets, and says which limit
+    /// stops it if not.
+    fn check_fd_limits(&self, n: usize) -> anyhow::Result<()> {
+        let need = n as u64 + 64;
+        let ours = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+        if ours < need {
+            let (_, hard) = rlimit::Resource::NOFILE.get().unwrap_or((ours, ours));
+            bail!(
+                "{n} connections need about {need} file descriptors, but cim-bench may open \
+                 {ours} (hard limit {hard}); raise the limit (ulimit -Hn / LimitNOFILE, as a \
+                 user allowed to) or use fewer connections"
+            );
+        }
+        if let Some(limit) = self
+            .server
+            .has_pid()
+            .then(|| self.server.fd_limit())
+            .flatten()
+            && limit < need
+        {
+            bail!(
+                "{n} connections need about {need} file descriptors in the server, but its \
+                 open-file limit is {limit} (see /proc/{}/limits); raise it or use fewer \
+                 connections",
+                self.server.pid
+            );
+        }
+        Ok(())
+    }
+
+    fn machine(&self) -> Value {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let mem_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0);
+        json!({ "cores": cores, "memory_gib": mem_gib })
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let c = cli.common;
+    let server = match c.addr {
+        Some(addr) => Server::external(c.pid, addr, c.http),
+        None => {
+            let bin = match c.server_bin {
+                Some(b) => b,
+                None => std::env::current_exe()?
+                    .with_file_name(format!("cim-server{}", std::env::consts::EXE_SUFFIX)),
+            };
+            if !bin.exists() {
+                bail!(
+                    "{} not found: build it (cargo build --release -p cim-server) or pass \
+                     --server-bin or --addr",
+                    bin.display()
+                );
+            }
+            // Its open-file limit is inherited: raise ours first.
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            Server::spawn(bin)?
+        }
+    };
+    let mut ctx = Ctx {
+        server,
+        sources: c.sources,
+        concurrency: c.concurrency,
+        json: c.json,
+    };
+    let result = match cli.scenario {
+        Scenario::Connect { n } => connect(&ctx, n).await?,
+        Scenario::Idle { n, hold } => idle(&ctx, n, hold).await?,
+        Scenario::Push {
+            n,
+            m,
+            rate,
+            size,
+            via,
+            http_conns,
+        } => push(&ctx, n, m, rate, size.max(20), via, http_conns).await?,
+        Scenario::Broadcast { n, count } => broadcast(&ctx, n, count).await?,
+        Scenario::Storm { n } => storm(&mut ctx, n).await?,
+    };
+    let mut out = json!({ "machine": ctx.machine() });
+    if let (Some(o), Some(r)) = (out.as_object_mut(), result.as_object()) {
+        o.extend(r.clone());
+    }
+    if ctx.json {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+fn say(ctx: &Ctx, line: impl AsRef<str>) {
+    if !ctx.json {
+        println!("{}", line.as_ref());
+    }
+}
+
+async fn connect(ctx: &Ctx, n: usize) -> anyhow::Result<Value> {
+    ctx.check_fd_limits(n)?;
+    let cpu0 = ctx.server.cpu_seconds();
+    let pool = Pool::open(ctx.pool_options(n, "c", false)).await?;
+    let cpu = ctx.server.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
+    let per_sec = rate(n as u64, pool.connect_time);
+    say(
+        ctx,
+        format!(
+            "connect: {n} bound in {:.2} s: {per_sec:.0} binds/s; connect+bind {}",
+            pool.connect_time.as_secs_f64(),
+            describe(&pool.bind_latency)
+        ),
+    );
+    if let Some(cpu) = cpu {
+        say(ctx, format!("server CPU: {cpu:.2} s"));
+    }
+    let v = json!({
+        "scenario": "connect", "connections": n,
+        "seconds": pool.connect_time.as_secs_f64(), "binds_per_sec": per_sec,
+        "bind_latency": percentiles(&pool.bind_latency), "server_cpu_seconds": cpu,
+    });
+    pool.close();
+    Ok(v)
+}
+
+async fn idle(ctx: &Ctx, n: usize, hold: u64) -> anyhow::Result<Value> {
+    ctx.check_fd_limits(n)?;
+    if !ctx.server.has_pid() {
+        bail!("idle needs the server's pid (--pid) to read its memory");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ctx.server.rss().context("reading the server's memory")?;
+    let pool = Pool::open(ctx.pool_options(n, "i", false)).await?;
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let after = ctx.server.rss().context("reading the server's memory")?;
+    let bound = pool.counters.bound.load(Ordering::Acquire);
+    let per = after.saturating_sub(before) as f64 / bound.max(1) as f64;
+    say(
+        ctx,
+        format!(
+            "idle: {bound} bound connections; server RSS {:.1} MiB before, {:.1} MiB after: \
+             {per:.0} bytes per connection",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0
+        ),
+    );
+    pool.close();
+    Ok(json!({
+        "scenario": "idle", "connections": bound, "rss_before": before, "rss_after": after,
+        "bytes_per_connection": per,
+    }))
+}
+
+async fn push(
+    ctx: &Ctx,
+    n: usize,
+    m: u64,
+    per_sec: u64,
+    size: usize,
+    via: Via,
+    http_conns: usize,
+) -> anyhow::Result<Value> {
+    ctx.check_fd_limits(n + http_conns)?;
+    let pool = Pool::open(ctx.pool_options(n, "s", false)).await?;
+    let counters = std::sync::Arc::clone(&pool.counters);
+    let cpu0 = ctx.server.cpu_seconds();
+    let start_us = counters.clock.micros();
+    let bar = pool::progress(m, "pushing", ctx.json);
+    let publisher = match via {
+        Via::Socket => {
+            let opts = publish::Plan {
+                n,
+                m,
+                per_sec,
+                size,
+            };
+            tokio::spawn(publish::socket(
+                ctx.server.tcp,
+                opts,
+                std::sync::Arc::clone(&counters),
+            ))
+        }
+        Via::Http => {
+            let http = ctx
+                .server
+                .http
+                .context("push --via http needs the server's HTTP address (--http)")?;
+            let opts = publish::Plan {
+                n,
+                m,
+                per_sec,
+                size,
+            };
+            tokio::spawn(publish::http(
+                http,
+                http_conns,
+                opts,
+                std::sync::Arc::clone(&counters),
+            ))
+        }
+    };
+    // Progress while the messages arrive; give up after 30 s without progress.
+    let mut last = (0, Instant::now());
+    loop {
+        let got = pool.wait_received(m, Duration::from_millis(200)).await;
+        bar.set_position(got);
+        if got >= m {
+            break;
+        }
+        if got != last.0 {
+            last = (got, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        if publisher.is_finished() && got == last.0 && last.1.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let sent = match publisher.await {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(e)) => return Err(e.context("the publisher failed")),
+        Err(e) => bail!("the publisher panicked: {e}"),
+    };
+    let received = counters.received.load(Ordering::Acquire);
+    let end_us = counters.last_at.load(Ordering::Acquire);
+    let cpu = ctx.server.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
+    let elapsed = Duration::from_micros(end_us.saturating_sub(start_us));
+    let latency = counters.latency.take()?;
+    let delivered_per_sec = rate(received, elapsed);
+    let cpu_per_million = cpu.map(|c| c / (received.max(1) as f64 / 1e6));
+    let how = match via {
+        Via::Socket => "socket publisher".to_owned(),
+        Via::Http => format!("HTTP publisher, {http_conns} connections"),
+    };
+    let pace = if per_sec == 0 {
+        "unbounded".to_owned()
+    } else {
+        format!("at {per_sec}/s")
+    };
+    say(
+        ctx,
+        format!(
+            "push ({how}, {pace}): {received} of {sent} delivered to {n} subscribers in {:.2} s: \
+             {delivered_per_sec:.0} msgs/s",
+            elapsed.as_secs_f64()
+        ),
+    );
+    say(ctx, format!("latency: {}", describe(&latency)));
+    if let (Some(cpu), Some(per_m)) = (cpu, cpu_per_million) {
+        say(
+            ctx,
+            format!("server CPU: {cpu:.2} s, {per_m:.2} s per million deliveries"),
+        );
+    }
+    if received < sent {
+        say(
+            ctx,
+            format!("LOST: {} messages never arrived", sent - received),
+        );
+    }
+    pool.close();
+    Ok(json!({
+        "scenario": "push", "subscribers": n, "sent": sent, "received": received,
+        "via": how, "rate": per_sec, "size": size,
+        "seconds": elapsed.as_secs_f64(), "delivered_per_sec": delivered_per_sec,
+        "latency": percentiles(&latency), "server_cpu_seconds": cpu,
+        "server_cpu_seconds_per_million": cpu_per_million,
+    }))
+}
+
+async fn broadcast(ctx: &Ctx, n: usize, count: u32) -> anyhow::Result<Value> {
+    ctx.check_fd_limits(n + 1)?;
+    let http = ctx
+        .server
+        .http
+        .context("broadcast needs the server's HTTP address (--http)")?;
+    let pool = Pool::open(ctx.pool_options(n, "b", false)).await?;
+    let counters = std::sync::Arc::clone(&pool.counters);
+    let mut api = publish::Api::connect(http).await?;
+    let cpu0 = ctx.server.cpu_seconds();
+    let mut rounds = Vec::new();
+    for k in 1..=count {
+        let sent_us = counters.clock.micros();
+        let body = json!({ "action": "2", "content": counters.clock.stamp(100) });
+        api.post("/api/v1/broadcast", &body).await?;
+        let target = n as u64 * u64::from(k);
+        let got = pool.wait_received(target, Duration::from_secs(60)).await;
+        if got < target {
+            bail!("broadcast {k}: {got} of {target} deliveries arrived within 60 s");
+        }
+        let took = Duration::from_micros(
+            counters
+                .last_at
+                .load(Ordering::Acquire)
+                .saturating_sub(sent_us),
+        );
+        rounds.push(took);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = ctx.server.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
+    let best = rounds.iter().min().copied().unwrap_or_default();
+    let total: Duration = rounds.iter().sum();
+    let per_sec = rate(n as u64 * u64::from(count), total);
+    say(
+        ctx,
+        format!(
+            "broadcast: {count} × {n} deliveries; {per_sec:.0} deliveries/s over all rounds, \
+             best round {:.1} ms ({:.0}/s)",
+            best.as_secs_f64() * 1e3,
+            rate(n as u64, best)
+        ),
+    );
+    if let Some(cpu) = cpu {
+        say(
+            ctx,
+            format!(
+                "server CPU: {cpu:.2} s, {:.2} s per million deliveries",
+                cpu / (n as f64 * f64::from(count) / 1e6)
+            ),
+        );
+    }
+    pool.close();
+    Ok(json!({
+        "scenario": "broadcast", "connections": n, "count": count,
+        "deliveries_per_sec": per_sec,
+        "round_ms": rounds.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+        "server_cpu_seconds": cpu,
+    }))
+}
+
+async fn storm(ctx: &mut Ctx, n: usize) -> anyhow::Result<Value> {
+    ctx.check_fd_limits(n)?;
+    let pool = Pool::open(ctx.pool_options(n, "r", true)).await?;
+    let counters = std::sync::Arc::clone(&pool.counters);
+    let start = Instant::now();
+    let restart = tokio::task::block_in_place(|| ctx.server.restart())?;
+    let up_at = start.elapsed();
+    let bar = pool::progress(n as u64, "rebinding", ctx.json);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let back = counters.rebinds.load(Ordering::Acquire);
+        bar.set_position(back as u64);
+        if back >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("storm: {back} of {n} clients bound again within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bar.finish_and_clear();
+    let all_back = start.elapsed();
+    let after_up = all_back.saturating_sub(up_at);
+    say(
+        ctx,
+        format!(
+            "storm: {n} clients bound again {:.2} s after the restart began ({:.2} s after the \
+             new server listened; it took {:.2} s to stop and start): {:.0} re-binds/s",
+            all_back.as_secs_f64(),
+            after_up.as_secs_f64(),
+            restart.as_secs_f64(),
+            rate(n as u64, after_up)
+        ),
+    );
+    pool.close();
+    Ok(json!({
+        "scenario": "storm", "connections": n, "seconds_from_restart": all_back.as_secs_f64(),
+        "seconds_after_listening": after_up.as_secs_f64(),
+        "rebinds_per_sec": rate(n as u64, after_up),
+    }))
+}

@@ -1,0 +1,189 @@
+//! Publishers: `client_message` over a bound connection, or `POST /api/v1/messages` over
+//! keep-alive HTTP connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use cim_core::{Frame, SentBody, StreamCodec};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::conn::Conn;
+use crate::pool::Counters;
+
+/// What to send.
+#[derive(Clone, Copy)]
+pub struct Plan {
+    /// Subscribers `s0` … `s{n-1}`, round robin.
+    pub n: usize,
+    /// Messages in all.
+    pub m: u64,
+    /// Messages per second; 0 for as fast as they are taken.
+    pub per_sec: u64,
+    /// Content bytes.
+    pub size: usize,
+}
+
+/// Frames written per write when unpaced.
+const BATCH: u64 = 128;
+
+/// Sends over one bound connection; replies are read (and dropped) by a task of their own.
+/// Returns how many were sent.
+pub async fn socket(
+    server: SocketAddr,
+    plan: Plan,
+    counters: Arc<Counters>,
+) -> anyhow::Result<u64> {
+    let conn = Conn::bind(server, None, "bench-publisher").await?;
+    let Conn {
+        stream,
+        mut buf,
+        mut codec,
+    } = conn;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut reply_codec = codec.clone();
+    let reply_counters = Arc::clone(&counters);
+    let replies = tokio::spawn(async move {
+        loop {
+            while let Ok(Some(frame)) = reply_codec.decode(&mut buf) {
+                if matches!(frame, Frame::Reply(_)) {
+                    reply_counters
+                        .replies
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
+            }
+            buf.reserve(64 * 1024);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = tokio::time::Instant::now();
+    while sent < plan.m {
+        let batch = if plan.per_sec == 0 {
+            BATCH.min(plan.m - sent)
+        } else {
+            tick.tick().await;
+            let due =
+                u64::try_from(u128::from(plan.per_sec) * started.elapsed().as_micros() / 1_000_000)
+                    .unwrap_or(u64::MAX)
+                    .min(plan.m);
+            due.saturating_sub(sent)
+        };
+        if batch == 0 {
+            continue;
+        }
+        out.clear();
+        for i in sent..sent + batch {
+            let to = format!("s{}", i % plan.n.max(1) as u64);
+            let body = SentBody::new("client_message")
+                .with("receiver", to)
+                .with("action", "2")
+                .with("format", "txt")
+                .with("content", counters.clock.stamp(plan.size));
+            codec.encode(&Frame::Sent(body), &mut out)?;
+        }
+        wr.write_all(&out).await.context("writing to the server")?;
+        sent += batch;
+    }
+    wr.flush().await?;
+    // The server handles a connection's requests in order, so it has taken every message once
+    // it has answered the last; then the connection can go.
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while counters.replies.load(std::sync::atomic::Ordering::Acquire) < sent {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    drop(wr);
+    replies.abort();
+    Ok(sent)
+}
+
+/// Sends through the HTTP API over `conns` keep-alive connections.
+pub async fn http(
+    addr: SocketAddr,
+    conns: usize,
+    plan: Plan,
+    counters: Arc<Counters>,
+) -> anyhow::Result<u64> {
+    let conns = conns.max(1) as u64;
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let counters = Arc::clone(&counters);
+        // Connection c sends messages c, c + conns, c + 2·conns, …
+        let mine = (plan.m + conns - 1 - c) / conns;
+        let per_sec = plan.per_sec / conns;
+        tasks.push(tokio::spawn(async move {
+            let mut api = Api::connect(addr).await?;
+            let started = tokio::time::Instant::now();
+            for k in 0..mine {
+                if let Some(us) = (k * 1_000_000).checked_div(per_sec) {
+                    let at = started + Duration::from_micros(us);
+                    tokio::time::sleep_until(at).await;
+                }
+                let i = c + k * conns;
+                let body = serde_json::json!({
+                    "receiver": format!("s{}", i % plan.n.max(1) as u64),
+                    "action": "2", "format": "txt",
+                    "content": counters.clock.stamp(plan.size),
+                });
+                api.post("/api/v1/messages", &body).await?;
+            }
+            anyhow::Ok(mine)
+        }));
+    }
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await??;
+    }
+    Ok(sent)
+}
+
+/// One keep-alive HTTP/1.1 connection to the API.
+pub struct Api {
+    sender: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Api {
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Api> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to the HTTP API at {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Api {
+            sender,
+            host: addr.to_string(),
+        })
+    }
+
+    pub async fn post(&mut self, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+        self.sender.ready().await?;
+        let req = Request::post(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(())
+    }
+}
