@@ -8,6 +8,7 @@ use cim_codec_binary::BinaryCodec;
 use cim_codec_xml::XmlCodec;
 use cim_core::Hub;
 use cim_core::engine::{ConnectionConfig, serve_connection};
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
@@ -93,36 +94,50 @@ impl Listener {
     }
 }
 
-async fn serve_socket(
+/// Starts the task of one accepted connection. Each protocol gets a task of its own shape, so
+/// that a TCP connection's task is not as large as a WebSocket one's.
+fn spawn_connection(
     hub: Arc<Hub>,
-    protocol: Arc<Protocol>,
+    protocol: &Protocol,
     conf: ConnectionConfig,
     check: Option<Arc<dyn HandshakeCheck>>,
     stream: TcpStream,
     peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
 ) {
-    match &*protocol {
+    match protocol {
         &Protocol::Binary { max_frame } => {
             let codec = BinaryCodec::with_max_body(max_frame);
-            serve_connection(hub, StreamTransport::new(stream, codec), conf, peer).await;
+            let conn = serve_connection(hub, StreamTransport::new(stream, codec), conf, peer);
+            // `map`, not an async block: a block would hold the future twice over.
+            tokio::spawn(conn.map(move |()| drop(permit)));
         }
         &Protocol::Xml { max_document } => {
             let codec = XmlCodec::with_max_document(max_document);
-            serve_connection(hub, StreamTransport::new(stream, codec), conf, peer).await;
+            let conn = serve_connection(hub, StreamTransport::new(stream, codec), conf, peer);
+            // `map`, not an async block: a block would hold the future twice over.
+            tokio::spawn(conn.map(move |()| drop(permit)));
         }
-        Protocol::WebSocket(settings) => match ws::accept(stream, settings).await {
-            Ok(Some((socket, request))) => {
-                let transport = WsTransport::new(socket, settings.mode);
-                if let Some(Err(why)) = check.as_ref().map(|c| c.check(&request)) {
-                    info!(%peer, reason = %why, "websocket handshake refused");
-                    transport.refuse(settings.handshake_timeout).await;
-                    return;
+        Protocol::WebSocket(settings) => {
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                // The handshake's future is boxed: it is done before the connection idles.
+                match Box::pin(ws::accept(stream, &settings)).await {
+                    Ok(Some((socket, request))) => {
+                        let transport = WsTransport::new(socket, settings.mode);
+                        if let Some(Err(why)) = check.as_ref().map(|c| c.check(&request)) {
+                            info!(%peer, reason = %why, "websocket handshake refused");
+                            transport.refuse(settings.handshake_timeout).await;
+                        } else {
+                            serve_connection(hub, transport, conf, peer).await;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => debug!(%peer, error = %e, "websocket upgrade failed"),
                 }
-                serve_connection(hub, transport, conf, peer).await;
-            }
-            Ok(None) => {}
-            Err(e) => debug!(%peer, error = %e, "websocket upgrade failed"),
-        },
+                drop(permit);
+            });
+        }
     }
 }
 
@@ -161,14 +176,15 @@ pub(crate) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let hub = Arc::clone(&hub);
-        let protocol = Arc::clone(&protocol);
-        let check = check.clone();
-        let conf = listener.connection;
-        tokio::spawn(async move {
-            serve_socket(hub, protocol, conf, check, stream, peer).await;
-            drop(permit);
-        });
+        spawn_connection(
+            Arc::clone(&hub),
+            &protocol,
+            listener.connection,
+            check.clone(),
+            stream,
+            peer,
+            permit,
+        );
     }
     info!(listener = ?local, "stopped accepting");
 }

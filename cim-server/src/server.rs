@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cim_core::engine::{BindAuthenticator, EventListener, HubBuilder};
 use cim_core::{Hub, RequestHandler, SessionManager};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -128,14 +128,11 @@ impl ServerBuilder {
         let (stop, stop_rx) = watch::channel(false);
         let mut bound = Vec::new();
         for listener in &self.listeners {
-            let socket =
-                TcpListener::bind(listener.addr)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: listener.addr,
-                        protocol: listener.protocol.name(),
-                        source,
-                    })?;
+            let socket = listen(listener.addr).map_err(|source| ServerError::Bind {
+                addr: listener.addr,
+                protocol: listener.protocol.name(),
+                source,
+            })?;
             let addr = socket.local_addr().map_err(|source| ServerError::Bind {
                 addr: listener.addr,
                 protocol: listener.protocol.name(),
@@ -221,4 +218,19 @@ impl RunningServer {
         info!(all_closed, "shut down");
         all_closed
     }
+}
+
+/// Pending connections the kernel queues for each listener (capped by `net.core.somaxconn`):
+/// enough for a reconnect storm of thousands of clients without dropped SYNs.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

@@ -33,6 +33,13 @@ pub trait Transport: Send + 'static {
 
     /// Closes the connection (a WebSocket close frame, a TCP shutdown).
     fn close(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// A whole frame already read into this transport's buffer, without any I/O; `Ok(None)`
+    /// when there is none. The driver handles a burst of requests this way and answers them
+    /// with one write. The default buffers nothing.
+    fn recv_buffered(&mut self) -> Result<Option<Frame>> {
+        Ok(None)
+    }
 }
 
 /// Per-listener settings of the connections it accepts.
@@ -90,47 +97,54 @@ const REPLAY_BATCH: usize = 256;
 
 /// Runs one connection to its end. Spawn it; it returns when the connection is closed and
 /// everything about it is cleaned up (unbound, `client_closed` handled, listeners told).
-pub async fn serve_connection<T: Transport>(
+///
+/// (A plain function returning the future, rather than an `async fn`: the arguments are then
+/// not kept a second time beside the future, which keeps every connection's task smaller.)
+pub fn serve_connection<T: Transport>(
     hub: Arc<Hub>,
     transport: T,
     config: ConnectionConfig,
     remote: SocketAddr,
-) {
+) -> impl Future<Output = ()> {
     let id = hub.conn_ids.next();
     let span = info_span!("conn", id = id.0, peer = %remote, uid = tracing::field::Empty);
+    let (handle, rx) =
+        ConnectionHandle::with_policy(id, config.queue_capacity, config.slow_consumer);
+    let mut shutdown = hub.shutdown_signal();
+    // Built here and captured as it is, so the future holds one copy of each part.
+    let mut conn = Conn {
+        hub,
+        transport,
+        handle,
+        session: None,
+        heartbeat: Heartbeat::new(config.timers, Instant::now()),
+        remote,
+        config,
+        out: Vec::new(),
+        replayed: HashSet::new(),
+    };
     async move {
-        let (handle, rx) =
-            ConnectionHandle::with_policy(id, config.queue_capacity, config.slow_consumer);
-        let mut shutdown = hub.shutdown_signal();
-        let mut conn = Conn {
-            hub,
-            transport,
-            handle,
-            session: None,
-            heartbeat: Heartbeat::new(config.timers, Instant::now()),
-            remote,
-            config,
-            out: Vec::new(),
-            replayed: HashSet::new(),
-        };
         debug!("connected");
         let end = loop {
             if *shutdown.borrow_and_update() {
-                let _ = conn.flush(&rx).await;
+                let _ = Box::pin(conn.flush(&rx)).await;
                 break End::Normal(CloseRequest::Shutdown.to_string());
             }
             let deadline = conn.heartbeat.next_deadline();
             tokio::select! {
                 _ = shutdown.changed() => {}
                 () = rx.ready() => {
-                    if let Err(end) = conn.flush(&rx).await {
+                    // Boxed, so that an idle connection's task does not carry the write path.
+                    if let Err(end) = Box::pin(conn.flush(&rx)).await {
                         break end;
                     }
                 }
                 frame = conn.transport.recv() => match frame {
                     Ok(Some(frame)) => {
                         conn.heartbeat.on_read(Instant::now());
-                        if let Err(end) = conn.on_frame(frame).await {
+                        // Boxed: requests (binds, handlers) are rare next to pushes, and their
+                        // futures would otherwise make every idle connection's task larger.
+                        if let Err(end) = Box::pin(conn.on_frames(frame)).await {
                             break end;
                         }
                     }
@@ -141,7 +155,7 @@ pub async fn serve_connection<T: Transport>(
                 () = sleep_until(deadline) => match conn.heartbeat.poll(Instant::now()) {
                     TimerAction::Nothing => {}
                     TimerAction::Ping => {
-                        if let Err(end) = conn.write(Frame::Ping).await {
+                        if let Err(end) = Box::pin(conn.write(Frame::Ping)).await {
                             break end;
                         }
                     }
@@ -154,14 +168,13 @@ pub async fn serve_connection<T: Transport>(
             End::Protocol(r) => format!("protocol error: {r}"),
         };
         let undelivered = rx.shut(CloseRequest::Closed(reason.clone()));
-        conn.finish(&reason, undelivered).await;
+        Box::pin(conn.finish(&reason, undelivered)).await;
         match end {
             End::Normal(_) => info!(reason = %reason, "closed"),
             End::Protocol(_) => warn!(reason = %reason, "closed"),
         }
     }
     .instrument(span)
-    .await;
 }
 
 impl<T: Transport> Conn<T> {
@@ -209,11 +222,32 @@ impl<T: Transport> Conn<T> {
             if drained < self.config.max_batch {
                 // Caught up after an overflow: what was refused meanwhile is in the store.
                 if rx.overflowed() {
-                    self.replay_stored(Some(rx)).await?;
+                    Box::pin(self.replay_stored(Some(rx))).await?;
                 }
                 return Ok(());
             }
         }
+    }
+
+    /// Handles `first` and every whole frame buffered behind it, then writes the replies
+    /// together (a client sending a burst of requests gets one write back, not one per
+    /// request). Replies are written before the connection ends, whatever ends it.
+    async fn on_frames(&mut self, first: Frame) -> Result<(), End> {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            if let Err(end) = self.on_frame(frame).await {
+                let _ = self.write_out().await;
+                return Err(end);
+            }
+            next = match self.transport.recv_buffered() {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = self.write_out().await;
+                    return Err(End::Protocol(e.to_string()));
+                }
+            };
+        }
+        self.write_out().await
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
@@ -234,7 +268,13 @@ impl<T: Transport> Conn<T> {
         if reply.timestamp == 0 {
             reply.timestamp = crate::now_ms();
         }
-        self.write(Frame::Reply(reply)).await
+        // Written with the next write (at the latest once the requests read so far are
+        // handled; see `on_frames`).
+        self.out.push(Outbound::Frame(Box::new(Frame::Reply(reply))));
+        if self.out.len() >= self.config.max_batch {
+            self.write_out().await?;
+        }
+        Ok(())
     }
 
     async fn on_request(&mut self, body: SentBody) -> Result<(), End> {

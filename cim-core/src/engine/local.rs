@@ -142,6 +142,8 @@ impl SessionManager for LocalSessionManager {
                     }
                 }
             }
+            // Most accounts have one connection: no room for more until they need it.
+            entries.reserve_exact(1);
             entries.push(Entry {
                 session: session.clone(),
                 handle: conn,

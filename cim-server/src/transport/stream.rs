@@ -94,7 +94,37 @@ impl<C: StreamCodec> Transport for StreamTransport<C> {
         }
     }
 
+    fn recv_buffered(&mut self) -> Result<Option<Frame>> {
+        if self.rbuf.is_empty() {
+            return Ok(None);
+        }
+        let frame = self.codec.decode(&mut self.rbuf)?;
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        Ok(frame)
+    }
+
     async fn send(&mut self, items: &[Outbound]) -> Result<()> {
+        // One pushed message (the usual case of a fan-out): write its shared encoding as it
+        // is, with no copy and no buffer.
+        if let [Outbound::Message(shared)] = items
+            && let Some(format) = self.codec.wire_format()
+        {
+            let codec = &mut self.codec;
+            let encoded = shared.encoded(format, |frame| {
+                let mut b = BytesMut::new();
+                codec.encode(frame, &mut b)?;
+                Ok(b.freeze())
+            });
+            return match encoded {
+                Ok(bytes) => self.stream.write_all(&bytes).await.map_err(Error::from),
+                Err(e) => {
+                    warn!(error = %e, "cannot encode message {}; skipped", shared.message().id);
+                    Ok(())
+                }
+            };
+        }
         for item in items {
             if let Err(e) = self.encode(item) {
                 warn!(error = %e, "cannot encode {}; skipped", describe(item));
