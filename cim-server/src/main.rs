@@ -12,6 +12,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cim_server::app::App;
 use cim_server::auth::{TokenSigner, now_secs};
 use cim_server::settings::{LogFormat, Settings};

@@ -82,7 +82,7 @@ struct Conn<T> {
     hub: Arc<Hub>,
     transport: T,
     handle: ConnectionHandle,
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     heartbeat: Heartbeat,
     remote: SocketAddr,
     config: ConnectionConfig,
@@ -270,7 +270,8 @@ impl<T: Transport> Conn<T> {
         }
         // Written with the next write (at the latest once the requests read so far are
         // handled; see `on_frames`).
-        self.out.push(Outbound::Frame(Box::new(Frame::Reply(reply))));
+        self.out
+            .push(Outbound::Frame(Box::new(Frame::Reply(reply))));
         if self.out.len() >= self.config.max_batch {
             self.write_out().await?;
         }
@@ -296,7 +297,7 @@ impl<T: Transport> Conn<T> {
         };
         let ctx = RequestContext {
             conn: self.handle.id(),
-            session: self.session.as_ref(),
+            session: self.session.as_deref(),
             remote: self.remote,
             handle: &self.handle,
             hub: &self.hub,
@@ -337,10 +338,11 @@ impl<T: Transport> Conn<T> {
         {
             warn!(error = %e, "unbinding the previous account failed");
         }
+        let session = Arc::new(session);
         let outcome = match self
             .hub
             .sessions()
-            .bind(session.clone(), self.handle.clone())
+            .bind(Arc::clone(&session), self.handle.clone())
             .await
         {
             Ok(o) => o,
@@ -453,7 +455,7 @@ impl<T: Transport> Conn<T> {
         if let Some(handler) = self.hub.handler(key::CLIENT_CLOSED).cloned() {
             let ctx = RequestContext {
                 conn: self.handle.id(),
-                session: self.session.as_ref(),
+                session: self.session.as_deref(),
                 remote: self.remote,
                 handle: &self.handle,
                 hub: &self.hub,
@@ -464,7 +466,7 @@ impl<T: Transport> Conn<T> {
             }
         }
         for l in self.hub.listeners() {
-            l.on_closed(self.handle.id(), self.session.as_ref(), reason);
+            l.on_closed(self.handle.id(), self.session.as_deref(), reason);
         }
         let _ = timeout(Duration::from_secs(1), self.transport.close()).await;
     }

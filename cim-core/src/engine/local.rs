@@ -16,7 +16,8 @@ use crate::protocol::action;
 use crate::session::Session;
 
 struct Entry {
-    session: Session,
+    /// Shared with the connection's task.
+    session: Arc<Session>,
     handle: ConnectionHandle,
     tags: Vec<String>,
 }
@@ -119,7 +120,7 @@ impl Default for LocalSessionManager {
 
 #[async_trait]
 impl SessionManager for LocalSessionManager {
-    async fn bind(&self, session: Session, conn: ConnectionHandle) -> Result<BindOutcome> {
+    async fn bind(&self, session: Arc<Session>, conn: ConnectionHandle) -> Result<BindOutcome> {
         let mut outcome = BindOutcome::default();
         let mut removed: Vec<(Entry, KickDecision)> = Vec::new();
         {
@@ -145,7 +146,7 @@ impl SessionManager for LocalSessionManager {
             // Most accounts have one connection: no room for more until they need it.
             entries.reserve_exact(1);
             entries.push(Entry {
-                session: session.clone(),
+                session: Arc::clone(&session),
                 handle: conn,
                 tags: Vec::new(),
             });
@@ -157,9 +158,9 @@ impl SessionManager for LocalSessionManager {
                 let _ = entry
                     .handle
                     .push(Outbound::Message(Arc::new(SharedMessage::new(notice))));
-                outcome.kicked.push(entry.session);
+                outcome.kicked.push(Arc::unwrap_or_clone(entry.session));
             } else {
-                outcome.closed.push(entry.session);
+                outcome.closed.push(Arc::unwrap_or_clone(entry.session));
             }
             entry.handle.close(CloseRequest::Kicked);
         }
@@ -263,7 +264,7 @@ impl SessionManager for LocalSessionManager {
             .get(uid)
             .into_iter()
             .flatten()
-            .map(|e| e.session.clone())
+            .map(|e| Session::clone(&e.session))
             .collect())
     }
 
@@ -288,7 +289,7 @@ impl SessionManager for LocalSessionManager {
                     .by_uid
                     .values()
                     .flatten()
-                    .map(|e| &e.session)
+                    .map(|e| &*e.session)
                     .filter(|s| matches(s))
                     .cloned(),
             );

@@ -64,7 +64,7 @@ pub struct OnlinePage {
 pub trait SessionManager: Send + Sync + 'static {
     /// Registers `session` (its `nid` is `conn`'s id) and applies the kick policy to the
     /// account's other connections. Binding a connection again replaces its session.
-    async fn bind(&self, session: Session, conn: ConnectionHandle) -> Result<BindOutcome>;
+    async fn bind(&self, session: Arc<Session>, conn: ConnectionHandle) -> Result<BindOutcome>;
 
     /// Forgets the connection of `session` (no-op when it is already gone).
     async fn unbind(&self, session: &Session) -> Result<()>;

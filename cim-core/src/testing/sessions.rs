@@ -9,15 +9,15 @@ use crate::engine::{
 };
 use crate::{Message, Session};
 
-fn session(nid: u64, uid: &str, channel: &str, device: &str) -> Session {
-    Session {
+fn session(nid: u64, uid: &str, channel: &str, device: &str) -> Arc<Session> {
+    Arc::new(Session {
         nid,
         uid: uid.into(),
         channel: channel.into(),
         device_id: device.into(),
         device_name: format!("{device}-name"),
         ..Session::default()
-    }
+    })
 }
 
 fn conn(nid: u64, capacity: usize) -> (ConnectionHandle, OutboundReceiver) {
