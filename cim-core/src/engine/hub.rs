@@ -172,28 +172,29 @@ impl Hub {
         };
         let uid = message.receiver.clone();
         let _serialised = self.lock_account(&uid).await;
-        if self.sessions.wants_receipts(&uid).await? {
-            store.append(&uid, &message).await?;
-            let delivery = self
-                .sessions
-                .push(Arc::new(SharedMessage::new(message)))
-                .await?;
+        let shared = Arc::new(SharedMessage::new(message));
+        if let Some(delivery) = self
+            .sessions
+            .push_unless_receipts(Arc::clone(&shared))
+            .await?
+        {
+            let stored = delivery.delivered == 0;
+            if stored {
+                store.append(&uid, shared.message()).await?;
+            }
             return Ok(Sent {
                 id,
                 delivery,
-                stored: true,
+                stored,
             });
         }
-        let shared = Arc::new(SharedMessage::new(message));
-        let delivery = self.sessions.push(Arc::clone(&shared)).await?;
-        let stored = delivery.delivered == 0;
-        if stored {
-            store.append(&uid, shared.message()).await?;
-        }
+        // The account acknowledges messages: stored first, kept until acknowledged.
+        store.append(&uid, shared.message()).await?;
+        let delivery = self.sessions.push(shared).await?;
         Ok(Sent {
             id,
             delivery,
-            stored,
+            stored: true,
         })
     }
 

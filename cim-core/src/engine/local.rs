@@ -198,6 +198,20 @@ impl SessionManager for LocalSessionManager {
         Ok(d)
     }
 
+    async fn push_unless_receipts(&self, msg: Arc<SharedMessage>) -> Result<Option<Delivery>> {
+        let uid = msg.message().receiver.as_str();
+        let shard = read(self.shard(uid));
+        let entries = shard.by_uid.get(uid).map_or(&[][..], Vec::as_slice);
+        if entries.iter().any(|e| e.session.client_ack) {
+            return Ok(None);
+        }
+        let mut d = Delivery::default();
+        for e in entries {
+            deliver(&e.handle, &msg, &mut d);
+        }
+        Ok(Some(d))
+    }
+
     async fn push_tag(&self, tag: &str, msg: Arc<SharedMessage>) -> Result<Delivery> {
         let mut d = Delivery::default();
         let tags = read(&self.tags);

@@ -87,6 +87,17 @@ pub trait SessionManager: Send + Sync + 'static {
     /// The live sessions of an account.
     async fn sessions(&self, uid: &str) -> Result<Vec<Session>>;
 
+    /// Queues `msg` to every live connection of its receiver, unless one of them acknowledges
+    /// messages: then nothing is queued and `None` is returned, so that the caller stores the
+    /// message before it pushes it. The default asks [`wants_receipts`](Self::wants_receipts)
+    /// and then pushes; an implementation can answer both with one lookup.
+    async fn push_unless_receipts(&self, msg: Arc<SharedMessage>) -> Result<Option<Delivery>> {
+        if self.wants_receipts(&msg.message().receiver).await? {
+            return Ok(None);
+        }
+        self.push(msg).await.map(Some)
+    }
+
     /// Whether any live connection of `uid` acknowledges messages (so its messages are stored
     /// before they are pushed).
     async fn wants_receipts(&self, uid: &str) -> Result<bool> {

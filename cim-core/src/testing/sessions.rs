@@ -61,6 +61,7 @@ where
     online_pages(&make()).await;
     kick_account(&make()).await;
     full_queue_counts_as_failed(&make()).await;
+    receipts_hold_back_a_push(&make()).await;
 }
 
 async fn push_reaches_every_connection_of_the_account(m: &impl SessionManager) {
@@ -241,4 +242,34 @@ async fn full_queue_counts_as_failed(m: &impl SessionManager) {
         drained(&r1),
         (vec!["fits".to_owned(); 2], Some(CloseRequest::Overflow))
     );
+}
+
+async fn receipts_hold_back_a_push(m: &impl SessionManager) {
+    let (h1, r1) = conn(1, 8);
+    m.bind(session(1, "plain", "android", "p"), h1)
+        .await
+        .unwrap();
+    assert!(!m.wants_receipts("plain").await.unwrap());
+    let d = m.push_unless_receipts(msg("plain", "now")).await.unwrap();
+    assert_eq!(d.map(|d| d.delivered), Some(1));
+    assert_eq!(drained(&r1).0, ["now"]);
+
+    // One connection of the account acknowledges messages: nothing is pushed to any.
+    let (h2, r2) = conn(2, 8);
+    let (h3, r3) = conn(3, 8);
+    m.bind(session(2, "acks", "android", "p"), h2)
+        .await
+        .unwrap();
+    let mut acking = Session::clone(&session(3, "acks", "web", "b"));
+    acking.client_ack = true;
+    m.bind(Arc::new(acking), h3).await.unwrap();
+    assert!(m.wants_receipts("acks").await.unwrap());
+    assert_eq!(
+        m.push_unless_receipts(msg("acks", "held")).await.unwrap(),
+        None
+    );
+    assert!(drained(&r2).0.is_empty() && drained(&r3).0.is_empty());
+    // Nobody online: an empty delivery, not a refusal.
+    let d = m.push_unless_receipts(msg("nobody", "x")).await.unwrap();
+    assert_eq!(d.map(|d| d.delivered), Some(0));
 }
