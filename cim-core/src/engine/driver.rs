@@ -85,11 +85,15 @@ struct Conn<T> {
     session: Option<Arc<Session>>,
     heartbeat: Heartbeat,
     remote: SocketAddr,
-    config: ConnectionConfig,
+    /// From the listener's [`ConnectionConfig`] (the rest is used at the start only).
+    write_timeout: Duration,
+    max_batch: usize,
     out: Vec<Outbound>,
     /// Ids of stored messages written during the bind hand-over: the same messages may also sit
     /// in the queue (pushed while the hand-over ran), and are skipped there once.
-    replayed: HashSet<i64>,
+    /// (Boxed: a connection that never replays holds one pointer, not an empty set.)
+    #[allow(clippy::box_collection)]
+    replayed: Option<Box<HashSet<i64>>>,
 }
 
 /// Stored messages written per batch during the bind hand-over.
@@ -119,9 +123,10 @@ pub fn serve_connection<T: Transport>(
         session: None,
         heartbeat: Heartbeat::new(config.timers, Instant::now()),
         remote,
-        config,
+        write_timeout: config.write_timeout,
+        max_batch: config.max_batch,
         out: Vec::new(),
-        replayed: HashSet::new(),
+        replayed: None,
     };
     async move {
         debug!("connected");
@@ -183,7 +188,7 @@ impl<T: Transport> Conn<T> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let res = timeout(self.config.write_timeout, self.transport.send(&self.out)).await;
+        let res = timeout(self.write_timeout, self.transport.send(&self.out)).await;
         self.out.clear();
         match res {
             Ok(Ok(())) => {
@@ -193,7 +198,7 @@ impl<T: Transport> Conn<T> {
             Ok(Err(e)) => Err(End::Normal(format!("write failed: {e}"))),
             Err(_) => Err(End::Normal(format!(
                 "write stalled for {:?} (slow reader)",
-                self.config.write_timeout
+                self.write_timeout
             ))),
         }
     }
@@ -206,10 +211,9 @@ impl<T: Transport> Conn<T> {
     /// Writes what others queued, batch by batch; ends the connection on a close request.
     async fn flush(&mut self, rx: &crate::engine::conn::OutboundReceiver) -> Result<(), End> {
         loop {
-            let close = rx.drain(&mut self.out, self.config.max_batch);
+            let close = rx.drain(&mut self.out, self.max_batch);
             let drained = self.out.len();
-            if !self.replayed.is_empty() {
-                let replayed = std::mem::take(&mut self.replayed);
+            if let Some(replayed) = self.replayed.take() {
                 self.out.retain(|o| match o {
                     Outbound::Message(m) => !replayed.contains(&m.message().id),
                     Outbound::Frame(_) => true,
@@ -219,7 +223,7 @@ impl<T: Transport> Conn<T> {
             if let Some(req) = close {
                 return Err(End::Normal(req.to_string()));
             }
-            if drained < self.config.max_batch {
+            if drained < self.max_batch {
                 // Caught up after an overflow: what was refused meanwhile is in the store.
                 if rx.overflowed() {
                     Box::pin(self.replay_stored(Some(rx))).await?;
@@ -272,7 +276,7 @@ impl<T: Transport> Conn<T> {
         // handled; see `on_frames`).
         self.out
             .push(Outbound::Frame(Box::new(Frame::Reply(reply))));
-        if self.out.len() >= self.config.max_batch {
+        if self.out.len() >= self.max_batch {
             self.write_out().await?;
         }
         Ok(())
@@ -414,7 +418,7 @@ impl<T: Transport> Conn<T> {
             let full = page.len() == REPLAY_BATCH;
             for p in page.into_iter().take_while(|p| p.seq <= boundary) {
                 after = p.seq;
-                self.replayed.insert(p.message.id);
+                self.replayed.get_or_insert_default().insert(p.message.id);
                 self.out
                     .push(Outbound::Message(Arc::new(SharedMessage::new(p.message))));
             }
