@@ -130,42 +130,67 @@ pub fn serve_connection<T: Transport>(
     };
     async move {
         debug!("connected");
-        let end = loop {
+        let end = 'run: {
             if *shutdown.borrow_and_update() {
                 let _ = Box::pin(conn.flush(&rx)).await;
-                break End::Normal(CloseRequest::Shutdown.to_string());
+                break 'run End::Normal(CloseRequest::Shutdown.to_string());
             }
-            let deadline = conn.heartbeat.next_deadline();
-            tokio::select! {
-                _ = shutdown.changed() => {}
-                () = rx.ready() => {
-                    // Boxed, so that an idle connection's task does not carry the write path.
-                    if let Err(end) = Box::pin(conn.flush(&rx)).await {
-                        break end;
+            // Both waits live as long as the connection: registering a fresh shutdown waiter and
+            // a fresh timer on every wake-up costs a lock on state shared by all connections.
+            let stop = shutdown.changed();
+            tokio::pin!(stop);
+            let mut armed = conn.heartbeat.next_deadline();
+            let timer = sleep_until(armed);
+            tokio::pin!(timer);
+            loop {
+                // Reads and writes only move deadlines later, and a timer that fires early finds
+                // nothing due and is set again; so the timer is reset only for a sooner deadline.
+                let next = conn.heartbeat.next_deadline();
+                if next < armed {
+                    armed = next;
+                    timer.as_mut().reset(armed);
+                }
+                tokio::select! {
+                    _ = &mut stop => {
+                        let _ = Box::pin(conn.flush(&rx)).await;
+                        break End::Normal(CloseRequest::Shutdown.to_string());
+                    }
+                    () = rx.ready() => {
+                        // Boxed, so that an idle connection's task does not carry the write
+                        // path.
+                        if let Err(end) = Box::pin(conn.flush(&rx)).await {
+                            break end;
+                        }
+                    }
+                    frame = conn.transport.recv() => match frame {
+                        Ok(Some(frame)) => {
+                            conn.heartbeat.on_read(Instant::now());
+                            // Boxed: requests (binds, handlers) are rare next to pushes, and
+                            // their futures would otherwise make every idle connection's task
+                            // larger.
+                            if let Err(end) = Box::pin(conn.on_frames(frame)).await {
+                                break end;
+                            }
+                        }
+                        Ok(None) => break End::Normal("closed by peer".into()),
+                        Err(Error::Io(e)) => break End::Normal(format!("read failed: {e}")),
+                        Err(e) => break End::Protocol(e.to_string()),
+                    },
+                    () = &mut timer => {
+                        let action = conn.heartbeat.poll(Instant::now());
+                        armed = conn.heartbeat.next_deadline();
+                        timer.as_mut().reset(armed);
+                        match action {
+                            TimerAction::Nothing => {}
+                            TimerAction::Ping => {
+                                if let Err(end) = Box::pin(conn.write(Frame::Ping)).await {
+                                    break end;
+                                }
+                            }
+                            TimerAction::Close(why) => break End::Normal(why.to_string()),
+                        }
                     }
                 }
-                frame = conn.transport.recv() => match frame {
-                    Ok(Some(frame)) => {
-                        conn.heartbeat.on_read(Instant::now());
-                        // Boxed: requests (binds, handlers) are rare next to pushes, and their
-                        // futures would otherwise make every idle connection's task larger.
-                        if let Err(end) = Box::pin(conn.on_frames(frame)).await {
-                            break end;
-                        }
-                    }
-                    Ok(None) => break End::Normal("closed by peer".into()),
-                    Err(Error::Io(e)) => break End::Normal(format!("read failed: {e}")),
-                    Err(e) => break End::Protocol(e.to_string()),
-                },
-                () = sleep_until(deadline) => match conn.heartbeat.poll(Instant::now()) {
-                    TimerAction::Nothing => {}
-                    TimerAction::Ping => {
-                        if let Err(end) = Box::pin(conn.write(Frame::Ping)).await {
-                            break end;
-                        }
-                    }
-                    TimerAction::Close(why) => break End::Normal(why.to_string()),
-                },
             }
         };
         let reason = match &end {
