@@ -1,17 +1,24 @@
 //! # cim-store
 //!
-//! Offline messages for cim-rs: [`SledStore`], the
-//! [`MessageStore`](cim_core::engine::MessageStore) on sled, with a configurable
-//! [`Durability`].
+//! Offline messages for cim-rs: two [`MessageStore`](cim_core::engine::MessageStore)s on
+//! disk, with a configurable [`Durability`] and a per-account cap.
+//!
+//! - [`RedbStore`] (the server's default): redb, one writer thread that commits queued
+//!   operations in batches, and under [`Durability::Always`] a write-ahead log so that concurrent
+//!   appends share one `fdatasync`. Its file stays small under an append-and-delete churn.
+//! - [`SledStore`]: sled 0.34. Kept for those who ask for it; it keeps dead space after deletes
+//!   (see `BENCHMARKS.md`).
+//!
+//! Both pass `cim_core::testing::store::conformance`, including a reopen in the middle.
 //!
 //! ```
 //! use cim_core::engine::MessageStore;
 //! use cim_core::Message;
-//! use cim_store::{Durability, SledStore};
+//! use cim_store::{Durability, RedbStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
-//! let store = SledStore::open(dir.path(), Durability::Always, 1000)?;
+//! let store = RedbStore::open(dir.path(), Durability::Always, 1000)?;
 //! let msg = Message { id: 1, receiver: "10000".into(), content: "hi".into(), ..Message::default() };
 //! let appended = store.append("10000", &msg).await?; // on disk when this returns
 //! let pending = store.pending("10000", 0, 100).await?;

@@ -84,7 +84,7 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in directory `dir` (file [`FILE_NAME`]). `cap` is the most
+    /// Opens (or creates) the store in directory `dir` (file `messages.redb`). `cap` is the most
     /// messages kept per account; older ones are dropped first, counted and logged.
     pub fn open(
         dir: impl AsRef<Path>,
