@@ -490,3 +490,43 @@ async fn a_refused_bind_is_not_retried_and_a_good_token_binds() {
     assert!(client.is_connected());
     client.destroy().await;
 }
+
+#[tokio::test]
+async fn the_client_answers_pings_and_outlives_the_idle_timeout() {
+    use cim_core::engine::{ConnectionConfig, Timers};
+    let conn = ConnectionConfig {
+        timers: Timers {
+            write_idle: Duration::from_millis(50),
+            read_idle: Duration::from_millis(150),
+            max_pong_timeout: 1,
+            bind_timeout: Duration::from_secs(5),
+        },
+        ..ConnectionConfig::default()
+    };
+    let (server, closes) = start_with(conn, cim_server::WsSettings::default(), |b| b).await;
+    let endpoints = [
+        format!("tcp://{}", server.addr("tcp").unwrap()),
+        format!("ws+json://{}/", server.addr("websocket").unwrap()),
+        format!("xml://{}", server.addr("xml").unwrap()),
+    ];
+    let mut clients = Vec::new();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        clients.push(
+            Client::connect(config(endpoint, &format!("pinged-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    // Many heartbeat rounds: a client that did not answer would be closed after two.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for (i, (client, events)) in clients.iter_mut().enumerate() {
+        assert!(client.is_connected(), "{}", endpoints[i]);
+        quiet_for(events, Duration::from_millis(1), |_| false).await;
+        assert_receives_sdk(&server, events, &format!("pinged-{i}")).await;
+    }
+    assert!(
+        closes.0.lock().unwrap().is_empty(),
+        "closed: {:?}",
+        closes.0.lock().unwrap()
+    );
+}
