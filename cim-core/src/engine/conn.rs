@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 use crate::engine::shared::SharedMessage;
 use crate::frame::Frame;
@@ -95,12 +95,22 @@ struct State {
     /// The queue filled under [`SlowConsumer::Keep`]: pushes are refused until the connection
     /// has caught up.
     overflowed: bool,
+    /// The connection's task, waiting for something to write (one consumer, so one waker).
+    waker: Option<Waker>,
+}
+
+/// Wakes the connection's task, if it waits, after releasing the lock.
+fn wake(mut st: MutexGuard<'_, State>) {
+    let waker = st.waker.take();
+    drop(st);
+    if let Some(w) = waker {
+        w.wake();
+    }
 }
 
 #[derive(Debug)]
 struct Queue {
     state: Mutex<State>,
-    notify: Notify,
     capacity: usize,
     policy: SlowConsumer,
 }
@@ -139,7 +149,6 @@ impl ConnectionHandle {
     ) -> (ConnectionHandle, OutboundReceiver) {
         let queue = Arc::new(Queue {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
             capacity: capacity.max(1),
             policy,
         });
@@ -173,15 +182,14 @@ impl ConnectionHandle {
                 SlowConsumer::Close => st.close = Some(CloseRequest::Overflow),
                 SlowConsumer::Keep => st.overflowed = true,
             }
-            drop(st);
-            self.queue.notify.notify_one();
+            wake(st);
             return Err((PushError::Full, item));
         }
         let was_empty = st.items.is_empty();
         st.items.push_back(item);
-        drop(st);
+        // The task only waits on an empty queue: a queue that had items has woken it already.
         if was_empty {
-            self.queue.notify.notify_one();
+            wake(st);
         }
         Ok(())
     }
@@ -199,8 +207,7 @@ impl ConnectionHandle {
         if st.close.is_none() {
             st.close = Some(why);
         }
-        drop(st);
-        self.queue.notify.notify_one();
+        wake(st);
     }
 
     /// Whether the connection is closed or closing.
@@ -221,17 +228,23 @@ pub struct OutboundReceiver {
 }
 
 impl OutboundReceiver {
-    /// Waits until something is queued or a close is requested. Cancel-safe.
-    pub async fn ready(&self) {
-        loop {
-            {
-                let st = self.queue.lock();
-                if !st.items.is_empty() || st.close.is_some() {
-                    return;
-                }
-            }
-            self.queue.notify.notified().await;
+    /// Waits until something is queued or a close is requested. Cancel-safe, and holds no
+    /// state of its own while it waits (the waker is kept in the queue).
+    pub fn ready(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_ready(cx))
+    }
+
+    /// [`ready`](Self::ready) as a poll function.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.queue.lock();
+        if !st.items.is_empty() || st.close.is_some() {
+            return Poll::Ready(());
         }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Moves up to `max` queued items into `out` and returns the close request, if one is

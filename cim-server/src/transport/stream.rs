@@ -73,8 +73,9 @@ impl<C: StreamCodec> Transport for StreamTransport<C> {
                     return Ok(Some(frame));
                 }
             }
-            // Cancel-safe: waiting for readiness consumes nothing.
-            self.stream.readable().await?;
+            // Cancel-safe: waiting for readiness consumes nothing. (`poll_read_ready` keeps the
+            // waker in tokio's registration, so the wait adds nothing to this future.)
+            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
             self.rbuf.reserve(READ_CHUNK);
             match self.stream.try_read_buf(&mut self.rbuf) {
                 Ok(0) if self.rbuf.is_empty() => return Ok(None),
