@@ -115,6 +115,9 @@ enum Scenario {
         /// Keep-alive HTTP connections for --via http.
         #[arg(long, default_value_t = 8)]
         http_conns: usize,
+        /// Messages per HTTP request for --via http (more than 1: the batch endpoint).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// One message to all N connected clients, COUNT times: deliveries per second.
     Broadcast {
@@ -267,7 +270,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             size,
             via,
             http_conns,
-        } => push(&ctx, n, m, rate, size.max(20), via, http_conns).await?,
+            batch,
+        } => {
+            let plan = publish::Plan {
+                n,
+                m,
+                per_sec: rate,
+                size: size.max(20),
+                batch: batch.max(1),
+            };
+            push(&ctx, plan, via, http_conns).await?
+        }
         Scenario::Broadcast { n, count } => broadcast(&ctx, n, count).await?,
         Scenario::Storm { n } => storm(&mut ctx, n).await?,
     };
@@ -343,13 +356,17 @@ async fn idle(ctx: &Ctx, n: usize, hold: u64) -> anyhow::Result<Value> {
 
 async fn push(
     ctx: &Ctx,
-    n: usize,
-    m: u64,
-    per_sec: u64,
-    size: usize,
+    plan: publish::Plan,
     via: Via,
     http_conns: usize,
 ) -> anyhow::Result<Value> {
+    let publish::Plan {
+        n,
+        m,
+        per_sec,
+        size,
+        batch,
+    } = plan;
     ctx.check_fd_limits(n + http_conns)?;
     let pool = Pool::open(ctx.pool_options(n, "s", false)).await?;
     let counters = std::sync::Arc::clone(&pool.counters);
@@ -357,34 +374,20 @@ async fn push(
     let start_us = counters.clock.micros();
     let bar = pool::progress(m, "pushing", ctx.json);
     let publisher = match via {
-        Via::Socket => {
-            let opts = publish::Plan {
-                n,
-                m,
-                per_sec,
-                size,
-            };
-            tokio::spawn(publish::socket(
-                ctx.server.tcp,
-                opts,
-                std::sync::Arc::clone(&counters),
-            ))
-        }
+        Via::Socket => tokio::spawn(publish::socket(
+            ctx.server.tcp,
+            plan,
+            std::sync::Arc::clone(&counters),
+        )),
         Via::Http => {
             let http = ctx
                 .server
                 .http
                 .context("push --via http needs the server's HTTP address (--http)")?;
-            let opts = publish::Plan {
-                n,
-                m,
-                per_sec,
-                size,
-            };
             tokio::spawn(publish::http(
                 http,
                 http_conns,
-                opts,
+                plan,
                 std::sync::Arc::clone(&counters),
             ))
         }
@@ -421,6 +424,9 @@ async fn push(
     let cpu_per_million = cpu.map(|c| c / (received.max(1) as f64 / 1e6));
     let how = match via {
         Via::Socket => "socket publisher".to_owned(),
+        Via::Http if batch > 1 => {
+            format!("HTTP publisher, {http_conns} connections, batches of {batch}")
+        }
         Via::Http => format!("HTTP publisher, {http_conns} connections"),
     };
     let pace = if per_sec == 0 {

@@ -29,6 +29,8 @@ pub struct Plan {
     pub per_sec: u64,
     /// Content bytes.
     pub size: usize,
+    /// Messages per HTTP request (more than 1: `POST /api/v1/messages/batch`).
+    pub batch: usize,
 }
 
 /// Frames written per write when unpaced.
@@ -129,18 +131,31 @@ pub async fn http(
         tasks.push(tokio::spawn(async move {
             let mut api = Api::connect(addr).await?;
             let started = tokio::time::Instant::now();
-            for k in 0..mine {
+            let message = |k: u64| {
+                let i = c + k * conns;
+                serde_json::json!({
+                    "receiver": format!("s{}", i % plan.n.max(1) as u64),
+                    "action": "2", "format": "txt",
+                    "content": counters.clock.stamp(plan.size),
+                })
+            };
+            let batch = plan.batch.max(1) as u64;
+            let mut k = 0;
+            while k < mine {
                 if let Some(us) = (k * 1_000_000).checked_div(per_sec) {
                     let at = started + Duration::from_micros(us);
                     tokio::time::sleep_until(at).await;
                 }
-                let i = c + k * conns;
-                let body = serde_json::json!({
-                    "receiver": format!("s{}", i % plan.n.max(1) as u64),
-                    "action": "2", "format": "txt",
-                    "content": counters.clock.stamp(plan.size),
-                });
-                api.post("/api/v1/messages", &body).await?;
+                if batch == 1 {
+                    api.post("/api/v1/messages", &message(k)).await?;
+                    k += 1;
+                } else {
+                    let end = (k + batch).min(mine);
+                    let messages: Vec<_> = (k..end).map(message).collect();
+                    let body = serde_json::json!({ "messages": messages });
+                    api.post("/api/v1/messages/batch", &body).await?;
+                    k = end;
+                }
             }
             anyhow::Ok(mine)
         }));
