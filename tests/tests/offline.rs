@@ -1,4 +1,5 @@
-//! Nothing lost: offline messages in a real redb store, delivery on bind, receipts.
+//! Nothing lost: offline messages in a real store on disk (redb, the default; the main paths
+//! also with sled), delivery on bind, receipts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,29 +15,67 @@ use std::time::Duration;
 use cim_core::engine::{ConnectionConfig, MessageStore};
 use cim_core::{Frame, SentBody};
 use cim_server::{RunningServer, WsSettings};
-use cim_store::{Durability, RedbStore};
+use cim_store::{Durability, RedbStore, SledStore};
 use common::*;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Redb,
+    Sled,
+}
+
+/// Opens the store in `dir`, retrying while a previous handle (its writer thread, or sled's
+/// flusher) still holds the files.
+async fn open(backend: Backend, dir: &std::path::Path, d: Durability) -> Arc<dyn MessageStore> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let opened: Result<Arc<dyn MessageStore>, String> = match backend {
+            Backend::Redb => RedbStore::open(dir, d, 10_000)
+                .map(|s| Arc::new(s) as _)
+                .map_err(|e| e.to_string()),
+            Backend::Sled => SledStore::open(dir, d, 10_000)
+                .map(|s| Arc::new(s) as _)
+                .map_err(|e| e.to_string()),
+        };
+        match opened {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
 
 async fn start_with_store(
     dir: &std::path::Path,
     conn: ConnectionConfig,
-) -> (RunningServer, Arc<RedbStore>) {
-    start_with_durability(dir, conn, Durability::Always).await
+) -> (RunningServer, Arc<dyn MessageStore>) {
+    start_on(Backend::Redb, dir, conn, Durability::Always).await
 }
 
 async fn start_with_durability(
     dir: &std::path::Path,
     conn: ConnectionConfig,
     durability: Durability,
-) -> (RunningServer, Arc<RedbStore>) {
-    let store = Arc::new(RedbStore::open(dir, durability, 10_000).unwrap());
+) -> (RunningServer, Arc<dyn MessageStore>) {
+    start_on(Backend::Redb, dir, conn, durability).await
+}
+
+async fn start_on(
+    backend: Backend,
+    dir: &std::path::Path,
+    conn: ConnectionConfig,
+    durability: Durability,
+) -> (RunningServer, Arc<dyn MessageStore>) {
+    let store = open(backend, dir, durability).await;
     let s = store.clone();
     let (server, _) = start_with(conn, WsSettings::default(), move |b| b.store(s)).await;
     (server, store)
 }
 
 /// Waits until `uid` has nothing stored (the server deletes replayed messages once written).
-async fn eventually_empty(store: &RedbStore, uid: &str) {
+async fn eventually_empty(store: &Arc<dyn MessageStore>, uid: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while store.count(uid).await.unwrap() > 0 {
         assert!(
@@ -59,8 +98,18 @@ async fn receipt_client(server: &RunningServer, uid: &str) -> TcpClient {
 
 #[tokio::test]
 async fn offline_messages_arrive_in_order_on_bind_then_live_ones() {
+    offline_order(Backend::Redb).await;
+}
+
+#[tokio::test]
+async fn offline_messages_arrive_in_order_on_bind_then_live_ones_sled() {
+    offline_order(Backend::Sled).await;
+}
+
+async fn offline_order(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (server, store) = start_with_store(dir.path(), ConnectionConfig::default()).await;
+    let conn = ConnectionConfig::default();
+    let (server, store) = start_on(backend, dir.path(), conn, Durability::Always).await;
     let mut ids = Vec::new();
     for i in 0..300 {
         let sent = server
@@ -127,8 +176,18 @@ async fn pushes_during_the_hand_over_are_neither_reordered_nor_duplicated() {
 
 #[tokio::test]
 async fn receipts_mean_resend_until_acknowledged() {
+    receipts_resend(Backend::Redb).await;
+}
+
+#[tokio::test]
+async fn receipts_mean_resend_until_acknowledged_sled() {
+    receipts_resend(Backend::Sled).await;
+}
+
+async fn receipts_resend(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (server, store) = start_with_store(dir.path(), ConnectionConfig::default()).await;
+    let conn = ConnectionConfig::default();
+    let (server, store) = start_on(backend, dir.path(), conn, Durability::Always).await;
     let mut c = receipt_client(&server, "rc").await;
     let first = server.hub().send(message_to("rc", "one")).await.unwrap();
     assert!(
@@ -274,9 +333,19 @@ async fn a_full_queue_stores_instead_of_dropping() {
 
 #[tokio::test]
 async fn restart_with_pending_messages() {
+    restart_pending(Backend::Redb).await;
+}
+
+#[tokio::test]
+async fn restart_with_pending_messages_sled() {
+    restart_pending(Backend::Sled).await;
+}
+
+async fn restart_pending(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
-        let (server, store) = start_with_store(dir.path(), ConnectionConfig::default()).await;
+        let conn = ConnectionConfig::default();
+        let (server, store) = start_on(backend, dir.path(), conn, Durability::Always).await;
         let mut ids = Vec::new();
         for i in 0..50 {
             ids.push(
@@ -292,13 +361,8 @@ async fn restart_with_pending_messages() {
         drop(store);
         ids
     };
-    // the writer thread lets go of the file a moment after the last handle.
-    let store = loop {
-        match RedbStore::open(dir.path(), Durability::Always, 10_000) {
-            Ok(s) => break Arc::new(s),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    // The store lets go of its files a moment after the last handle.
+    let store = open(backend, dir.path(), Durability::Always).await;
     let s = store.clone();
     let (server, _) = start_with(
         ConnectionConfig::default(),
