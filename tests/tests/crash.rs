@@ -17,11 +17,21 @@ const PER_ACCOUNT: usize = 100;
 
 #[tokio::test]
 async fn acknowledged_sends_survive_kill_9() {
+    survives_kill_9("redb").await;
+}
+
+#[tokio::test]
+async fn acknowledged_sends_survive_kill_9_sled() {
+    survives_kill_9("sled").await;
+}
+
+async fn survives_kill_9(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
     let env = [
         ("CIM_STORE__PATH", path.as_str()),
         ("CIM_STORE__DURABILITY", "always"),
+        ("CIM_STORE__BACKEND", backend),
     ];
     let mut p = ServerProcess::start(&env);
     let http_addr = p.addr("http");
