@@ -114,7 +114,6 @@ pub fn serve_connection<T: Transport>(
     let span = info_span!("conn", id = id.0, peer = %remote, uid = tracing::field::Empty);
     let (handle, rx) =
         ConnectionHandle::with_policy(id, config.queue_capacity, config.slow_consumer);
-    let mut shutdown = hub.shutdown_signal();
     // Built here and captured as it is, so the future holds one copy of each part.
     let mut conn = Conn {
         hub,
@@ -130,15 +129,11 @@ pub fn serve_connection<T: Transport>(
     };
     async move {
         debug!("connected");
-        let end = 'run: {
-            if *shutdown.borrow_and_update() {
-                let _ = Box::pin(conn.flush(&rx)).await;
-                break 'run End::Normal(CloseRequest::Shutdown.to_string());
-            }
-            // Both waits live as long as the connection: registering a fresh shutdown waiter and
-            // a fresh timer on every wake-up costs a lock on state shared by all connections.
-            let stop = shutdown.changed();
-            tokio::pin!(stop);
+        // A shutdown reaches the connection through its queue, as a close request.
+        conn.hub.live.insert(&conn.handle);
+        let end = {
+            // The timer lives as long as the connection: registering a fresh one on every
+            // wake-up costs a lock on state shared by all connections.
             let mut armed = conn.heartbeat.next_deadline();
             let timer = sleep_until(armed);
             tokio::pin!(timer);
@@ -151,10 +146,6 @@ pub fn serve_connection<T: Transport>(
                     timer.as_mut().reset(armed);
                 }
                 tokio::select! {
-                    _ = &mut stop => {
-                        let _ = Box::pin(conn.flush(&rx)).await;
-                        break End::Normal(CloseRequest::Shutdown.to_string());
-                    }
                     () = rx.ready() => {
                         // Boxed, so that an idle connection's task does not carry the write
                         // path.
@@ -197,6 +188,7 @@ pub fn serve_connection<T: Transport>(
             End::Normal(r) => r.clone(),
             End::Protocol(r) => format!("protocol error: {r}"),
         };
+        conn.hub.live.remove(conn.handle.id());
         let undelivered = rx.shut(CloseRequest::Closed(reason.clone()));
         Box::pin(conn.finish(&reason, undelivered)).await;
         match end {
@@ -214,7 +206,8 @@ impl<T: Transport> Conn<T> {
             return Ok(());
         }
         let res = timeout(self.write_timeout, self.transport.send(&self.out)).await;
-        self.out.clear();
+        // Released rather than cleared: an idle connection keeps no batch buffer.
+        self.out = Vec::new();
         match res {
             Ok(Ok(())) => {
                 self.heartbeat.on_write(Instant::now());

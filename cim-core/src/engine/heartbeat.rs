@@ -68,46 +68,70 @@ impl std::fmt::Display for IdleReason {
 }
 
 /// One connection's heartbeat state.
+///
+/// It is one of the few parts every idle connection keeps, so it is compact: times are
+/// milliseconds since the connection opened.
 #[derive(Clone, Debug)]
 pub struct Heartbeat {
-    timers: Timers,
-    bind_deadline: Option<Instant>,
-    read_deadline: Instant,
-    write_deadline: Instant,
+    opened: Instant,
+    write_idle: u32,
+    read_idle: u32,
+    max_pong_timeout: u32,
     missed_pongs: u32,
+    /// [`BOUND`] once the connection has bound.
+    bind_deadline: u64,
+    read_deadline: u64,
+    write_deadline: u64,
+}
+
+/// `bind_deadline` of a bound connection.
+const BOUND: u64 = u64::MAX;
+
+/// A duration in whole milliseconds (at most `u32::MAX`, about 49 days).
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 impl Heartbeat {
     /// The state of a connection opened at `now`.
     pub fn new(timers: Timers, now: Instant) -> Self {
         Self {
-            timers,
-            bind_deadline: Some(now + timers.bind_timeout),
-            read_deadline: now + timers.read_idle,
-            write_deadline: now + timers.write_idle,
+            opened: now,
+            write_idle: millis(timers.write_idle),
+            read_idle: millis(timers.read_idle),
+            max_pong_timeout: timers.max_pong_timeout,
             missed_pongs: 0,
+            bind_deadline: u64::from(millis(timers.bind_timeout)),
+            read_deadline: u64::from(millis(timers.read_idle)),
+            write_deadline: u64::from(millis(timers.write_idle)),
         }
+    }
+
+    /// `now` in milliseconds since the connection opened.
+    fn at(&self, now: Instant) -> u64 {
+        let ms = now.saturating_duration_since(self.opened).as_millis();
+        u64::try_from(ms).unwrap_or(BOUND - 1)
     }
 
     /// Something was read at `now`: the missed-PING count starts again.
     pub fn on_read(&mut self, now: Instant) {
-        self.read_deadline = now + self.timers.read_idle;
+        self.read_deadline = self.at(now).saturating_add(u64::from(self.read_idle));
         self.missed_pongs = 0;
     }
 
     /// Something was written at `now`.
     pub fn on_write(&mut self, now: Instant) {
-        self.write_deadline = now + self.timers.write_idle;
+        self.write_deadline = self.at(now).saturating_add(u64::from(self.write_idle));
     }
 
     /// The connection bound: the bind timeout no longer applies, and idle means PING.
     pub fn on_bound(&mut self) {
-        self.bind_deadline = None;
+        self.bind_deadline = BOUND;
     }
 
     /// Whether the connection has bound.
     pub fn is_bound(&self) -> bool {
-        self.bind_deadline.is_none()
+        self.bind_deadline == BOUND
     }
 
     /// PINGs sent since the last read.
@@ -117,35 +141,37 @@ impl Heartbeat {
 
     /// When [`poll`](Self::poll) next has something to do.
     pub fn next_deadline(&self) -> Instant {
-        let d = self.read_deadline.min(self.write_deadline);
-        match self.bind_deadline {
-            Some(b) => d.min(b),
-            None => d,
-        }
+        let ms = self
+            .read_deadline
+            .min(self.write_deadline)
+            .min(self.bind_deadline);
+        // A deadline past what an `Instant` can hold is as good as never: a year on.
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let wait = Duration::from_millis(ms).min(far);
+        self.opened.checked_add(wait).unwrap_or(self.opened)
     }
 
     /// What is due at `now`. A returned [`TimerAction::Ping`] counts as sent; the caller
     /// writes it (and reports the write with [`on_write`](Self::on_write)).
     pub fn poll(&mut self, now: Instant) -> TimerAction {
-        if let Some(deadline) = self.bind_deadline
-            && now >= deadline
-        {
+        let now = self.at(now);
+        if !self.is_bound() && now >= self.bind_deadline {
             return TimerAction::Close(IdleReason::BindTimeout);
         }
         if now >= self.read_deadline {
-            if self.missed_pongs >= self.timers.max_pong_timeout {
+            if self.missed_pongs >= self.max_pong_timeout {
                 return TimerAction::Close(IdleReason::NoPong {
                     missed: self.missed_pongs,
                 });
             }
-            self.read_deadline = now + self.timers.read_idle;
+            self.read_deadline = now.saturating_add(u64::from(self.read_idle));
         }
         if now >= self.write_deadline {
             if !self.is_bound() {
                 return TimerAction::Close(IdleReason::UnboundIdle);
             }
             self.missed_pongs = self.missed_pongs.saturating_add(1);
-            self.write_deadline = now + self.timers.write_idle;
+            self.write_deadline = now.saturating_add(u64::from(self.write_idle));
             return TimerAction::Ping;
         }
         TimerAction::Nothing
@@ -240,5 +266,23 @@ mod tests {
         assert_eq!(hb.poll(t0 + secs(45)), TimerAction::Nothing);
         assert_eq!(hb.next_deadline(), t0 + secs(60));
         assert_eq!(hb.poll(t0 + secs(85)), TimerAction::Ping);
+    }
+
+    #[test]
+    fn huge_timers_never_overflow() {
+        let t0 = Instant::now();
+        let timers = Timers {
+            write_idle: Duration::MAX,
+            read_idle: Duration::MAX,
+            max_pong_timeout: 3,
+            bind_timeout: Duration::MAX,
+        };
+        let mut hb = Heartbeat::new(timers, t0);
+        assert!(hb.next_deadline() > t0 + secs(3600));
+        assert_eq!(hb.poll(t0 + secs(86_400)), TimerAction::Nothing);
+        hb.on_bound();
+        hb.on_write(t0 + secs(10));
+        hb.on_read(t0 + secs(10));
+        assert!(hb.next_deadline() > t0 + secs(3600));
     }
 }

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use tokio::sync::watch;
 
 use crate::engine::builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTag};
 use crate::engine::conn::ConnIds;
 use crate::engine::handler::{EventListener, RequestHandler};
 use crate::engine::local::LocalSessionManager;
 use crate::engine::policy::{AllowAll, BindAuthenticator};
+use crate::engine::registry::Registry;
 use crate::engine::sessions::{Delivery, SessionManager};
 use crate::engine::shared::SharedMessage;
 use crate::engine::store::MessageStore;
@@ -80,7 +80,8 @@ pub struct Hub {
     listeners: Vec<Arc<dyn EventListener>>,
     ids: MessageIds,
     pub(crate) conn_ids: ConnIds,
-    shutdown: watch::Sender<bool>,
+    /// Every live connection, for the shutdown.
+    pub(crate) live: Registry,
     /// Per-account send locks (striped): a send to a stored account holds its lock from the
     /// push to the append, so a connection that reads the store's last sequence under the same
     /// lock knows that every message refused before is in the store.
@@ -236,18 +237,15 @@ impl Hub {
         self.account_locks[i].lock().await
     }
 
-    /// Asks every connection to flush what is queued and close.
+    /// Asks every connection (and every one accepted from now on) to write what is queued and
+    /// close.
     pub fn shutdown(&self) {
-        self.shutdown.send_replace(true);
+        self.live.close_all();
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+        self.live.is_closing()
     }
 }
 
@@ -339,7 +337,7 @@ impl HubBuilder {
             listeners: self.listeners,
             ids: MessageIds::new(self.node_number),
             conn_ids: ConnIds::default(),
-            shutdown: watch::Sender::new(false),
+            live: Registry::default(),
             account_locks: (0..ACCOUNT_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

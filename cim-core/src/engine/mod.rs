@@ -10,6 +10,7 @@ mod heartbeat;
 mod hub;
 mod local;
 mod policy;
+mod registry;
 mod sessions;
 mod shared;
 mod store;

@@ -1,0 +1,97 @@
+//! [`Registry`]: every live connection of a node, bound or not, so that a shutdown reaches each
+//! through its queue (a connection then needs no shutdown waiter of its own).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::engine::conn::{CloseRequest, ConnId, ConnectionHandle};
+
+const SHARDS: usize = 16;
+
+pub(crate) struct Registry {
+    shards: Box<[Mutex<HashMap<ConnId, ConnectionHandle>>]>,
+    closing: AtomicBool,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            closing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Registry {
+    #[allow(clippy::indexing_slicing)] // reduced modulo the (non-zero) length
+    fn shard(&self, id: ConnId) -> MutexGuard<'_, HashMap<ConnId, ConnectionHandle>> {
+        let i = (id.0 as usize) % self.shards.len();
+        // Every critical section leaves the map consistent: a poisoned lock is still usable.
+        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection. After [`close_all`](Self::close_all) it is asked to close
+    /// at once.
+    pub(crate) fn insert(&self, handle: &ConnectionHandle) {
+        self.shard(handle.id()).insert(handle.id(), handle.clone());
+        // Set before `close_all` walks the shards: either the walk finds this connection, or
+        // this load sees the flag.
+        if self.closing.load(Ordering::SeqCst) {
+            handle.close(CloseRequest::Shutdown);
+        }
+    }
+
+    pub(crate) fn remove(&self, id: ConnId) {
+        self.shard(id).remove(&id);
+    }
+
+    /// Asks every connection, now and later, to write what is queued and close.
+    pub(crate) fn close_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        for shard in self.shards.iter() {
+            let handles: Vec<ConnectionHandle> = shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            for h in handles {
+                h.close(CloseRequest::Shutdown);
+            }
+        }
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_all_reaches_present_and_later_connections() {
+        let r = Registry::default();
+        let (a, _ra) = ConnectionHandle::new(ConnId(1), 4);
+        let (b, _rb) = ConnectionHandle::new(ConnId(2), 4);
+        r.insert(&a);
+        r.insert(&b);
+        r.remove(ConnId(2));
+        assert_eq!(r.len(), 1);
+        r.close_all();
+        assert!(a.is_closed() && !b.is_closed());
+        let (c, _rc) = ConnectionHandle::new(ConnId(3), 4);
+        r.insert(&c);
+        assert!(c.is_closed(), "a connection that arrives during the shutdown closes");
+    }
+}
