@@ -90,8 +90,9 @@ pub enum SlowConsumer {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Outbound>,
-    /// Set once: after the queued items are written, the connection closes.
-    close: Option<CloseRequest>,
+    /// Set once: after the queued items are written, the connection closes. (Boxed: every
+    /// connection holds a queue, few ever close with a reason.)
+    close: Option<Box<CloseRequest>>,
     /// The queue filled under [`SlowConsumer::Keep`]: pushes are refused until the connection
     /// has caught up.
     overflowed: bool,
@@ -111,7 +112,7 @@ fn wake(mut st: MutexGuard<'_, State>) {
 #[derive(Debug)]
 struct Queue {
     state: Mutex<State>,
-    capacity: usize,
+    capacity: u32,
     policy: SlowConsumer,
 }
 
@@ -149,7 +150,7 @@ impl ConnectionHandle {
     ) -> (ConnectionHandle, OutboundReceiver) {
         let queue = Arc::new(Queue {
             state: Mutex::new(State::default()),
-            capacity: capacity.max(1),
+            capacity: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
             policy,
         });
         (
@@ -177,9 +178,9 @@ impl ConnectionHandle {
         if st.overflowed {
             return Err((PushError::Full, item));
         }
-        if st.items.len() >= self.queue.capacity {
+        if st.items.len() >= self.queue.capacity as usize {
             match self.queue.policy {
-                SlowConsumer::Close => st.close = Some(CloseRequest::Overflow),
+                SlowConsumer::Close => st.close = Some(Box::new(CloseRequest::Overflow)),
                 SlowConsumer::Keep => st.overflowed = true,
             }
             wake(st);
@@ -205,7 +206,7 @@ impl ConnectionHandle {
     pub fn close(&self, why: CloseRequest) {
         let mut st = self.queue.lock();
         if st.close.is_none() {
-            st.close = Some(why);
+            st.close = Some(Box::new(why));
         }
         wake(st);
     }
@@ -259,7 +260,7 @@ impl OutboundReceiver {
                 st.items = VecDeque::new();
             }
             if st.close.is_some() {
-                return st.close.clone();
+                return st.close.as_deref().cloned();
             }
         }
         None
@@ -287,7 +288,7 @@ impl OutboundReceiver {
     pub fn shut(&self, why: CloseRequest) -> Vec<Outbound> {
         let mut st = self.queue.lock();
         if st.close.is_none() {
-            st.close = Some(why);
+            st.close = Some(Box::new(why));
         }
         st.items.drain(..).collect()
     }

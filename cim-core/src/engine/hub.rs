@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-
 use crate::engine::builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTag};
 use crate::engine::conn::ConnIds;
 use crate::engine::handler::{EventListener, RequestHandler};

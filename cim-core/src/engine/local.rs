@@ -5,6 +5,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
+use smallvec::SmallVec;
 
 use crate::engine::conn::{CloseRequest, ConnId, ConnectionHandle, Outbound};
 use crate::engine::policy::{CimKickPolicy, KickDecision, KickPolicy};
@@ -22,9 +23,12 @@ struct Entry {
     tags: Vec<String>,
 }
 
+/// An account's connections: almost always one, kept inline in the map.
+type Entries = SmallVec<[Entry; 1]>;
+
 #[derive(Default)]
 struct Shard {
-    by_uid: HashMap<String, Vec<Entry>>,
+    by_uid: HashMap<String, Entries>,
 }
 
 type TagMap = HashMap<String, HashMap<ConnId, ConnectionHandle>>;
@@ -143,8 +147,6 @@ impl SessionManager for LocalSessionManager {
                     }
                 }
             }
-            // Most accounts have one connection: no room for more until they need it.
-            entries.reserve_exact(1);
             entries.push(Entry {
                 session: Arc::clone(&session),
                 handle: conn,
@@ -201,7 +203,7 @@ impl SessionManager for LocalSessionManager {
     async fn push_unless_receipts(&self, msg: Arc<SharedMessage>) -> Result<Option<Delivery>> {
         let uid = msg.message().receiver.as_str();
         let shard = read(self.shard(uid));
-        let entries = shard.by_uid.get(uid).map_or(&[][..], Vec::as_slice);
+        let entries = shard.by_uid.get(uid).map_or(&[][..], |es| es.as_slice());
         if entries.iter().any(|e| e.session.client_ack) {
             return Ok(None);
         }
@@ -335,7 +337,7 @@ impl SessionManager for LocalSessionManager {
         Ok(self
             .shards
             .iter()
-            .map(|s| read(s).by_uid.values().map(Vec::len).sum::<usize>())
+            .map(|s| read(s).by_uid.values().map(|es| es.len()).sum::<usize>())
             .sum())
     }
 }

@@ -28,7 +28,9 @@ impl Registry {
     fn shard(&self, id: ConnId) -> MutexGuard<'_, HashMap<ConnId, ConnectionHandle>> {
         let i = (id.0 as usize) % self.shards.len();
         // Every critical section leaves the map consistent: a poisoned lock is still usable.
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Registers a new connection. After [`close_all`](Self::close_all) it is asked to close
@@ -92,6 +94,9 @@ mod tests {
         assert!(a.is_closed() && !b.is_closed());
         let (c, _rc) = ConnectionHandle::new(ConnId(3), 4);
         r.insert(&c);
-        assert!(c.is_closed(), "a connection that arrives during the shutdown closes");
+        assert!(
+            c.is_closed(),
+            "a connection that arrives during the shutdown closes"
+        );
     }
 }
