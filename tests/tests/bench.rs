@@ -1,0 +1,85 @@
+//! `cim-bench` end to end at a small scale: every scenario runs against the real server binary
+//! and reports figures that add up.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::process::Command;
+
+use common::process::*;
+
+/// Runs `cim-bench --json ARGS` against a server it starts; returns the parsed result.
+fn bench(args: &[&str]) -> serde_json::Value {
+    let server = server_binary();
+    let out = Command::new(built_binary("cim-client", "cim-bench"))
+        .arg("--server-bin")
+        .arg(&server)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cim-bench {args:?} failed: {stderr}");
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
+}
+
+#[test]
+fn every_scenario_reports_consistent_figures() {
+    let v = bench(&["connect", "-n", "50"]);
+    assert_eq!(v["scenario"], "connect");
+    assert_eq!(v["connections"], 50);
+    assert!(v["binds_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["bind_latency"]["count"], 50);
+    assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
+
+    let v = bench(&["push", "-n", "10", "-m", "500"]);
+    assert_eq!(
+        (v["sent"].as_u64(), v["received"].as_u64()),
+        (Some(500), Some(500))
+    );
+    assert_eq!(v["latency"]["count"], 500);
+    assert!(v["server_cpu_seconds_per_million"].as_f64().unwrap() > 0.0);
+
+    let v = bench(&["push", "-n", "10", "-m", "300", "--rate", "1000"]);
+    assert_eq!(v["received"], 300);
+    assert_eq!(v["rate"], 1000);
+
+    let v = bench(&[
+        "push", "-n", "5", "-m", "120", "--via", "http", "--batch", "10",
+    ]);
+    assert_eq!(v["received"], 120);
+
+    let v = bench(&["idle", "-n", "100", "--hold", "0"]);
+    assert_eq!(v["connections"], 100);
+    assert!(v["rss_after"].as_u64().unwrap() > 0);
+
+    let v = bench(&["broadcast", "-n", "30", "--count", "2"]);
+    assert_eq!(v["round_ms"].as_array().map(Vec::len), Some(2));
+
+    let v = bench(&["storm", "-n", "30"]);
+    assert!(v["seconds_from_restart"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn the_file_descriptor_limit_is_named() {
+    let out = Command::new(built_binary("cim-client", "cim-bench"))
+        .arg("--server-bin")
+        .arg(server_binary())
+        .args(["connect", "-n", "10000000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("10000000 connections need about 10000064 file descriptors"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hard limit"), "{stderr}");
+}
