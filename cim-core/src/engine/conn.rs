@@ -111,6 +111,7 @@ fn wake(mut st: MutexGuard<'_, State>) {
 
 #[derive(Debug)]
 struct Queue {
+    id: ConnId,
     state: Mutex<State>,
     capacity: u32,
     policy: SlowConsumer,
@@ -131,7 +132,7 @@ impl Queue {
 /// while empty.
 #[derive(Clone, Debug)]
 pub struct ConnectionHandle {
-    id: ConnId,
+    /// The id lives in the queue: a handle is one pointer, and registries hold many.
     queue: Arc<Queue>,
 }
 
@@ -149,13 +150,13 @@ impl ConnectionHandle {
         policy: SlowConsumer,
     ) -> (ConnectionHandle, OutboundReceiver) {
         let queue = Arc::new(Queue {
+            id,
             state: Mutex::new(State::default()),
             capacity: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
             policy,
         });
         (
             ConnectionHandle {
-                id,
                 queue: Arc::clone(&queue),
             },
             OutboundReceiver { queue },
@@ -164,7 +165,7 @@ impl ConnectionHandle {
 
     /// The connection's id.
     pub fn id(&self) -> ConnId {
-        self.id
+        self.queue.id
     }
 
     /// Queues `item`. On a full queue the connection is marked for closing

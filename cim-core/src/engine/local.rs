@@ -1,7 +1,7 @@
 //! [`LocalSessionManager`]: the session registry of a single node, in memory.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
@@ -20,15 +20,77 @@ struct Entry {
     /// Shared with the connection's task.
     session: Arc<Session>,
     handle: ConnectionHandle,
-    tags: Vec<String>,
+    /// Rarely set, so a boxed slice (two words) rather than a vector (three).
+    tags: Box<[String]>,
 }
 
 /// An account's connections: almost always one, kept inline in the map.
 type Entries = SmallVec<[Entry; 1]>;
 
+/// Accounts by the hash of their uid, with no owned key (the sessions hold the uid). Accounts
+/// whose 64-bit hashes collide share a slot and are told apart by uid.
 #[derive(Default)]
 struct Shard {
-    by_uid: HashMap<String, Entries>,
+    by_uid: HashMap<u64, Entries, BuildHasherDefault<Prehashed>>,
+}
+
+impl Shard {
+    /// The entries of `uid` (whose hash is `h`).
+    fn of<'a>(&'a self, h: u64, uid: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.by_uid
+            .get(&h)
+            .into_iter()
+            .flatten()
+            .filter(move |e| e.session.uid == uid)
+    }
+
+    fn of_mut<'a>(&'a mut self, h: u64, uid: &'a str) -> impl Iterator<Item = &'a mut Entry> + 'a {
+        self.by_uid
+            .get_mut(&h)
+            .into_iter()
+            .flatten()
+            .filter(move |e| e.session.uid == uid)
+    }
+
+    /// Takes out the entries in slot `h` that `take` picks; forgets the slot once empty.
+    fn remove_where(&mut self, h: u64, mut take: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let Some(entries) = self.by_uid.get_mut(&h) else {
+            return out;
+        };
+        let mut i = 0;
+        while let Some(e) = entries.get(i) {
+            if take(e) {
+                out.push(entries.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if entries.is_empty() {
+            self.by_uid.remove(&h);
+        }
+        out
+    }
+}
+
+/// A `Hasher` for keys that are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 type TagMap = HashMap<String, HashMap<ConnId, ConnectionHandle>>;
@@ -95,9 +157,12 @@ impl LocalSessionManager {
         self
     }
 
+    /// The shard of `uid` and the uid's hash (its key there). The shard is chosen by the
+    /// hash's upper half, so that it does not correlate with the map's buckets.
     #[allow(clippy::indexing_slicing)] // the index is reduced modulo the (non-zero) length
-    fn shard(&self, uid: &str) -> &RwLock<Shard> {
-        &self.shards[(self.hasher.hash_one(uid) as usize) % self.shards.len()]
+    fn locate(&self, uid: &str) -> (&RwLock<Shard>, u64) {
+        let h = self.hasher.hash_one(uid);
+        (&self.shards[((h >> 32) as usize) % self.shards.len()], h)
     }
 
     fn untag(&self, conn: ConnId, tags: &[String]) {
@@ -128,11 +193,15 @@ impl SessionManager for LocalSessionManager {
         let mut outcome = BindOutcome::default();
         let mut removed: Vec<(Entry, KickDecision)> = Vec::new();
         {
-            let mut shard = write(self.shard(&session.uid));
-            let entries = shard.by_uid.entry(session.uid.clone()).or_default();
+            let (lock, h) = self.locate(&session.uid);
+            let mut shard = write(lock);
+            let entries = shard.by_uid.entry(h).or_default();
             let mut i = 0;
             while let Some(e) = entries.get(i) {
-                let decision = if e.handle.id() == conn.id() {
+                let decision = if e.session.uid != session.uid {
+                    // Another account whose uid hashes alike.
+                    Some(KickDecision::Keep)
+                } else if e.handle.id() == conn.id() {
                     // This connection bound again: its old entry is replaced, not kicked.
                     None
                 } else {
@@ -150,7 +219,7 @@ impl SessionManager for LocalSessionManager {
             entries.push(Entry {
                 session: Arc::clone(&session),
                 handle: conn,
-                tags: Vec::new(),
+                tags: Box::default(),
             });
         }
         for (entry, decision) in removed {
@@ -171,20 +240,12 @@ impl SessionManager for LocalSessionManager {
 
     async fn unbind(&self, session: &Session) -> Result<()> {
         let removed = {
-            let mut shard = write(self.shard(&session.uid));
-            let Some(entries) = shard.by_uid.get_mut(&session.uid) else {
-                return Ok(());
-            };
-            let removed = entries
-                .iter()
-                .position(|e| e.handle.id().0 == session.nid)
-                .map(|i| entries.swap_remove(i));
-            if entries.is_empty() {
-                shard.by_uid.remove(&session.uid);
-            }
-            removed
+            let (lock, h) = self.locate(&session.uid);
+            write(lock).remove_where(h, |e| {
+                e.handle.id().0 == session.nid && e.session.uid == session.uid
+            })
         };
-        if let Some(e) = removed {
+        for e in removed {
             self.untag(e.handle.id(), &e.tags);
         }
         Ok(())
@@ -193,8 +254,8 @@ impl SessionManager for LocalSessionManager {
     async fn push(&self, msg: Arc<SharedMessage>) -> Result<Delivery> {
         let uid = msg.message().receiver.as_str();
         let mut d = Delivery::default();
-        let shard = read(self.shard(uid));
-        for e in shard.by_uid.get(uid).into_iter().flatten() {
+        let (lock, h) = self.locate(uid);
+        for e in read(lock).of(h, uid) {
             deliver(&e.handle, &msg, &mut d);
         }
         Ok(d)
@@ -202,13 +263,13 @@ impl SessionManager for LocalSessionManager {
 
     async fn push_unless_receipts(&self, msg: Arc<SharedMessage>) -> Result<Option<Delivery>> {
         let uid = msg.message().receiver.as_str();
-        let shard = read(self.shard(uid));
-        let entries = shard.by_uid.get(uid).map_or(&[][..], |es| es.as_slice());
-        if entries.iter().any(|e| e.session.client_ack) {
+        let (lock, h) = self.locate(uid);
+        let shard = read(lock);
+        if shard.of(h, uid).any(|e| e.session.client_ack) {
             return Ok(None);
         }
         let mut d = Delivery::default();
-        for e in entries {
+        for e in shard.of(h, uid) {
             deliver(&e.handle, &msg, &mut d);
         }
         Ok(Some(d))
@@ -236,16 +297,18 @@ impl SessionManager for LocalSessionManager {
 
     async fn set_tag(&self, session: &Session, tag: &str) -> Result<()> {
         let handle = {
-            let mut shard = write(self.shard(&session.uid));
+            let (lock, h) = self.locate(&session.uid);
+            let mut shard = write(lock);
             let Some(e) = shard
-                .by_uid
-                .get_mut(&session.uid)
-                .and_then(|es| es.iter_mut().find(|e| e.handle.id().0 == session.nid))
+                .of_mut(h, &session.uid)
+                .find(|e| e.handle.id().0 == session.nid)
             else {
                 return Ok(());
             };
             if !e.tags.iter().any(|t| t == tag) {
-                e.tags.push(tag.to_owned());
+                let mut tags = std::mem::take(&mut e.tags).into_vec();
+                tags.push(tag.to_owned());
+                e.tags = tags.into_boxed_slice();
             }
             e.handle.clone()
         };
@@ -258,15 +321,17 @@ impl SessionManager for LocalSessionManager {
 
     async fn remove_tag(&self, session: &Session, tag: &str) -> Result<()> {
         let conn = {
-            let mut shard = write(self.shard(&session.uid));
+            let (lock, h) = self.locate(&session.uid);
+            let mut shard = write(lock);
             let Some(e) = shard
-                .by_uid
-                .get_mut(&session.uid)
-                .and_then(|es| es.iter_mut().find(|e| e.handle.id().0 == session.nid))
+                .of_mut(h, &session.uid)
+                .find(|e| e.handle.id().0 == session.nid)
             else {
                 return Ok(());
             };
-            e.tags.retain(|t| t != tag);
+            let mut tags = std::mem::take(&mut e.tags).into_vec();
+            tags.retain(|t| t != tag);
+            e.tags = tags.into_boxed_slice();
             e.handle.id()
         };
         self.untag(conn, &[tag.to_owned()]);
@@ -274,22 +339,16 @@ impl SessionManager for LocalSessionManager {
     }
 
     async fn sessions(&self, uid: &str) -> Result<Vec<Session>> {
-        let shard = read(self.shard(uid));
-        Ok(shard
-            .by_uid
-            .get(uid)
-            .into_iter()
-            .flatten()
+        let (lock, h) = self.locate(uid);
+        Ok(read(lock)
+            .of(h, uid)
             .map(|e| Session::clone(&e.session))
             .collect())
     }
 
     async fn wants_receipts(&self, uid: &str) -> Result<bool> {
-        let shard = read(self.shard(uid));
-        Ok(shard
-            .by_uid
-            .get(uid)
-            .is_some_and(|es| es.iter().any(|e| e.session.client_ack)))
+        let (lock, h) = self.locate(uid);
+        Ok(read(lock).of(h, uid).any(|e| e.session.client_ack))
     }
 
     async fn online(&self, page: &Page) -> Result<OnlinePage> {
@@ -317,10 +376,8 @@ impl SessionManager for LocalSessionManager {
     }
 
     async fn kick(&self, uid: &str) -> Result<usize> {
-        let entries = write(self.shard(uid))
-            .by_uid
-            .remove(uid)
-            .unwrap_or_default();
+        let (lock, h) = self.locate(uid);
+        let entries = write(lock).remove_where(h, |e| e.session.uid == uid);
         let n = entries.len();
         for e in entries {
             self.untag(e.handle.id(), &e.tags);
