@@ -100,6 +100,9 @@ type TagMap = HashMap<String, HashMap<ConnId, ConnectionHandle>>;
 pub struct LocalSessionManager {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
+    /// Applied to every uid's hash: all ones, except in the test that makes every account
+    /// collide with every other.
+    hash_mask: u64,
     tags: RwLock<TagMap>,
     policy: Arc<dyn KickPolicy>,
 }
@@ -146,6 +149,7 @@ impl LocalSessionManager {
                 .map(|_| RwLock::new(Shard::default()))
                 .collect(),
             hasher: RandomState::new(),
+            hash_mask: u64::MAX,
             tags: RwLock::new(HashMap::new()),
             policy: Arc::new(CimKickPolicy),
         }
@@ -161,7 +165,7 @@ impl LocalSessionManager {
     /// hash's upper half, so that it does not correlate with the map's buckets.
     #[allow(clippy::indexing_slicing)] // the index is reduced modulo the (non-zero) length
     fn locate(&self, uid: &str) -> (&RwLock<Shard>, u64) {
-        let h = self.hasher.hash_one(uid);
+        let h = self.hasher.hash_one(uid) & self.hash_mask;
         (&self.shards[((h >> 32) as usize) % self.shards.len()], h)
     }
 
@@ -396,5 +400,21 @@ impl SessionManager for LocalSessionManager {
             .iter()
             .map(|s| read(s).by_uid.values().map(|es| es.len()).sum::<usize>())
             .sum())
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+
+    /// Every uid hashes alike: every account shares one shard and one slot, and each operation
+    /// must still tell the accounts apart.
+    #[tokio::test]
+    async fn conforms_when_every_uid_collides() {
+        crate::testing::sessions::conformance(|| LocalSessionManager {
+            hash_mask: 0,
+            ..LocalSessionManager::new()
+        })
+        .await;
     }
 }
