@@ -14,25 +14,32 @@ pub struct ClientMessage;
 
 #[async_trait]
 impl RequestHandler for ClientMessage {
-    async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
+    async fn handle(
+        &self,
+        ctx: &RequestContext<'_>,
+        mut body: SentBody,
+    ) -> Result<Option<ReplyBody>> {
         let session = ctx.bound()?;
-        let receiver = body.get(send::RECEIVER);
+        // The fields move from the request into the message (no copies on the hot path).
+        let mut take = |k: &str| body.data.remove(k).unwrap_or_default();
+        let receiver = take(send::RECEIVER);
         if receiver.is_empty() {
             return Err(Error::bad_request("receiver is required"));
         }
         let message = Message {
-            action: body.get(send::ACTION).to_owned(),
-            content: body.get(send::CONTENT).to_owned(),
-            format: body.get(send::FORMAT).to_owned(),
-            title: body.get(send::TITLE).to_owned(),
-            extra: body.get(send::EXTRA).to_owned(),
+            action: take(send::ACTION),
+            content: take(send::CONTENT),
+            format: take(send::FORMAT),
+            title: take(send::TITLE),
+            extra: take(send::EXTRA),
             sender: session.uid.clone(),
-            receiver: receiver.to_owned(),
+            receiver,
             ..Message::default()
         };
+        let request_id = body.data.remove(send::REQUEST_ID);
         let sent = ctx.hub.send(message).await?;
-        let mut reply = ReplyBody::ok(&body.key).with(send::MESSAGE_ID, sent.id.to_string());
-        if let Some(rid) = body.data.get(send::REQUEST_ID) {
+        let mut reply = ReplyBody::ok(body.key).with(send::MESSAGE_ID, sent.id.to_string());
+        if let Some(rid) = request_id {
             reply.data.insert(send::REQUEST_ID, rid);
         }
         Ok(Some(reply))
