@@ -225,7 +225,9 @@ impl Client {
     }
 
     /// Disconnects and stays disconnected (the account's messages wait on the server) until
-    /// [`resume`](Self::resume). Returns once the connection is closed.
+    /// [`resume`](Self::resume). Returns once the connection is closed. (The client's task
+    /// takes the request between events: if [`Events`] is full because nobody takes from it,
+    /// this waits until somebody does.)
     pub async fn stop(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -242,7 +244,8 @@ impl Client {
     }
 
     /// Disconnects for good: the task ends, [`Events`] ends after a last
-    /// [`Event::Closed`], and every handle's calls fail with [`ClientError::Destroyed`].
+    /// [`Event::Closed`], and every handle's calls fail with [`ClientError::Destroyed`]. Like
+    /// [`stop`](Self::stop), it is taken between events.
     pub async fn destroy(self) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Destroy(tx)).is_ok() {
