@@ -447,22 +447,8 @@ impl Task {
                     self.stay_down().await
                 }
                 End::Destroyed(done) => Wake::Destroyed(done),
-                End::Kicked(m) => {
-                    self.emit(Event::Kicked(m)).await;
-                    self.emit(Event::Closed {
-                        reason: "kicked".into(),
-                    })
-                    .await;
-                    self.stay_down().await
-                }
-                End::Refused(r) => {
-                    self.emit(Event::Refused(r)).await;
-                    self.emit(Event::Closed {
-                        reason: "refused".into(),
-                    })
-                    .await;
-                    self.stay_down().await
-                }
+                End::Kicked(m) => self.down(Event::Kicked(m), "kicked").await,
+                End::Refused(r) => self.down(Event::Refused(r), "refused").await,
                 End::Abandoned => Wake::Abandoned,
             };
         }
@@ -478,6 +464,16 @@ impl Task {
         debug!(%reason, ?retry_in, "connect failed");
         self.emit(Event::ConnectFailed { reason, retry_in }).await;
         self.wait(Some(retry_in)).await
+    }
+
+    /// Reports why the connection ended, then waits for `resume` (no reconnect by itself).
+    async fn down(&mut self, why: Event, reason: &str) -> Wake {
+        self.emit(why).await;
+        self.emit(Event::Closed {
+            reason: reason.to_owned(),
+        })
+        .await;
+        self.stay_down().await
     }
 
     /// Waits until `resume` (or destroy).
