@@ -86,11 +86,13 @@ struct Common {
 enum Scenario {
     /// N clients connect and bind: time until all are bound, binds per second.
     Connect {
+        /// Clients.
         #[arg(short, long, default_value_t = 10_000)]
         n: usize,
     },
     /// N bound clients held open: the server's resident memory per connection.
     Idle {
+        /// Clients held open.
         #[arg(short, long, default_value_t = 10_000)]
         n: usize,
         /// Seconds to hold the connections before measuring.
@@ -99,8 +101,10 @@ enum Scenario {
     },
     /// N subscribers, one publisher sending M messages round robin.
     Push {
+        /// Subscribers (accounts s0 … s{N-1}).
         #[arg(short, long, default_value_t = 1_000)]
         n: usize,
+        /// Messages in all.
         #[arg(short, long, default_value_t = 1_000_000)]
         m: u64,
         /// Messages per second (0: as fast as the server takes them).
@@ -121,13 +125,16 @@ enum Scenario {
     },
     /// One message to all N connected clients, COUNT times: deliveries per second.
     Broadcast {
+        /// Connected clients.
         #[arg(short, long, default_value_t = 10_000)]
         n: usize,
+        /// Broadcasts, one after the other.
         #[arg(long, default_value_t = 5)]
         count: u32,
     },
     /// N bound clients; the server restarts; time until all are bound again.
     Storm {
+        /// Clients that reconnect.
         #[arg(short, long, default_value_t = 10_000)]
         n: usize,
     },
