@@ -157,6 +157,7 @@ impl Client {
             shared,
             bound_before: false,
             seen: Seen::new(4096),
+            deferred: VecDeque::new(),
         };
         tokio::spawn(task.run().instrument(span));
         (client, events)
@@ -225,9 +226,9 @@ impl Client {
     }
 
     /// Disconnects and stays disconnected (the account's messages wait on the server) until
-    /// [`resume`](Self::resume). Returns once the connection is closed. (The client's task
-    /// takes the request between events: if [`Events`] is full because nobody takes from it,
-    /// this waits until somebody does.)
+    /// [`resume`](Self::resume). Returns once the connection is closed, even if nobody takes
+    /// from [`Events`] (an event waiting for room is then dropped; a message among them is sent
+    /// again by the server when receipts are on).
     pub async fn stop(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -244,8 +245,8 @@ impl Client {
     }
 
     /// Disconnects for good: the task ends, [`Events`] ends after a last
-    /// [`Event::Closed`], and every handle's calls fail with [`ClientError::Destroyed`]. Like
-    /// [`stop`](Self::stop), it is taken between events.
+    /// [`Event::Closed`] (if there is room for it), and every handle's calls fail with
+    /// [`ClientError::Destroyed`]. Like [`stop`](Self::stop), it waits for nobody.
     pub async fn destroy(self) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Destroy(tx)).is_ok() {
@@ -381,6 +382,8 @@ struct Task {
     shared: Arc<Shared>,
     bound_before: bool,
     seen: Seen,
+    /// Commands taken while waiting for room in `events`, in order.
+    deferred: VecDeque<Command>,
 }
 
 impl Task {
@@ -391,10 +394,11 @@ impl Task {
             match wake {
                 Wake::Connect => {}
                 Wake::Destroyed(done) => {
-                    self.emit(Event::Closed {
+                    // The last event, if there is room for it: a destroyed client waits for
+                    // nobody.
+                    let _ = self.events.try_send(Event::Closed {
                         reason: "destroyed".into(),
-                    })
-                    .await;
+                    });
                     let _ = done.send(());
                     return;
                 }
@@ -439,11 +443,13 @@ impl Task {
                     self.wait(Some(delay)).await
                 }
                 End::Stopped(done) => {
+                    // `stop` returns once the connection is closed, whether or not the
+                    // application has room for the event yet.
+                    let _ = done.send(());
                     self.emit(Event::Closed {
                         reason: "stopped".into(),
                     })
                     .await;
-                    let _ = done.send(());
                     self.stay_down().await
                 }
                 End::Destroyed(done) => Wake::Destroyed(done),
@@ -454,8 +460,39 @@ impl Task {
         }
     }
 
-    async fn emit(&self, event: Event) {
-        let _ = self.events.send(event).await;
+    /// Hands `event` to the application, waiting for room (back-pressure). A stop or destroy
+    /// that arrives meanwhile ends the wait: the event is then dropped if there is still no
+    /// room (a message the application never took is sent again by the server when receipts
+    /// are on). Other commands wait their turn.
+    async fn emit(&mut self, event: Event) {
+        loop {
+            tokio::select! {
+                biased;
+                permit = self.events.reserve() => {
+                    if let Ok(p) = permit {
+                        p.send(event);
+                    }
+                    return;
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(c @ (Command::Stop(_) | Command::Destroy(_))) => {
+                        self.deferred.push_back(c);
+                        let _ = self.events.try_send(event);
+                        return;
+                    }
+                    Some(c) => self.deferred.push_back(c),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// The next command: one taken while an event waited for room, or a new one.
+    async fn next_command(&mut self) -> Option<Command> {
+        match self.deferred.pop_front() {
+            Some(c) => Some(c),
+            None => self.commands.recv().await,
+        }
     }
 
     async fn retry_later(&mut self, reason: String, attempt: &mut u32) -> Wake {
@@ -493,7 +530,7 @@ impl Task {
             };
             tokio::select! {
                 () = sleep => return Wake::Connect,
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.next_command() => match cmd {
                     None => return Wake::Abandoned,
                     Some(Command::Request { reply, .. }) => {
                         let _ = reply.send(Err(ClientError::NotConnected));
@@ -550,7 +587,7 @@ impl Task {
         let end = loop {
             tokio::select! {
                 biased;
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.next_command() => match cmd {
                     None => break End::Abandoned,
                     Some(Command::Request { mut body, reply }) => {
                         if body.timestamp == 0 {

@@ -530,3 +530,29 @@ async fn the_client_answers_pings_and_outlives_the_idle_timeout() {
         closes.0.lock().unwrap()
     );
 }
+
+#[tokio::test]
+async fn stop_and_destroy_work_while_nobody_takes_events() {
+    let server = serve(loopback(), None).await;
+    let endpoint = format!("tcp://{}", server.addr("tcp").unwrap());
+    let mut cfg = config(&endpoint, "busy-app");
+    cfg.event_capacity = 2;
+    let (client, _events) = Client::connect(cfg).await.unwrap();
+    // More messages than the events hold: the client's task waits for room.
+    for i in 0..20 {
+        server
+            .hub()
+            .send(message_to("busy-app", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(WAIT, client.stop())
+        .await
+        .expect("stop waited for the application")
+        .unwrap();
+    eventually_unbound(&server, "busy-app").await;
+    tokio::time::timeout(WAIT, client.destroy())
+        .await
+        .expect("destroy waited for the application");
+}
