@@ -45,7 +45,8 @@ fn every_scenario_reports_consistent_figures() {
         (Some(500), Some(500))
     );
     assert_eq!(v["latency"]["count"], 500);
-    assert!(v["server_cpu_seconds_per_million"].as_f64().unwrap() > 0.0);
+    // CPU time comes in 10 ms ticks: a run this small may read as zero.
+    assert!(v["server_cpu_seconds_per_million"].as_f64().unwrap() >= 0.0);
 
     let v = bench(&["push", "-n", "10", "-m", "300", "--rate", "1000"]);
     assert_eq!(v["received"], 300);
