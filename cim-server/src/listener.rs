@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cim_codec_binary::BinaryCodec;
 use cim_codec_xml::XmlCodec;
-use cim_core::Hub;
 use cim_core::engine::{ConnectionConfig, serve_connection};
+use cim_core::{Hub, StreamCodec};
 use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -108,15 +108,11 @@ fn spawn_connection(
     match protocol {
         &Protocol::Binary { max_frame } => {
             let codec = BinaryCodec::with_max_body(max_frame);
-            let conn = serve_connection(hub, StreamTransport::new(stream, codec), conf, peer);
-            // `map`, not an async block: a block would hold the future twice over.
-            tokio::spawn(conn.map(move |()| drop(permit)));
+            spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
         }
         &Protocol::Xml { max_document } => {
             let codec = XmlCodec::with_max_document(max_document);
-            let conn = serve_connection(hub, StreamTransport::new(stream, codec), conf, peer);
-            // `map`, not an async block: a block would hold the future twice over.
-            tokio::spawn(conn.map(move |()| drop(permit)));
+            spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
         }
         Protocol::WebSocket(settings) => {
             let settings = settings.clone();
@@ -139,6 +135,19 @@ fn spawn_connection(
             });
         }
     }
+}
+
+/// Starts the task of a connection on a stream protocol; the permit goes with the connection.
+fn spawn_stream<C: StreamCodec + Sync>(
+    hub: Arc<Hub>,
+    transport: StreamTransport<C>,
+    conf: ConnectionConfig,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let conn = serve_connection(hub, transport, conf, peer);
+    // `map`, not an async block: a block would hold the future twice over.
+    tokio::spawn(conn.map(move |()| drop(permit)));
 }
 
 /// Accepts connections until `stop` turns true. Each connection holds a permit of `slots`;

@@ -256,20 +256,20 @@ impl<T: Transport> Conn<T> {
     /// request). Replies are written before the connection ends, whatever ends it.
     async fn on_frames(&mut self, first: Frame) -> Result<(), End> {
         let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            if let Err(end) = self.on_frame(frame).await {
-                let _ = self.write_out().await;
-                return Err(end);
-            }
-            next = match self.transport.recv_buffered() {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = self.write_out().await;
-                    return Err(End::Protocol(e.to_string()));
-                }
+        let handled = loop {
+            let Some(frame) = next.take() else {
+                break Ok(());
             };
-        }
-        self.write_out().await
+            if let Err(end) = self.on_frame(frame).await {
+                break Err(end);
+            }
+            match self.transport.recv_buffered() {
+                Ok(f) => next = f,
+                Err(e) => break Err(End::Protocol(e.to_string())),
+            }
+        };
+        let written = self.write_out().await;
+        handled.and(written)
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
@@ -434,16 +434,19 @@ impl<T: Transport> Conn<T> {
                 }
             };
             let full = page.len() == REPLAY_BATCH;
+            let mut replayed = 0;
             for p in page.into_iter().take_while(|p| p.seq <= boundary) {
                 after = p.seq;
+                replayed += 1;
                 self.replayed.get_or_insert_default().insert(p.message.id);
                 self.out
                     .push(Outbound::Message(Arc::new(SharedMessage::new(p.message))));
             }
-            if self.out.is_empty() {
+            // (`out` may also hold the bind's reply, written ahead of the messages.)
+            if replayed == 0 {
                 break;
             }
-            total += self.out.len();
+            total += replayed;
             written = Some(after);
             self.write_out().await?;
             if !full {

@@ -170,9 +170,9 @@ impl Hub {
                 stored: false,
             });
         };
-        let uid = message.receiver.clone();
-        let _serialised = self.lock_account(&uid).await;
         let shared = Arc::new(SharedMessage::new(message));
+        let uid = shared.message().receiver.as_str();
+        let _serialised = self.lock_account(uid).await;
         if let Some(delivery) = self
             .sessions
             .push_unless_receipts(Arc::clone(&shared))
@@ -180,7 +180,7 @@ impl Hub {
         {
             let stored = delivery.delivered == 0;
             if stored {
-                store.append(&uid, shared.message()).await?;
+                store.append(uid, shared.message()).await?;
             }
             return Ok(Sent {
                 id,
@@ -189,8 +189,8 @@ impl Hub {
             });
         }
         // The account acknowledges messages: stored first, kept until acknowledged.
-        store.append(&uid, shared.message()).await?;
-        let delivery = self.sessions.push(shared).await?;
+        store.append(uid, shared.message()).await?;
+        let delivery = self.sessions.push(Arc::clone(&shared)).await?;
         Ok(Sent {
             id,
             delivery,

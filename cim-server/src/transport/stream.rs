@@ -1,7 +1,7 @@
 //! [`StreamTransport`]: a [`StreamCodec`] over a TCP socket.
 
-use bytes::BytesMut;
-use cim_core::engine::{Outbound, Transport};
+use bytes::{Bytes, BytesMut};
+use cim_core::engine::{Outbound, SharedMessage, Transport};
 use cim_core::{CodecError, Error, Frame, Result, StreamCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -37,20 +37,29 @@ impl<C: StreamCodec> StreamTransport<C> {
     fn encode(&mut self, item: &Outbound) -> std::result::Result<(), CodecError> {
         match item {
             Outbound::Frame(frame) => self.codec.encode(frame, &mut self.wbuf),
-            Outbound::Message(shared) => match self.codec.wire_format() {
-                Some(format) => {
-                    let codec = &mut self.codec;
-                    let bytes = shared.encoded(format, |frame| {
-                        let mut b = BytesMut::new();
-                        codec.encode(frame, &mut b)?;
-                        Ok(b.freeze())
-                    })?;
-                    self.wbuf.extend_from_slice(&bytes);
+            Outbound::Message(shared) => match self.shared_encoding(shared) {
+                Some(bytes) => {
+                    self.wbuf.extend_from_slice(&bytes?);
                     Ok(())
                 }
                 None => self.codec.encode(shared.frame(), &mut self.wbuf),
             },
         }
+    }
+
+    /// The encoding of a pushed message shared by every connection of this wire format, made
+    /// on first use; `None` when this codec's encodings are not shared.
+    fn shared_encoding(
+        &mut self,
+        shared: &SharedMessage,
+    ) -> Option<std::result::Result<Bytes, CodecError>> {
+        let format = self.codec.wire_format()?;
+        let codec = &mut self.codec;
+        Some(shared.encoded(format, |frame| {
+            let mut b = BytesMut::new();
+            codec.encode(frame, &mut b)?;
+            Ok(b.freeze())
+        }))
     }
 }
 
@@ -64,14 +73,8 @@ fn describe(item: &Outbound) -> String {
 impl<C: StreamCodec> Transport for StreamTransport<C> {
     async fn recv(&mut self) -> Result<Option<Frame>> {
         loop {
-            if !self.rbuf.is_empty() {
-                let frame = self.codec.decode(&mut self.rbuf)?;
-                if self.rbuf.is_empty() {
-                    self.rbuf = BytesMut::new();
-                }
-                if let Some(frame) = frame {
-                    return Ok(Some(frame));
-                }
+            if let Some(frame) = self.recv_buffered()? {
+                return Ok(Some(frame));
             }
             // Cancel-safe: waiting for readiness consumes nothing. (`poll_read_ready` keeps the
             // waker in tokio's registration, so the wait adds nothing to this future.)
@@ -110,14 +113,8 @@ impl<C: StreamCodec> Transport for StreamTransport<C> {
         // One pushed message (the usual case of a fan-out): write its shared encoding as it
         // is, with no copy and no buffer.
         if let [Outbound::Message(shared)] = items
-            && let Some(format) = self.codec.wire_format()
+            && let Some(encoded) = self.shared_encoding(shared)
         {
-            let codec = &mut self.codec;
-            let encoded = shared.encoded(format, |frame| {
-                let mut b = BytesMut::new();
-                codec.encode(frame, &mut b)?;
-                Ok(b.freeze())
-            });
             return match encoded {
                 Ok(bytes) => self.stream.write_all(&bytes).await.map_err(Error::from),
                 Err(e) => {

@@ -70,7 +70,7 @@ pub fn free_ports() -> Vec<(String, String)> {
 }
 
 /// The lines `from` writes, read by a thread of their own (so the pipe never fills).
-fn lines(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+pub fn lines(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines() {

@@ -39,12 +39,20 @@ impl Sources {
     }
 }
 
-pub fn bind_request(uid: &str) -> SentBody {
-    SentBody::new("client_bind")
-        .with("uid", uid)
-        .with("channel", "android")
-        .with("deviceId", format!("bench-{uid}"))
-        .with("deviceName", "cim-bench")
+/// The bind of a bench client: the SDK's bind request, with only the fields a phone always
+/// sends (so that the server's per-session memory is what a real client costs).
+fn bind_request(uid: &str) -> SentBody {
+    let bind = cim_client::BindInfo {
+        uid: uid.to_owned(),
+        channel: "android".into(),
+        device_id: format!("bench-{uid}"),
+        device_name: "cim-bench".into(),
+        app_version: String::new(),
+        os_version: String::new(),
+        language: String::new(),
+        token: None,
+    };
+    bind.request(false)
 }
 
 impl Conn {

@@ -480,13 +480,16 @@ async fn broadcast(ctx: &Ctx, n: usize, count: u32) -> anyhow::Result<Value> {
         .context("broadcast needs the server's HTTP address (--http)")?;
     let pool = Pool::open(ctx.pool_options(n, "b", false)).await?;
     let counters = std::sync::Arc::clone(&pool.counters);
-    let mut api = publish::Api::connect(http).await?;
+    let mut api = http::Api::connect(http)
+        .await
+        .with_context(|| format!("connecting to the HTTP API at {http}"))?;
     let cpu0 = ctx.server.cpu_seconds();
     let mut rounds = Vec::new();
     for k in 1..=count {
         let sent_us = counters.clock.micros();
         let body = json!({ "action": "2", "content": counters.clock.stamp(100) });
-        api.post("/api/v1/broadcast", &body).await?;
+        api.request("POST", "/api/v1/broadcast", None, Some(&body))
+            .await?;
         let target = n as u64 * u64::from(k);
         let got = pool.wait_received(target, Duration::from_secs(60)).await;
         if got < target {

@@ -5,17 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use bytes::{Bytes, BytesMut};
+use anyhow::Context;
+use bytes::BytesMut;
 use cim_core::{Frame, SentBody, StreamCodec};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::conn::Conn;
+use crate::http::Api;
 use crate::pool::Counters;
 
 /// What to send.
@@ -129,7 +125,9 @@ pub async fn http(
         let mine = (plan.m + conns - 1 - c) / conns;
         let per_sec = plan.per_sec / conns;
         tasks.push(tokio::spawn(async move {
-            let mut api = Api::connect(addr).await?;
+            let mut api = Api::connect(addr)
+                .await
+                .with_context(|| format!("connecting to the HTTP API at {addr}"))?;
             let started = tokio::time::Instant::now();
             let message = |k: u64| {
                 let i = c + k * conns;
@@ -147,13 +145,15 @@ pub async fn http(
                     tokio::time::sleep_until(at).await;
                 }
                 if batch == 1 {
-                    api.post("/api/v1/messages", &message(k)).await?;
+                    api.request("POST", "/api/v1/messages", None, Some(&message(k)))
+                        .await?;
                     k += 1;
                 } else {
                     let end = (k + batch).min(mine);
                     let messages: Vec<_> = (k..end).map(message).collect();
                     let body = serde_json::json!({ "messages": messages });
-                    api.post("/api/v1/messages/batch", &body).await?;
+                    api.request("POST", "/api/v1/messages/batch", None, Some(&body))
+                        .await?;
                     k = end;
                 }
             }
@@ -165,40 +165,4 @@ pub async fn http(
         sent += t.await??;
     }
     Ok(sent)
-}
-
-/// One keep-alive HTTP/1.1 connection to the API.
-pub struct Api {
-    sender: SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Api {
-    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Api> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to the HTTP API at {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(Api {
-            sender,
-            host: addr.to_string(),
-        })
-    }
-
-    pub async fn post(&mut self, path: &str, body: &serde_json::Value) -> anyhow::Result<()> {
-        self.sender.ready().await?;
-        let req = Request::post(path)
-            .header("host", &self.host)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!("POST {path}: {status}: {}", String::from_utf8_lossy(&bytes));
-        }
-        Ok(())
-    }
 }

@@ -1,11 +1,12 @@
-//! A small HTTP/1.1 client for the server's API (one request per connection).
+//! A small HTTP/1.1 client for the server's API.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, ToSocketAddrs};
 
 /// `http://host:port` → `host:port`.
 pub fn authority(base: &str) -> anyhow::Result<&str> {
@@ -19,8 +20,8 @@ pub fn authority(base: &str) -> anyhow::Result<&str> {
     Ok(rest)
 }
 
-/// Sends one request; returns the status and the body parsed as JSON. A non-2xx answer is an
-/// error carrying the server's reason.
+/// Sends one request on a fresh connection; returns the body parsed as JSON. A non-2xx answer is
+/// an error carrying the server's reason.
 pub async fn call(
     base: &str,
     method: &str,
@@ -28,43 +29,72 @@ pub async fn call(
     api_key: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
-    let host = authority(base)?;
-    let stream = TcpStream::connect(host)
+    let mut api = Api::connect(authority(base)?)
         .await
         .with_context(|| format!("cannot connect to the HTTP API at {base}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake")?;
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host);
-    if let Some(k) = api_key {
-        req = req.header("x-api-key", k);
+    api.request(method, path, api_key, body.as_ref()).await
+}
+
+/// One keep-alive HTTP/1.1 connection to the API.
+pub struct Api {
+    sender: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Api {
+    /// Connects to `host:port`.
+    pub async fn connect(host: impl ToSocketAddrs + std::fmt::Display) -> anyhow::Result<Api> {
+        let name = host.to_string();
+        let stream = TcpStream::connect(host).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake")?;
+        tokio::spawn(conn);
+        Ok(Api { sender, host: name })
     }
-    let payload = match body {
-        Some(v) => {
-            req = req.header("content-type", "application/json");
-            Bytes::from(serde_json::to_vec(&v)?)
+
+    /// Sends one request and returns the body parsed as JSON (or as a JSON string when it is
+    /// not JSON). A non-2xx answer is an error carrying the server's reason.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        api_key: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.sender.ready().await?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host);
+        if let Some(k) = api_key {
+            req = req.header("x-api-key", k);
         }
-        None => Bytes::new(),
-    };
-    let resp = sender
-        .send_request(req.body(Full::new(payload))?)
-        .await
-        .with_context(|| format!("{method} {path}"))?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
-    });
-    if !status.is_success() {
-        let reason = value
-            .get("error")
-            .and_then(|e| e.as_str())
-            .map_or_else(|| value.to_string(), str::to_owned);
-        bail!("{method} {path}: {status}: {reason}");
+        let payload = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(v)?)
+            }
+            None => Bytes::new(),
+        };
+        let resp = self
+            .sender
+            .send_request(req.body(Full::new(payload))?)
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        if !status.is_success() {
+            let reason = value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map_or_else(|| value.to_string(), str::to_owned);
+            bail!("{method} {path}: {status}: {reason}");
+        }
+        Ok(value)
     }
-    Ok(value)
 }
