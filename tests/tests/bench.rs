@@ -61,8 +61,10 @@ fn every_scenario_reports_consistent_figures() {
     assert_eq!(v["connections"], 100);
     assert!(v["rss_after"].as_u64().unwrap() > 0);
 
-    let v = bench(&["broadcast", "-n", "30", "--count", "2"]);
+    let v = bench(&["broadcast", "-n", "30", "--count", "2", "--burst", "3"]);
     assert_eq!(v["round_ms"].as_array().map(Vec::len), Some(2));
+    // Every delivery of every broadcast of every round, each with its latency.
+    assert_eq!(v["latency"]["count"], 30 * 3 * 2);
 
     let v = bench(&["storm", "-n", "30"]);
     assert!(v["seconds_from_restart"].as_f64().unwrap() > 0.0);

@@ -105,16 +105,26 @@ impl Conn {
     /// The next frame; `None` at the end of the stream.
     pub async fn next(&mut self) -> anyhow::Result<Option<Frame>> {
         loop {
-            if let Some(f) = self.codec.decode(&mut self.buf)? {
+            if let Some(f) = self.buffered()? {
                 return Ok(Some(f));
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(8 * 1024);
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            if !self.fill().await? {
                 return Ok(None);
             }
         }
+    }
+
+    /// The next whole frame among the bytes read so far, without reading.
+    pub fn buffered(&mut self) -> anyhow::Result<Option<Frame>> {
+        Ok(self.codec.decode(&mut self.buf)?)
+    }
+
+    /// Reads what has arrived (waiting for something); `false` at the end of the stream.
+    pub async fn fill(&mut self) -> anyhow::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(8 * 1024);
+        }
+        Ok(self.stream.read_buf(&mut self.buf).await? != 0)
     }
 }
 

@@ -128,9 +128,13 @@ enum Scenario {
         /// Connected clients.
         #[arg(short, long, default_value_t = 10_000)]
         n: usize,
-        /// Broadcasts, one after the other.
+        /// Rounds, one after the other.
         #[arg(long, default_value_t = 5)]
         count: u32,
+        /// Broadcasts per round, sent back to back without waiting for their deliveries (a
+        /// stream of messages to everyone; each round ends when all have arrived).
+        #[arg(long, default_value_t = 1)]
+        burst: u32,
     },
     /// N bound clients; the server restarts; time until all are bound again.
     Storm {
@@ -288,7 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             push(&ctx, plan, via, http_conns).await?
         }
-        Scenario::Broadcast { n, count } => broadcast(&ctx, n, count).await?,
+        Scenario::Broadcast { n, count, burst } => broadcast(&ctx, n, count, burst.max(1)).await?,
         Scenario::Storm { n } => storm(&mut ctx, n).await?,
     };
     let mut out = json!({ "machine": ctx.machine() });
@@ -472,7 +476,7 @@ async fn push(
     }))
 }
 
-async fn broadcast(ctx: &Ctx, n: usize, count: u32) -> anyhow::Result<Value> {
+async fn broadcast(ctx: &Ctx, n: usize, count: u32, burst: u32) -> anyhow::Result<Value> {
     ctx.check_fd_limits(n + 1)?;
     let http = ctx
         .server
@@ -485,15 +489,18 @@ async fn broadcast(ctx: &Ctx, n: usize, count: u32) -> anyhow::Result<Value> {
         .with_context(|| format!("connecting to the HTTP API at {http}"))?;
     let cpu0 = ctx.server.cpu_seconds();
     let mut rounds = Vec::new();
+    let per_round = n as u64 * u64::from(burst);
     for k in 1..=count {
         let sent_us = counters.clock.micros();
-        let body = json!({ "action": "2", "content": counters.clock.stamp(100) });
-        api.request("POST", "/api/v1/broadcast", None, Some(&body))
-            .await?;
-        let target = n as u64 * u64::from(k);
+        for _ in 0..burst {
+            let body = json!({ "action": "2", "content": counters.clock.stamp(100) });
+            api.request("POST", "/api/v1/broadcast", None, Some(&body))
+                .await?;
+        }
+        let target = per_round * u64::from(k);
         let got = pool.wait_received(target, Duration::from_secs(60)).await;
         if got < target {
-            bail!("broadcast {k}: {got} of {target} deliveries arrived within 60 s");
+            bail!("broadcast round {k}: {got} of {target} deliveries arrived within 60 s");
         }
         let took = Duration::from_micros(
             counters
@@ -507,29 +514,31 @@ async fn broadcast(ctx: &Ctx, n: usize, count: u32) -> anyhow::Result<Value> {
     let cpu = ctx.server.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
     let best = rounds.iter().min().copied().unwrap_or_default();
     let total: Duration = rounds.iter().sum();
-    let per_sec = rate(n as u64 * u64::from(count), total);
+    let per_sec = rate(per_round * u64::from(count), total);
+    let latency = counters.latency.take()?;
     say(
         ctx,
         format!(
-            "broadcast: {count} × {n} deliveries; {per_sec:.0} deliveries/s over all rounds, \
-             best round {:.1} ms ({:.0}/s)",
+            "broadcast: {count} rounds of {burst} × {n} deliveries; {per_sec:.0} deliveries/s \
+             over all rounds, best round {:.1} ms ({:.0}/s)",
             best.as_secs_f64() * 1e3,
-            rate(n as u64, best)
+            rate(per_round, best)
         ),
     );
+    say(ctx, format!("latency: {}", describe(&latency)));
     if let Some(cpu) = cpu {
         say(
             ctx,
             format!(
                 "server CPU: {cpu:.2} s, {:.2} s per million deliveries",
-                cpu / (n as f64 * f64::from(count) / 1e6)
+                cpu / (per_round as f64 * f64::from(count) / 1e6)
             ),
         );
     }
     pool.close();
     Ok(json!({
-        "scenario": "broadcast", "connections": n, "count": count,
-        "deliveries_per_sec": per_sec,
+        "scenario": "broadcast", "connections": n, "count": count, "burst": burst,
+        "deliveries_per_sec": per_sec, "latency": percentiles(&latency),
         "round_ms": rounds.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
         "server_cpu_seconds": cpu,
     }))

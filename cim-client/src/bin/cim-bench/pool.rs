@@ -165,38 +165,56 @@ async fn read_loop(
     reconnect: bool,
     counters: &Counters,
 ) {
+    // Latencies of the messages of one read, recorded together.
+    let mut batch = Vec::new();
     loop {
-        match conn.next().await {
-            Ok(Some(Frame::Message(m))) => {
-                if let Some(us) = counters.clock.latency(&m.content) {
-                    counters.latency.record(i, us);
+        // Every whole frame read so far, then the shared counters once: a read often brings
+        // several messages, and counters touched per message would make the generator, not the
+        // server, the bottleneck.
+        let now = counters.clock.micros();
+        let mut broken = false;
+        let mut got = 0u64;
+        loop {
+            match conn.buffered() {
+                Ok(Some(Frame::Message(m))) => {
+                    got += 1;
+                    batch.extend(counters.clock.latency_at(&m.content, now));
                 }
-                counters.received.fetch_add(1, Ordering::AcqRel);
-                counters
-                    .last_at
-                    .fetch_max(counters.clock.micros(), Ordering::AcqRel);
-            }
-            Ok(Some(Frame::Ping)) => {
-                if conn.send(&Frame::Pong).await.is_err() && !reconnect {
-                    return;
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                counters.bound.fetch_sub(1, Ordering::AcqRel);
-                if !reconnect {
-                    return;
-                }
-                let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
-                match bind_until_up(server, source, uid, give_up).await {
-                    Ok(c) => {
-                        conn = c;
-                        counters.bound.fetch_add(1, Ordering::AcqRel);
-                        counters.rebinds.fetch_add(1, Ordering::AcqRel);
+                Ok(Some(Frame::Ping)) => {
+                    if conn.send(&Frame::Pong).await.is_err() {
+                        broken = true;
+                        break;
                     }
-                    Err(_) => return,
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    broken = true;
+                    break;
                 }
             }
+        }
+        if got > 0 {
+            counters.latency.record_all(i, &batch);
+            counters.received.fetch_add(got, Ordering::AcqRel);
+            counters.last_at.fetch_max(now, Ordering::AcqRel);
+            batch.clear();
+        }
+        if !broken && matches!(conn.fill().await, Ok(true)) {
+            continue;
+        }
+        counters.bound.fetch_sub(1, Ordering::AcqRel);
+        if !reconnect {
+            return;
+        }
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
+        match bind_until_up(server, source, uid, give_up).await {
+            Ok(c) => {
+                conn = c;
+                counters.bound.fetch_add(1, Ordering::AcqRel);
+                counters.rebinds.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(_) => return,
         }
     }
 }

@@ -27,10 +27,11 @@ impl Clock {
         s
     }
 
-    /// The latency of a message stamped by [`stamp`](Self::stamp), in microseconds.
-    pub fn latency(&self, content: &str) -> Option<u64> {
+    /// The latency of a message stamped by [`stamp`](Self::stamp) that arrived at `now`
+    /// ([`micros`](Self::micros)), in microseconds.
+    pub fn latency_at(&self, content: &str, now: u64) -> Option<u64> {
         let sent: u64 = content.get(..20)?.parse().ok()?;
-        Some(self.micros().saturating_sub(sent))
+        Some(now.saturating_sub(sent))
     }
 }
 
@@ -47,11 +48,14 @@ impl Shards {
         Ok(Shards(v))
     }
 
-    pub fn record(&self, shard: usize, micros: u64) {
+    /// Records several samples with one lock.
+    pub fn record_all(&self, shard: usize, micros: &[u64]) {
         if let Some(h) = self.0.get(shard % self.0.len().max(1))
             && let Ok(mut h) = h.lock()
         {
-            h.saturating_record(micros.max(1));
+            for &us in micros {
+                h.saturating_record(us.max(1));
+            }
         }
     }
 
