@@ -81,8 +81,63 @@ fn the_file_descriptor_limit_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("10000000 connections need about 10000064 file descriptors"),
+        stderr.contains(
+            "10000000 connections in one generator process need about 10000064 file descriptors"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains("hard limit"), "{stderr}");
+    assert!(stderr.contains("--procs"), "{stderr}");
+
+    // Shared among enough generator processes, the server's limit is the one that stops it.
+    let out = Command::new(built_binary("cim-client", "cim-bench"))
+        .arg("--server-bin")
+        .arg(server_binary())
+        .args(["--procs", "100000", "connect", "-n", "10000000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("10000000 connections to one server need about 10000064 file descriptors"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--servers"), "{stderr}");
+}
+
+#[test]
+fn connections_can_be_shared_among_processes_and_servers() {
+    let v = bench(&["--procs", "3", "--servers", "2", "connect", "-n", "61"]);
+    assert_eq!(v["connections"], 61);
+    assert_eq!(
+        (v["procs"].as_u64(), v["servers"].as_u64()),
+        (Some(3), Some(2))
+    );
+    // Every worker's bind latencies reach the report.
+    assert_eq!(v["bind_latency"]["count"], 61);
+
+    let v = bench(&[
+        "--procs",
+        "2",
+        "--servers",
+        "2",
+        "idle",
+        "-n",
+        "40",
+        "--hold",
+        "0",
+    ]);
+    assert_eq!(v["connections"], 40);
+    assert!(v["rss_after"].as_u64().unwrap() > 0);
+
+    // The scenarios that need one server say so.
+    let out = Command::new(built_binary("cim-client", "cim-bench"))
+        .arg("--server-bin")
+        .arg(server_binary())
+        .args(["--servers", "2", "push", "-n", "2", "-m", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("push runs with one server"), "{stderr}");
 }

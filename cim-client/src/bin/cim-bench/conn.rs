@@ -64,6 +64,17 @@ impl Conn {
     ) -> anyhow::Result<Conn> {
         let socket = TcpSocket::new_v4()?;
         if let Some(ip) = source {
+            // Without this, bind() picks the port before the destination is known: it must be
+            // free for every destination, is searched for among all the ports in use (slow
+            // once thousands are), and a port in TIME_WAIT is never reused. Chosen at connect,
+            // a port only has to make the address four-tuple unique.
+            #[cfg(target_os = "linux")]
+            nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            )
+            .context("setting IP_BIND_ADDRESS_NO_PORT")?;
             socket
                 .bind(SocketAddr::new(ip, 0))
                 .with_context(|| format!("binding the source address {ip}"))?;

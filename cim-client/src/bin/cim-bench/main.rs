@@ -26,6 +26,7 @@ mod conn;
 mod pool;
 mod publish;
 mod server;
+mod spread;
 mod stats;
 
 use std::net::SocketAddr;
@@ -80,6 +81,14 @@ struct Common {
     /// Print one JSON object with the results (and no progress bars).
     #[arg(long, global = true)]
     json: bool,
+    /// Generator processes sharing the connections of `connect` and `idle` (each process may
+    /// open only as many sockets as its open-file limit allows).
+    #[arg(long, global = true, default_value_t = 1)]
+    procs: usize,
+    /// Server processes to start, the connections of `connect` and `idle` spread over them
+    /// round robin (independent servers: for runs larger than one process's open-file limit).
+    #[arg(long, global = true, default_value_t = 1)]
+    servers: usize,
 }
 
 #[derive(Subcommand)]
@@ -142,6 +151,18 @@ enum Scenario {
         #[arg(short, long, default_value_t = 10_000)]
         n: usize,
     },
+    /// One generator process of a `--procs` run (started by cim-bench itself).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long, value_delimiter = ',', required = true)]
+        targets: Vec<SocketAddr>,
+        #[arg(long)]
+        first: usize,
+        #[arg(short, long)]
+        n: usize,
+        #[arg(long)]
+        prefix: String,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -175,22 +196,54 @@ fn main() -> ExitCode {
 
 struct Ctx {
     server: Server,
+    /// Further servers (`--servers`).
+    more: Vec<Server>,
+    procs: usize,
     sources: u8,
     concurrency: usize,
     json: bool,
 }
 
 impl Ctx {
-    fn pool_options(&self, n: usize, prefix: &str, reconnect: bool) -> Options {
-        let sources = if self.sources == 0 {
+    fn sources_for(&self, n: usize) -> u8 {
+        if self.sources == 0 {
             u8::try_from(n / 25_000 + 1).unwrap_or(u8::MAX)
         } else {
             self.sources
-        };
+        }
+    }
+
+    fn servers(&self) -> impl Iterator<Item = &Server> {
+        std::iter::once(&self.server).chain(&self.more)
+    }
+
+    /// Resident memory of all servers, in bytes.
+    fn rss(&self) -> Option<u64> {
+        self.servers().map(Server::rss).sum()
+    }
+
+    /// CPU seconds of all servers.
+    fn cpu_seconds(&self) -> Option<f64> {
+        self.servers().map(Server::cpu_seconds).sum()
+    }
+
+    /// Fails unless this run has one server and one generator process.
+    fn single(&self, scenario: &str) -> anyhow::Result<()> {
+        if self.procs > 1 || !self.more.is_empty() {
+            bail!(
+                "{scenario} runs with one server and one generator process (--procs and \
+                 --servers are for connect and idle)"
+            );
+        }
+        Ok(())
+    }
+
+    fn pool_options(&self, n: usize, prefix: &str, reconnect: bool) -> Options {
         Options {
-            server: self.server.tcp,
+            servers: self.servers().map(|s| s.tcp).collect(),
             n,
-            sources: Sources::loopback(sources),
+            first: 0,
+            sources: Sources::loopback(self.sources_for(n)),
             concurrency: self.concurrency,
             reconnect,
             uid_prefix: prefix.to_owned(),
@@ -201,31 +254,65 @@ impl Ctx {
     /// Checks that this process and the server may open `n` more sockets, and says which limit
     /// stops it if not.
     fn check_fd_limits(&self, n: usize) -> anyhow::Result<()> {
-        let need = n as u64 + 64;
+        let per_proc = n.div_ceil(self.procs.max(1));
+        let need = per_proc as u64 + 64;
         let ours = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
         if ours < need {
             let (_, hard) = rlimit::Resource::NOFILE.get().unwrap_or((ours, ours));
             bail!(
-                "{n} connections need about {need} file descriptors, but cim-bench may open \
-                 {ours} (hard limit {hard}); raise the limit (ulimit -Hn / LimitNOFILE, as a \
-                 user allowed to) or use fewer connections"
+                "{per_proc} connections in one generator process need about {need} file \
+                 descriptors, but cim-bench may open {ours} (hard limit {hard}); raise the \
+                 limit (ulimit -Hn / LimitNOFILE, as a user allowed to), share the connections \
+                 among more processes (--procs, with --servers for the server side) or use \
+                 fewer connections"
             );
         }
-        if let Some(limit) = self
-            .server
-            .has_pid()
-            .then(|| self.server.fd_limit())
-            .flatten()
-            && limit < need
-        {
-            bail!(
-                "{n} connections need about {need} file descriptors in the server, but its \
-                 open-file limit is {limit} (see /proc/{}/limits); raise it or use fewer \
-                 connections",
-                self.server.pid
-            );
+        let per_server = n.div_ceil(1 + self.more.len());
+        let need = per_server as u64 + 64;
+        for server in self.servers() {
+            if let Some(limit) = server.has_pid().then(|| server.fd_limit()).flatten()
+                && limit < need
+            {
+                bail!(
+                    "{per_server} connections to one server need about {need} file \
+                     descriptors in it, but its open-file limit is {limit} (see \
+                     /proc/{}/limits); raise it, spread the connections over more server \
+                     processes (--servers) or use fewer connections",
+                    server.pid
+                );
+            }
         }
         Ok(())
+    }
+
+    /// Opens `n` bound connections: here, or shared among `--procs` worker processes.
+    async fn hold(&self, n: usize, prefix: &str) -> anyhow::Result<Held> {
+        if self.procs <= 1 {
+            return Ok(Held::Here(
+                Pool::open(self.pool_options(n, prefix, false)).await?,
+            ));
+        }
+        let exe = std::env::current_exe()?;
+        let servers: Vec<SocketAddr> = self.servers().map(|s| s.tcp).collect();
+        let sources = self.sources_for(n);
+        let concurrency = self.concurrency.div_ceil(self.procs).max(1);
+        if !self.json {
+            println!(
+                "binding {n} connections from {} processes to {} servers…",
+                self.procs,
+                servers.len()
+            );
+        }
+        let workers = spread::Workers::open(&exe, n, self.procs, |first, n| spread::Share {
+            servers: servers.clone(),
+            first,
+            n,
+            prefix: prefix.to_owned(),
+            sources,
+            concurrency,
+        })
+        .await?;
+        Ok(Held::Workers(workers))
     }
 
     fn machine(&self) -> Value {
@@ -245,7 +332,32 @@ impl Ctx {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = cli.common;
+    if let Scenario::Worker {
+        targets,
+        first,
+        n,
+        prefix,
+    } = cli.scenario
+    {
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+        let sources = if c.sources == 0 { 1 } else { c.sources };
+        return spread::worker(Options {
+            servers: targets,
+            n,
+            first,
+            sources: Sources::loopback(sources),
+            concurrency: c.concurrency,
+            reconnect: false,
+            uid_prefix: prefix,
+            quiet: true,
+        })
+        .await;
+    }
+    let mut more = Vec::new();
     let server = match c.addr {
+        Some(_) if c.servers > 1 => {
+            bail!("--servers starts the servers itself: leave out --addr")
+        }
         Some(addr) => Server::external(c.pid, addr, c.http),
         None => {
             let bin = match c.server_bin {
@@ -262,11 +374,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // Its open-file limit is inherited: raise ours first.
             let _ = rlimit::increase_nofile_limit(u64::MAX);
-            Server::spawn(bin)?
+            for k in 1..c.servers {
+                more.push(Server::spawn(bin.clone(), k)?);
+            }
+            Server::spawn(bin, 0)?
         }
     };
     let mut ctx = Ctx {
         server,
+        more,
+        procs: c.procs.max(1),
         sources: c.sources,
         concurrency: c.concurrency,
         json: c.json,
@@ -294,6 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Scenario::Broadcast { n, count, burst } => broadcast(&ctx, n, count, burst.max(1)).await?,
         Scenario::Storm { n } => storm(&mut ctx, n).await?,
+        Scenario::Worker { .. } => bail!("a worker takes no server of its own"),
     };
     let mut out = json!({ "machine": ctx.machine() });
     if let (Some(o), Some(r)) = (out.as_object_mut(), result.as_object()) {
@@ -311,29 +429,68 @@ fn say(ctx: &Ctx, line: impl AsRef<str>) {
     }
 }
 
+/// Bound connections held here or by worker processes.
+enum Held {
+    Here(Pool),
+    Workers(spread::Workers),
+}
+
+impl Held {
+    fn connect_time(&self) -> Duration {
+        match self {
+            Held::Here(p) => p.connect_time,
+            Held::Workers(w) => w.connect_time,
+        }
+    }
+
+    fn bind_latency(&self) -> &hdrhistogram::Histogram<u64> {
+        match self {
+            Held::Here(p) => &p.bind_latency,
+            Held::Workers(w) => &w.bind_latency,
+        }
+    }
+
+    fn bound(&self) -> usize {
+        match self {
+            Held::Here(p) => p.counters.bound.load(Ordering::Acquire),
+            Held::Workers(w) => w.bound,
+        }
+    }
+
+    fn close(self) {
+        match self {
+            Held::Here(p) => p.close(),
+            Held::Workers(w) => w.close(),
+        }
+    }
+}
+
 async fn connect(ctx: &Ctx, n: usize) -> anyhow::Result<Value> {
     ctx.check_fd_limits(n)?;
-    let cpu0 = ctx.server.cpu_seconds();
-    let pool = Pool::open(ctx.pool_options(n, "c", false)).await?;
-    let cpu = ctx.server.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
-    let per_sec = rate(n as u64, pool.connect_time);
+    let cpu0 = ctx.cpu_seconds();
+    let held = ctx.hold(n, "c").await?;
+    let cpu = ctx.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
+    let connect_time = held.connect_time();
+    let bound = held.bound();
+    let per_sec = rate(bound as u64, connect_time);
     say(
         ctx,
         format!(
-            "connect: {n} bound in {:.2} s: {per_sec:.0} binds/s; connect+bind {}",
-            pool.connect_time.as_secs_f64(),
-            describe(&pool.bind_latency)
+            "connect: {bound} bound in {:.2} s: {per_sec:.0} binds/s; connect+bind {}",
+            connect_time.as_secs_f64(),
+            describe(held.bind_latency())
         ),
     );
     if let Some(cpu) = cpu {
         say(ctx, format!("server CPU: {cpu:.2} s"));
     }
     let v = json!({
-        "scenario": "connect", "connections": n,
-        "seconds": pool.connect_time.as_secs_f64(), "binds_per_sec": per_sec,
-        "bind_latency": percentiles(&pool.bind_latency), "server_cpu_seconds": cpu,
+        "scenario": "connect", "connections": bound, "procs": ctx.procs,
+        "servers": 1 + ctx.more.len(),
+        "seconds": connect_time.as_secs_f64(), "binds_per_sec": per_sec,
+        "bind_latency": percentiles(held.bind_latency()), "server_cpu_seconds": cpu,
     });
-    pool.close();
+    held.close();
     Ok(v)
 }
 
@@ -343,25 +500,31 @@ async fn idle(ctx: &Ctx, n: usize, hold: u64) -> anyhow::Result<Value> {
         bail!("idle needs the server's pid (--pid) to read its memory");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = ctx.server.rss().context("reading the server's memory")?;
-    let pool = Pool::open(ctx.pool_options(n, "i", false)).await?;
+    let before = ctx.rss().context("reading the server's memory")?;
+    let held = ctx.hold(n, "i").await?;
     tokio::time::sleep(Duration::from_secs(hold)).await;
-    let after = ctx.server.rss().context("reading the server's memory")?;
-    let bound = pool.counters.bound.load(Ordering::Acquire);
+    let after = ctx.rss().context("reading the server's memory")?;
+    let bound = held.bound();
     let per = after.saturating_sub(before) as f64 / bound.max(1) as f64;
+    let servers = 1 + ctx.more.len();
+    let whose = if servers > 1 {
+        format!("{servers} servers' RSS")
+    } else {
+        "server RSS".to_owned()
+    };
     say(
         ctx,
         format!(
-            "idle: {bound} bound connections; server RSS {:.1} MiB before, {:.1} MiB after: \
+            "idle: {bound} bound connections; {whose} {:.1} MiB before, {:.1} MiB after: \
              {per:.0} bytes per connection",
             before as f64 / 1048576.0,
             after as f64 / 1048576.0
         ),
     );
-    pool.close();
+    held.close();
     Ok(json!({
-        "scenario": "idle", "connections": bound, "rss_before": before, "rss_after": after,
-        "bytes_per_connection": per,
+        "scenario": "idle", "connections": bound, "procs": ctx.procs, "servers": servers,
+        "rss_before": before, "rss_after": after, "bytes_per_connection": per,
     }))
 }
 
@@ -378,6 +541,7 @@ async fn push(
         size,
         batch,
     } = plan;
+    ctx.single("push")?;
     ctx.check_fd_limits(n + http_conns)?;
     let pool = Pool::open(ctx.pool_options(n, "s", false)).await?;
     let counters = std::sync::Arc::clone(&pool.counters);
@@ -477,6 +641,7 @@ async fn push(
 }
 
 async fn broadcast(ctx: &Ctx, n: usize, count: u32, burst: u32) -> anyhow::Result<Value> {
+    ctx.single("broadcast")?;
     ctx.check_fd_limits(n + 1)?;
     let http = ctx
         .server
@@ -545,6 +710,7 @@ async fn broadcast(ctx: &Ctx, n: usize, count: u32, burst: u32) -> anyhow::Resul
 }
 
 async fn storm(ctx: &mut Ctx, n: usize) -> anyhow::Result<Value> {
+    ctx.single("storm")?;
     ctx.check_fd_limits(n)?;
     let pool = Pool::open(ctx.pool_options(n, "r", true)).await?;
     let counters = std::sync::Arc::clone(&pool.counters);

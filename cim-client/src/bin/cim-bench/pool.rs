@@ -41,8 +41,12 @@ pub struct Pool {
 }
 
 pub struct Options {
-    pub server: SocketAddr,
+    /// Servers to spread the connections over, round robin.
+    pub servers: Vec<SocketAddr>,
     pub n: usize,
+    /// The index of this pool's first connection among all (for uids, sources and servers,
+    /// when several processes share one run).
+    pub first: usize,
     pub sources: Sources,
     pub concurrency: usize,
     pub reconnect: bool,
@@ -68,13 +72,15 @@ impl Pool {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<anyhow::Result<u64>>();
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(opts.n);
-        for i in 0..opts.n {
+        for i in opts.first..opts.first + opts.n {
             let gate = Arc::clone(&gate);
             let done = done_tx.clone();
             let counters = Arc::clone(&counters);
             let source = opts.sources.pick(i);
             let uid = format!("{}{i}", opts.uid_prefix);
-            let server = opts.server;
+            let Some(&server) = opts.servers.get(i % opts.servers.len().max(1)) else {
+                anyhow::bail!("no server to connect to");
+            };
             let reconnect = opts.reconnect;
             tasks.push(tokio::spawn(async move {
                 let permit = gate.acquire_owned().await;

@@ -29,9 +29,10 @@ struct Spawned {
 }
 
 impl Server {
-    /// Starts `binary` on free ports of 127.0.0.1 with a fresh store directory and quiet logs.
-    pub fn spawn(binary: PathBuf) -> anyhow::Result<Server> {
-        let data = std::env::temp_dir().join(format!("cim-bench-{}", std::process::id()));
+    /// Starts `binary` on free ports of 127.0.0.1 with a fresh store directory (`k`: which of
+    /// the servers of this run) and quiet logs.
+    pub fn spawn(binary: PathBuf, k: usize) -> anyhow::Result<Server> {
+        let data = std::env::temp_dir().join(format!("cim-bench-{}-{k}", std::process::id()));
         let (child, addrs) = start_on(&binary, &data, None)?;
         Ok(Server::from_spawned(Spawned {
             child,
