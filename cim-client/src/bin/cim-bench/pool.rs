@@ -76,11 +76,12 @@ impl Pool {
             let gate = Arc::clone(&gate);
             let done = done_tx.clone();
             let counters = Arc::clone(&counters);
-            let source = opts.sources.pick(i);
             let uid = format!("{}{i}", opts.uid_prefix);
             let Some(&server) = opts.servers.get(i % opts.servers.len().max(1)) else {
                 anyhow::bail!("no server to connect to");
             };
+            // Loopback source addresses reach only a loopback server.
+            let source = opts.sources.pick(i).filter(|_| server.ip().is_loopback());
             let reconnect = opts.reconnect;
             tasks.push(tokio::spawn(async move {
                 let permit = gate.acquire_owned().await;
@@ -167,7 +168,7 @@ async fn read_loop(
     i: usize,
     uid: &str,
     server: SocketAddr,
-    source: Option<std::net::IpAddr>,
+    source: Option<crate::conn::Source>,
     reconnect: bool,
     counters: &Counters,
 ) {
