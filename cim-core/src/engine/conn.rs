@@ -96,6 +96,8 @@ struct State {
     /// The queue filled under [`SlowConsumer::Keep`]: pushes are refused until the connection
     /// has caught up.
     overflowed: bool,
+    /// A heartbeat deadline passed: the connection's task runs its heartbeat.
+    due: bool,
     /// The connection's task, waiting for something to write (one consumer, so one waker).
     waker: Option<Waker>,
 }
@@ -212,6 +214,13 @@ impl ConnectionHandle {
         wake(st);
     }
 
+    /// Tells the connection's task that a heartbeat deadline passed.
+    pub(crate) fn poke(&self) {
+        let mut st = self.queue.lock();
+        st.due = true;
+        wake(st);
+    }
+
     /// Whether the connection is closed or closing.
     pub fn is_closed(&self) -> bool {
         self.queue.lock().close.is_some()
@@ -230,7 +239,8 @@ pub struct OutboundReceiver {
 }
 
 impl OutboundReceiver {
-    /// Waits until something is queued or a close is requested. Cancel-safe, and holds no
+    /// Waits until something is queued, a close is requested or a heartbeat deadline passed
+    /// ([`take_due`](Self::take_due)). Cancel-safe, and holds no
     /// state of its own while it waits (the waker is kept in the queue).
     pub fn ready(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| self.poll_ready(cx))
@@ -239,7 +249,7 @@ impl OutboundReceiver {
     /// [`ready`](Self::ready) as a poll function.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.queue.lock();
-        if !st.items.is_empty() || st.close.is_some() {
+        if !st.items.is_empty() || st.close.is_some() || st.due {
             return Poll::Ready(());
         }
         match &st.waker {
@@ -247,6 +257,11 @@ impl OutboundReceiver {
             _ => st.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Whether a heartbeat deadline passed since the last call.
+    pub fn take_due(&self) -> bool {
+        std::mem::take(&mut self.queue.lock().due)
     }
 
     /// Moves up to `max` queued items into `out` and returns the close request, if one is

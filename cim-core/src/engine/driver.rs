@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound, SlowConsumer};
@@ -131,46 +131,18 @@ pub fn serve_connection<T: Transport>(
         debug!("connected");
         // A shutdown reaches the connection through its queue, as a close request.
         conn.hub.live.insert(&conn.handle);
-        let end = {
-            // The timer lives as long as the connection: registering a fresh one on every
-            // wake-up costs a lock on state shared by all connections.
-            let mut armed = conn.heartbeat.next_deadline();
-            let timer = sleep_until(armed);
-            tokio::pin!(timer);
-            loop {
-                // Reads and writes only move deadlines later, and a timer that fires early finds
-                // nothing due and is set again; so the timer is reset only for a sooner deadline.
-                let next = conn.heartbeat.next_deadline();
-                if next < armed {
-                    armed = next;
-                    timer.as_mut().reset(armed);
-                }
-                tokio::select! {
-                    () = rx.ready() => {
-                        // Boxed, so that an idle connection's task does not carry the write
-                        // path.
-                        if let Err(end) = Box::pin(conn.flush(&rx)).await {
-                            break end;
-                        }
-                    }
-                    frame = conn.transport.recv() => match frame {
-                        Ok(Some(frame)) => {
-                            conn.heartbeat.on_read(Instant::now());
-                            // Boxed: requests (binds, handlers) are rare next to pushes, and
-                            // their futures would otherwise make every idle connection's task
-                            // larger.
-                            if let Err(end) = Box::pin(conn.on_frames(frame)).await {
-                                break end;
-                            }
-                        }
-                        Ok(None) => break End::Normal("closed by peer".into()),
-                        Err(Error::Io(e)) => break End::Normal(format!("read failed: {e}")),
-                        Err(e) => break End::Protocol(e.to_string()),
-                    },
-                    () = &mut timer => {
+        // The heartbeat's next deadline, set in the node's shared timer.
+        let mut armed = conn.heartbeat.next_deadline();
+        conn.hub.deadlines.set(armed, &conn.handle);
+        let end = loop {
+            tokio::select! {
+                () = rx.ready() => {
+                    // Reads and writes only move deadlines later, and a deadline reached early
+                    // finds nothing due and is set again; so the shared timer is set only here.
+                    if rx.take_due() {
                         let action = conn.heartbeat.poll(Instant::now());
                         armed = conn.heartbeat.next_deadline();
-                        timer.as_mut().reset(armed);
+                        conn.hub.deadlines.set(armed, &conn.handle);
                         match action {
                             TimerAction::Nothing => {}
                             TimerAction::Ping => {
@@ -181,9 +153,27 @@ pub fn serve_connection<T: Transport>(
                             TimerAction::Close(why) => break End::Normal(why.to_string()),
                         }
                     }
+                    // Boxed, so that an idle connection's task does not carry the write path.
+                    if let Err(end) = Box::pin(conn.flush(&rx)).await {
+                        break end;
+                    }
                 }
+                frame = conn.transport.recv() => match frame {
+                    Ok(Some(frame)) => {
+                        conn.heartbeat.on_read(Instant::now());
+                        // Boxed: requests (binds, handlers) are rare next to pushes, and their
+                        // futures would otherwise make every idle connection's task larger.
+                        if let Err(end) = Box::pin(conn.on_frames(frame)).await {
+                            break end;
+                        }
+                    }
+                    Ok(None) => break End::Normal("closed by peer".into()),
+                    Err(Error::Io(e)) => break End::Normal(format!("read failed: {e}")),
+                    Err(e) => break End::Protocol(e.to_string()),
+                },
             }
         };
+        conn.hub.deadlines.clear(armed, conn.handle.id());
         let reason = match &end {
             End::Normal(r) => r.clone(),
             End::Protocol(r) => format!("protocol error: {r}"),
@@ -530,5 +520,83 @@ impl<T: Transport> Conn<T> {
             }
         }
         debug!(stored = messages.len(), "undelivered messages stored");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::heartbeat::Timers;
+    use tokio::sync::mpsc;
+
+    /// Frames over channels: the engine end of a connection whose peer is the test.
+    struct Channels {
+        from_peer: mpsc::Receiver<Frame>,
+        to_peer: mpsc::UnboundedSender<Frame>,
+    }
+
+    impl Transport for Channels {
+        async fn recv(&mut self) -> Result<Option<Frame>> {
+            Ok(self.from_peer.recv().await)
+        }
+
+        async fn send(&mut self, items: &[Outbound]) -> Result<()> {
+            for item in items {
+                if let Outbound::Frame(f) = item {
+                    let _ = self.to_peer.send((**f).clone());
+                }
+            }
+            Ok(())
+        }
+
+        async fn close(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn heartbeats_run_on_the_shared_timer_and_leave_nothing_behind() {
+        let hub = Arc::new(Hub::builder().build());
+        let (peer_tx, from_peer) = mpsc::channel(8);
+        let (to_peer, mut peer_rx) = mpsc::unbounded_channel();
+        let config = ConnectionConfig {
+            timers: Timers {
+                write_idle: Duration::from_millis(60),
+                read_idle: Duration::from_secs(30),
+                max_pong_timeout: 3,
+                bind_timeout: Duration::from_secs(5),
+            },
+            ..ConnectionConfig::default()
+        };
+        let task = tokio::spawn(serve_connection(
+            Arc::clone(&hub),
+            Channels { from_peer, to_peer },
+            config,
+            ([127, 0, 0, 1], 9).into(),
+        ));
+        peer_tx
+            .send(Frame::Sent(
+                SentBody::new(key::CLIENT_BIND).with(crate::protocol::bind::UID, "u1"),
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(peer_rx.recv().await, Some(Frame::Reply(r)) if r.code == code::OK));
+        // Two PINGs, each after write_idle of silence: the deadline is set again after each.
+        for _ in 0..2 {
+            let t = Instant::now();
+            assert_eq!(peer_rx.recv().await, Some(Frame::Ping));
+            assert!(
+                t.elapsed() >= Duration::from_millis(50),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+        assert_eq!(hub.deadlines.len(), 1, "one entry per connection");
+        drop(peer_tx);
+        task.await.unwrap();
+        assert_eq!(
+            hub.deadlines.len(),
+            0,
+            "a closed connection leaves no deadline"
+        );
+        assert_eq!(hub.live.len(), 0);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::engine::builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTag};
 use crate::engine::conn::ConnIds;
+use crate::engine::deadlines::Deadlines;
 use crate::engine::handler::{EventListener, RequestHandler};
 use crate::engine::local::LocalSessionManager;
 use crate::engine::policy::{AllowAll, BindAuthenticator};
@@ -81,6 +82,8 @@ pub struct Hub {
     pub(crate) conn_ids: ConnIds,
     /// Every live connection, for the shutdown.
     pub(crate) live: Registry,
+    /// The heartbeat deadlines of every live connection.
+    pub(crate) deadlines: Arc<Deadlines>,
     /// Per-account send locks (striped): a send to a stored account holds its lock from the
     /// push to the append, so a connection that reads the store's last sequence under the same
     /// lock knows that every message refused before is in the store.
@@ -337,6 +340,7 @@ impl HubBuilder {
             ids: MessageIds::new(self.node_number),
             conn_ids: ConnIds::default(),
             live: Registry::default(),
+            deadlines: Arc::default(),
             account_locks: (0..ACCOUNT_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

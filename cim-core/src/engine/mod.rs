@@ -4,6 +4,7 @@
 
 mod builtin;
 mod conn;
+mod deadlines;
 mod driver;
 mod handler;
 mod heartbeat;

@@ -1,0 +1,148 @@
+//! [`Deadlines`]: one timer for the heartbeats of all connections of a node.
+//!
+//! Each connection keeps one entry, its next heartbeat deadline; a single task sleeps until the
+//! earliest and pokes the connections that are due through their queues. The connection then
+//! runs its [`Heartbeat`](crate::engine::Heartbeat) and sets its next deadline. (A timer of its
+//! own would cost every connection's task 112 bytes, held for the connection's whole life, for a
+//! timer that fires about once a minute.)
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+
+use crate::engine::conn::{ConnId, ConnectionHandle};
+
+/// The longest the task sleeps before it looks again whether its node is still there.
+const MAX_NAP: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub(crate) struct Deadlines {
+    due: Mutex<BTreeMap<(Instant, ConnId), ConnectionHandle>>,
+    /// An entry earlier than every other was added: the task sleeps too long.
+    sooner: Notify,
+    /// The task that pokes; started by the first entry (inside the runtime), and again if its
+    /// runtime went away.
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Deadlines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadlines")
+            .field("entries", &self.entries().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent: a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Deadlines {
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<(Instant, ConnId), ConnectionHandle>> {
+        lock(&self.due)
+    }
+
+    /// Pokes `handle` at `at` (once). Must be called inside a tokio runtime.
+    pub(crate) fn set(self: &Arc<Self>, at: Instant, handle: &ConnectionHandle) {
+        let earliest = {
+            let mut due = self.entries();
+            due.insert((at, handle.id()), handle.clone());
+            due.first_key_value().is_some_and(|(k, _)| k.0 == at)
+        };
+        self.ensure_task();
+        if earliest {
+            self.sooner.notify_one();
+        }
+    }
+
+    /// Removes the entry [`set`](Self::set) at `at` for `id`, if it has not fired.
+    pub(crate) fn clear(&self, at: Instant, id: ConnId) {
+        self.entries().remove(&(at, id));
+    }
+
+    fn ensure_task(self: &Arc<Self>) {
+        let mut task = lock(&self.task);
+        if task.as_ref().is_none_or(JoinHandle::is_finished) {
+            *task = Some(tokio::spawn(run(Arc::downgrade(self))));
+        }
+    }
+
+    /// Takes the entries due at `now`.
+    fn take_due(&self, now: Instant) -> (Vec<ConnectionHandle>, Option<Instant>) {
+        let mut due = self.entries();
+        let mut fired = Vec::new();
+        while let Some(entry) = due.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            fired.push(entry.remove());
+        }
+        (fired, due.first_key_value().map(|(k, _)| k.0))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries().len()
+    }
+}
+
+/// Pokes what is due, sleeps until the next deadline (or an earlier one is set); ends when its
+/// node is gone.
+async fn run(deadlines: Weak<Deadlines>) {
+    loop {
+        let Some(d) = deadlines.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let (fired, next) = d.take_due(now);
+        for handle in fired {
+            handle.poke();
+        }
+        let wake = next.map_or(now + MAX_NAP, |at| at.min(now + MAX_NAP));
+        tokio::select! {
+            () = sleep_until(wake) => {}
+            () = d.sooner.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pokes_each_connection_at_its_deadline_once() {
+        let d = Arc::new(Deadlines::default());
+        let (a, ra) = ConnectionHandle::new(ConnId(1), 4);
+        let (b, rb) = ConnectionHandle::new(ConnId(2), 4);
+        let t0 = Instant::now();
+        d.set(t0 + Duration::from_millis(150), &b);
+        d.set(t0 + Duration::from_millis(50), &a);
+        ra.ready().await;
+        assert!(ra.take_due(), "a is due first");
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert!(!rb.take_due(), "b is not due yet");
+        rb.ready().await;
+        assert!(rb.take_due());
+        assert!(t0.elapsed() >= Duration::from_millis(150));
+        assert_eq!(d.len(), 0, "fired entries are gone");
+        assert!(!ra.take_due(), "a was poked once");
+    }
+
+    #[tokio::test]
+    async fn a_cleared_entry_never_fires() {
+        let d = Arc::new(Deadlines::default());
+        let (a, ra) = ConnectionHandle::new(ConnId(1), 4);
+        let at = Instant::now() + Duration::from_millis(30);
+        d.set(at, &a);
+        d.clear(at, a.id());
+        assert_eq!(d.len(), 0);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(!ra.take_due());
+    }
+}
