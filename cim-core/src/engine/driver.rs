@@ -135,42 +135,45 @@ pub fn serve_connection<T: Transport>(
         let mut armed = conn.heartbeat.next_deadline();
         conn.hub.deadlines.set(armed, &conn.handle);
         let end = loop {
-            tokio::select! {
-                () = rx.ready() => {
-                    // Reads and writes only move deadlines later, and a deadline reached early
-                    // finds nothing due and is set again; so the shared timer is set only here.
-                    if rx.take_due() {
-                        let action = conn.heartbeat.poll(Instant::now());
-                        armed = conn.heartbeat.next_deadline();
-                        conn.hub.deadlines.set(armed, &conn.handle);
-                        match action {
-                            TimerAction::Nothing => {}
-                            TimerAction::Ping => {
-                                if let Err(end) = Box::pin(conn.write(Frame::Ping)).await {
-                                    break end;
-                                }
-                            }
-                            TimerAction::Close(why) => break End::Normal(why.to_string()),
-                        }
-                    }
-                    // Boxed, so that an idle connection's task does not carry the write path.
-                    if let Err(end) = Box::pin(conn.flush(&rx)).await {
-                        break end;
-                    }
-                }
+            // A frame read is boxed at once: held in place across the await that handles it,
+            // it would make every idle connection's task larger by the size of a frame.
+            let read = tokio::select! {
+                () = rx.ready() => None,
                 frame = conn.transport.recv() => match frame {
-                    Ok(Some(frame)) => {
-                        conn.heartbeat.on_read(Instant::now());
-                        // Boxed: requests (binds, handlers) are rare next to pushes, and their
-                        // futures would otherwise make every idle connection's task larger.
-                        if let Err(end) = Box::pin(conn.on_frames(frame)).await {
-                            break end;
-                        }
-                    }
+                    Ok(Some(frame)) => Some(Box::new(frame)),
                     Ok(None) => break End::Normal("closed by peer".into()),
                     Err(Error::Io(e)) => break End::Normal(format!("read failed: {e}")),
                     Err(e) => break End::Protocol(e.to_string()),
                 },
+            };
+            if let Some(frame) = read {
+                conn.heartbeat.on_read(Instant::now());
+                // Boxed: requests (binds, handlers) are rare next to pushes, and their futures
+                // would otherwise make every idle connection's task larger.
+                if let Err(end) = Box::pin(conn.on_frames(*frame)).await {
+                    break end;
+                }
+                continue;
+            }
+            // Reads and writes only move deadlines later, and a deadline reached early finds
+            // nothing due and is set again; so the shared timer is set only here.
+            if rx.take_due() {
+                let action = conn.heartbeat.poll(Instant::now());
+                armed = conn.heartbeat.next_deadline();
+                conn.hub.deadlines.set(armed, &conn.handle);
+                match action {
+                    TimerAction::Nothing => {}
+                    TimerAction::Ping => {
+                        if let Err(end) = Box::pin(conn.write(Frame::Ping)).await {
+                            break end;
+                        }
+                    }
+                    TimerAction::Close(why) => break End::Normal(why.to_string()),
+                }
+            }
+            // Boxed, so that an idle connection's task does not carry the write path.
+            if let Err(end) = Box::pin(conn.flush(&rx)).await {
+                break end;
             }
         };
         conn.hub.deadlines.clear(armed, conn.handle.id());
