@@ -1,5 +1,6 @@
 //! [`SharedMessage`]: a message pushed to many connections, encoded once per wire format.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
@@ -44,9 +45,22 @@ impl SharedMessage {
         format: WireFormat,
         encode: impl FnOnce(&Frame) -> Result<Bytes, CodecError>,
     ) -> Result<Bytes, CodecError> {
+        self.encoded_ref(format, encode).map(Cow::into_owned)
+    }
+
+    /// [`encoded`](Self::encoded), borrowed: a connection that writes the bytes from here
+    /// touches no reference count shared with every other connection the message goes to.
+    pub fn encoded_ref(
+        &self,
+        format: WireFormat,
+        encode: impl FnOnce(&Frame) -> Result<Bytes, CodecError>,
+    ) -> Result<Cow<'_, Bytes>, CodecError> {
         match self.encoded.get(format.slot()) {
-            Some(cell) => cell.get_or_init(|| encode(&self.frame)).clone(),
-            None => encode(&self.frame),
+            Some(cell) => match cell.get_or_init(|| encode(&self.frame)) {
+                Ok(bytes) => Ok(Cow::Borrowed(bytes)),
+                Err(e) => Err(e.clone()),
+            },
+            None => encode(&self.frame).map(Cow::Owned),
         }
     }
 }
@@ -68,6 +82,10 @@ mod tests {
             m.encoded(WireFormat::BinaryStream, enc).unwrap();
         }
         m.encoded(WireFormat::XmlStream, enc).unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        let a = m.encoded_ref(WireFormat::BinaryStream, enc).unwrap();
+        let b = m.encoded_ref(WireFormat::BinaryStream, enc).unwrap();
+        assert!(matches!((&a, &b), (Cow::Borrowed(x), Cow::Borrowed(y)) if std::ptr::eq(*x, *y)));
         assert_eq!(calls.load(Ordering::Relaxed), 2);
     }
 }

@@ -1,5 +1,7 @@
 //! [`StreamTransport`]: a [`StreamCodec`] over a TCP socket.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 use cim_core::engine::{Outbound, SharedMessage, Transport};
 use cim_core::{CodecError, Error, Frame, Result, StreamCodec};
@@ -49,13 +51,15 @@ impl<C: StreamCodec> StreamTransport<C> {
 
     /// The encoding of a pushed message shared by every connection of this wire format, made
     /// on first use; `None` when this codec's encodings are not shared.
-    fn shared_encoding(
+    /// The message's encoding shared by every connection of this wire format (borrowed from
+    /// the message), or `None` for a codec without a shared encoding.
+    fn shared_encoding<'a>(
         &mut self,
-        shared: &SharedMessage,
-    ) -> Option<std::result::Result<Bytes, CodecError>> {
+        shared: &'a SharedMessage,
+    ) -> Option<std::result::Result<Cow<'a, Bytes>, CodecError>> {
         let format = self.codec.wire_format()?;
         let codec = &mut self.codec;
-        Some(shared.encoded(format, |frame| {
+        Some(shared.encoded_ref(format, |frame| {
             let mut b = BytesMut::new();
             codec.encode(frame, &mut b)?;
             Ok(b.freeze())
