@@ -1,5 +1,6 @@
-//! The connection task: one per connection, owning its transport and its timers. It reads
-//! frames, runs handlers, writes replies and whatever others queue for it, and cleans up.
+//! The connection task: one per connection, owning its transport and its heartbeat (whose next
+//! deadline waits in the node's shared timer, `deadlines.rs`). It reads frames, runs handlers,
+//! writes replies and whatever others queue for it, and cleans up.
 
 use std::collections::HashSet;
 use std::future::Future;
