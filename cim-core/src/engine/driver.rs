@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
@@ -199,7 +200,15 @@ impl<T: Transport> Conn<T> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let res = timeout(self.write_timeout, self.transport.send(&self.out)).await;
+        // Most writes complete at once: only one that has to wait gets a deadline (a timer
+        // costs every write a clock read and a reference to the runtime's timer).
+        let res = {
+            let mut send = std::pin::pin!(self.transport.send(&self.out));
+            match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                Poll::Ready(done) => Ok(done),
+                Poll::Pending => timeout(self.write_timeout, send).await,
+            }
+        };
         // Released rather than cleared: an idle connection keeps no batch buffer.
         self.out = Vec::new();
         match res {
