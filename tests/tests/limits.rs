@@ -305,3 +305,50 @@ async fn a_slow_reader_never_stalls_anyone_else() {
     assert_receives(&server, &mut witness, "w", "after the slow reader").await;
     drop(slow);
 }
+
+#[tokio::test]
+async fn a_write_that_stalls_for_the_write_timeout_ends_the_connection() {
+    // A queue that never fills first: only the write timeout can end this connection.
+    let conn = ConnectionConfig {
+        queue_capacity: 1_000_000,
+        write_timeout: Duration::from_millis(300),
+        ..ConnectionConfig::default()
+    };
+    let (server, closes) = small_server(conn, 1000).await;
+    let mut witness = bound_tcp(&server, "w").await;
+    let mut stalled = StreamClient::connect(server.addr("tcp").unwrap(), BinaryCodec::new()).await;
+    stalled.bind("stalled", "android", "s").await;
+    // Pushes until the kernel's buffers are full and a write waits, then a while more.
+    let started = tokio::time::Instant::now();
+    let mut i = 0u32;
+    let reason = loop {
+        if let Some(r) = closes
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|(_, _, r)| r.contains("write stalled").then(|| r.clone()))
+        {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the stalled writer was never closed"
+        );
+        for _ in 0..200 {
+            let _ = server
+                .hub()
+                .send(message_to(
+                    "stalled",
+                    "0123456789012345678901234567890123456789",
+                ))
+                .await;
+            i += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(reason.contains("300ms"), "{reason}");
+    assert!(i > 0);
+    assert_receives(&server, &mut witness, "w", "after the stalled writer").await;
+    drop(stalled);
+}
