@@ -11,7 +11,10 @@
 //! target/release/cim-bench push -n 1000 -m 1000000
 //! target/release/cim-bench push -n 1000 -m 200000 --rate 20000
 //! target/release/cim-bench broadcast -n 10000 --count 5
+//! target/release/cim-bench broadcast -n 10000 --count 3 --burst 50
 //! target/release/cim-bench storm -n 10000
+//! # past one process's open-file limit: three generator processes, three servers
+//! target/release/cim-bench --procs 3 --servers 3 connect -n 50000
 //! ```
 
 /// The generator allocates per message too; mimalloc leaves more of the machine to the server.
