@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::task::{Context, Poll, Waker};
 
@@ -96,8 +96,6 @@ struct State {
     /// The queue filled under [`SlowConsumer::Keep`]: pushes are refused until the connection
     /// has caught up.
     overflowed: bool,
-    /// A heartbeat deadline passed: the connection's task runs its heartbeat.
-    due: bool,
     /// The connection's task, waiting for something to write (one consumer, so one waker).
     waker: Option<Waker>,
 }
@@ -115,15 +113,16 @@ fn wake(mut st: MutexGuard<'_, State>) {
 struct Queue {
     id: ConnId,
     state: Mutex<State>,
+    /// A heartbeat deadline passed: the connection's task runs its heartbeat. (Beside the lock,
+    /// not under it: the task checks it on every wake-up, and it is rarely set.)
+    due: AtomicBool,
     capacity: u32,
     policy: SlowConsumer,
 }
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means another thread panicked while pushing: the queue itself
-        // is still consistent (every mutation is a single push or drain).
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::engine::locks::lock(&self.state)
     }
 }
 
@@ -154,6 +153,7 @@ impl ConnectionHandle {
         let queue = Arc::new(Queue {
             id,
             state: Mutex::new(State::default()),
+            due: AtomicBool::new(false),
             capacity: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
             policy,
         });
@@ -216,9 +216,10 @@ impl ConnectionHandle {
 
     /// Tells the connection's task that a heartbeat deadline passed.
     pub(crate) fn poke(&self) {
-        let mut st = self.queue.lock();
-        st.due = true;
-        wake(st);
+        // Set before the lock is taken: a task that then finds no waker to take has not yet
+        // looked, and will see it.
+        self.queue.due.store(true, Ordering::Release);
+        wake(self.queue.lock());
     }
 
     /// Whether the connection is closed or closing.
@@ -249,7 +250,7 @@ impl OutboundReceiver {
     /// [`ready`](Self::ready) as a poll function.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.queue.lock();
-        if !st.items.is_empty() || st.close.is_some() || st.due {
+        if !st.items.is_empty() || st.close.is_some() || self.queue.due.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
         match &st.waker {
@@ -261,7 +262,7 @@ impl OutboundReceiver {
 
     /// Whether a heartbeat deadline passed since the last call.
     pub fn take_due(&self) -> bool {
-        std::mem::take(&mut self.queue.lock().due)
+        self.queue.due.load(Ordering::Relaxed) && self.queue.due.swap(false, Ordering::AcqRel)
     }
 
     /// Moves up to `max` queued items into `out` and returns the close request, if one is

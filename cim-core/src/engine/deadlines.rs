@@ -7,7 +7,7 @@
 //! timer that fires about once a minute.)
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
 use crate::engine::conn::{ConnId, ConnectionHandle};
+use crate::engine::locks::lock;
 
 /// The longest the task sleeps before it looks again whether its node is still there.
 const MAX_NAP: Duration = Duration::from_secs(1);
@@ -35,11 +36,6 @@ impl std::fmt::Debug for Deadlines {
             .field("entries", &self.entries().len())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the data consistent: a poisoned lock is still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Deadlines {

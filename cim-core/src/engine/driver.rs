@@ -133,9 +133,7 @@ pub fn serve_connection<T: Transport>(
         debug!("connected");
         // A shutdown reaches the connection through its queue, as a close request.
         conn.hub.live.insert(&conn.handle);
-        // The heartbeat's next deadline, set in the node's shared timer.
-        let mut armed = conn.heartbeat.next_deadline();
-        conn.hub.deadlines.set(armed, &conn.handle);
+        let mut armed = conn.arm();
         let end = loop {
             // A frame read is boxed at once: held in place across the await that handles it,
             // it would make every idle connection's task larger by the size of a frame.
@@ -161,8 +159,7 @@ pub fn serve_connection<T: Transport>(
             // nothing due and is set again; so the shared timer is set only here.
             if rx.take_due() {
                 let action = conn.heartbeat.poll(Instant::now());
-                armed = conn.heartbeat.next_deadline();
-                conn.hub.deadlines.set(armed, &conn.handle);
+                armed = conn.arm();
                 match action {
                     TimerAction::Nothing => {}
                     TimerAction::Ping => {
@@ -195,6 +192,13 @@ pub fn serve_connection<T: Transport>(
 }
 
 impl<T: Transport> Conn<T> {
+    /// Sets the heartbeat's next deadline in the node's shared timer, and returns it.
+    fn arm(&self) -> Instant {
+        let at = self.heartbeat.next_deadline();
+        self.hub.deadlines.set(at, &self.handle);
+        at
+    }
+
     /// Writes `self.out` (with the write timeout) and clears it.
     async fn write_out(&mut self) -> Result<(), End> {
         if self.out.is_empty() {

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use smallvec::SmallVec;
 
 use crate::engine::conn::{CloseRequest, ConnId, ConnectionHandle, Outbound};
+use crate::engine::locks::{read, write};
 use crate::engine::policy::{CimKickPolicy, KickDecision, KickPolicy};
 use crate::engine::sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
 use crate::engine::shared::SharedMessage;
@@ -105,15 +106,6 @@ pub struct LocalSessionManager {
     hash_mask: u64,
     tags: RwLock<TagMap>,
     policy: Arc<dyn KickPolicy>,
-}
-
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    // Every critical section leaves the maps consistent, so a poisoned lock is still usable.
-    l.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The notice a kicked connection gets: action `999`, sender `"0"`, content = the new

@@ -10,6 +10,7 @@ mod handler;
 mod heartbeat;
 mod hub;
 mod local;
+mod locks;
 mod policy;
 mod registry;
 mod sessions;

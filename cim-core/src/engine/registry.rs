@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::engine::conn::{CloseRequest, ConnId, ConnectionHandle};
+use crate::engine::locks::lock;
 
 const SHARDS: usize = 16;
 
@@ -27,10 +28,7 @@ impl Registry {
     #[allow(clippy::indexing_slicing)] // reduced modulo the (non-zero) length
     fn shard(&self, id: ConnId) -> MutexGuard<'_, HashMap<ConnId, ConnectionHandle>> {
         let i = (id.0 as usize) % self.shards.len();
-        // Every critical section leaves the map consistent: a poisoned lock is still usable.
-        self.shards[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards[i])
     }
 
     /// Registers a new connection. After [`close_all`](Self::close_all) it is asked to close
@@ -52,12 +50,7 @@ impl Registry {
     pub(crate) fn close_all(&self) {
         self.closing.store(true, Ordering::SeqCst);
         for shard in self.shards.iter() {
-            let handles: Vec<ConnectionHandle> = shard
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-                .cloned()
-                .collect();
+            let handles: Vec<ConnectionHandle> = lock(shard).values().cloned().collect();
             for h in handles {
                 h.close(CloseRequest::Shutdown);
             }
@@ -70,10 +63,7 @@ impl Registry {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 }
 

@@ -49,8 +49,6 @@ impl<C: StreamCodec> StreamTransport<C> {
         }
     }
 
-    /// The encoding of a pushed message shared by every connection of this wire format, made
-    /// on first use; `None` when this codec's encodings are not shared.
     /// The message's encoding shared by every connection of this wire format (borrowed from
     /// the message), or `None` for a codec without a shared encoding.
     fn shared_encoding<'a>(

@@ -154,9 +154,10 @@ impl Workers {
         Ok(workers)
     }
 
-    /// Tells the workers to close their connections and waits for them.
+    /// Tells the workers to close their connections and waits for them (off the runtime's
+    /// worker thread: waiting for processes blocks).
     pub fn close(mut self) {
-        self.stop();
+        tokio::task::block_in_place(|| self.stop());
     }
 
     fn stop(&mut self) {
