@@ -202,3 +202,49 @@ pub async fn bind_until_up(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_connection_gets_its_own_source_port_below_the_ephemeral_range() {
+        let s = Sources {
+            ips: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2])],
+            ports_end: 1030,
+        };
+        let at = |i| s.pick(i).map(|p| (p.ip, p.port));
+        assert_eq!(at(0), Some((IpAddr::from([127, 0, 0, 1]), 1025)));
+        assert_eq!(at(1), Some((IpAddr::from([127, 0, 0, 2]), 1025)));
+        assert_eq!(at(9), Some((IpAddr::from([127, 0, 0, 2]), 1029)));
+        // Past the range: the kernel chooses.
+        assert_eq!(at(10), Some((IpAddr::from([127, 0, 0, 1]), 0)));
+    }
+
+    #[tokio::test]
+    async fn a_taken_source_port_is_left_to_the_kernel() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let source = Source {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            port,
+        };
+        // The socket still binds (to another port) and connects.
+        let stream = socket_from(source)
+            .unwrap()
+            .connect(taken.local_addr().unwrap())
+            .await
+            .unwrap();
+        assert_ne!(stream.local_addr().unwrap().port(), port);
+        // A free port is taken as asked.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let free_port = free.local_addr().unwrap().port();
+        drop(free);
+        let socket = socket_from(Source {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            port: free_port,
+        })
+        .unwrap();
+        assert_eq!(socket.local_addr().unwrap().port(), free_port);
+    }
+}
