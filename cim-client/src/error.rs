@@ -39,6 +39,9 @@ pub enum ClientError {
     /// A frame could not be written or read.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// An HTTP API call failed (feature `http`): the method, path, status and the server's reason.
+    #[error("http: {0}")]
+    Http(String),
     /// Reading or writing the socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

@@ -32,13 +32,15 @@
 //! # }
 //! ```
 //!
-//! The `cim` binary of this crate is a command-line client built on it (`cim listen`, `cim send`,
-//! `cim sessions`, `cim ping`).
+//! The `cim` command-line client (crate `cim-cli`) is built on it; feature `http` adds a small
+//! client for the server's HTTP API ([`http`]).
 
 mod backoff;
 mod client;
 mod config;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 mod transport;
 
 pub use backoff::Backoff;

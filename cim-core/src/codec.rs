@@ -24,6 +24,7 @@ pub enum WireFormat {
     XmlStream,
 }
 
+#[cfg_attr(not(feature = "engine"), allow(dead_code))] // the fan-out cache is the engine's
 impl WireFormat {
     pub(crate) const COUNT: usize = 4;
 

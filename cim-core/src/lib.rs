@@ -22,6 +22,7 @@
 
 mod codec;
 mod data;
+#[cfg(feature = "engine")]
 pub mod engine;
 mod error;
 mod frame;
@@ -34,6 +35,7 @@ pub mod testing;
 
 pub use codec::{CodecError, OwnedPacket, Packet, PacketCodec, StreamCodec, WireFormat};
 pub use data::DataMap;
+#[cfg(feature = "engine")]
 pub use engine::{
     ConnId, ConnectionHandle, Hub, LocalSessionManager, RequestContext, RequestHandler,
     SessionManager,

@@ -16,7 +16,7 @@ use common::process::*;
 /// Runs `cim-bench --json ARGS` against a server it starts; returns the parsed result.
 fn bench(args: &[&str]) -> serde_json::Value {
     let server = server_binary();
-    let out = Command::new(built_binary("cim-client", "cim-bench"))
+    let out = Command::new(built_binary("cim-bench", "cim-bench"))
         .arg("--server-bin")
         .arg(&server)
         .arg("--json")
@@ -72,7 +72,7 @@ fn every_scenario_reports_consistent_figures() {
 
 #[test]
 fn the_file_descriptor_limit_is_named() {
-    let out = Command::new(built_binary("cim-client", "cim-bench"))
+    let out = Command::new(built_binary("cim-bench", "cim-bench"))
         .arg("--server-bin")
         .arg(server_binary())
         .args(["connect", "-n", "10000000"])
@@ -90,7 +90,7 @@ fn the_file_descriptor_limit_is_named() {
     assert!(stderr.contains("--procs"), "{stderr}");
 
     // Shared among enough generator processes, the server's limit is the one that stops it.
-    let out = Command::new(built_binary("cim-client", "cim-bench"))
+    let out = Command::new(built_binary("cim-bench", "cim-bench"))
         .arg("--server-bin")
         .arg(server_binary())
         .args(["--procs", "100000", "connect", "-n", "10000000"])
@@ -131,7 +131,7 @@ fn connections_can_be_shared_among_processes_and_servers() {
     assert!(v["rss_after"].as_u64().unwrap() > 0);
 
     // The scenarios that need one server say so.
-    let out = Command::new(built_binary("cim-client", "cim-bench"))
+    let out = Command::new(built_binary("cim-bench", "cim-bench"))
         .arg("--server-bin")
         .arg(server_binary())
         .args(["--servers", "2", "push", "-n", "2", "-m", "2"])

@@ -17,7 +17,7 @@ use common::process::*;
 const KEY: &str = "k3y-for-cli-tests";
 
 fn cim() -> Command {
-    let mut c = Command::new(built_binary("cim-client", "cim"));
+    let mut c = Command::new(built_binary("cim-cli", "cim"));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     c

@@ -9,7 +9,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // test support: a failed check panics
 
+#[cfg(feature = "engine")]
 pub mod sessions;
+#[cfg(feature = "engine")]
 pub mod store;
 
 use proptest::prelude::*;

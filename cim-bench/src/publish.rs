@@ -11,8 +11,8 @@ use cim_core::{Frame, SentBody, StreamCodec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::conn::Conn;
-use crate::http::Api;
 use crate::pool::Counters;
+use cim_client::http::Api;
 
 /// What to send.
 #[derive(Clone, Copy)]

@@ -8,13 +8,11 @@
 //! cim ping                                # connect + bind round trips
 //! ```
 
-#[path = "../common/http.rs"]
-mod http;
-
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cim_client::http;
 use cim_client::{BindInfo, Client, ClientConfig, ClientError, Endpoint, Event, Message};
 use clap::{Args, Parser, Subcommand};
 

@@ -5,7 +5,7 @@
 //! from an HDR histogram, the server's resident memory and its CPU seconds (from /proc).
 //!
 //! ```sh
-//! cargo build --release -p cim-server -p cim-client
+//! cargo build --release -p cim-server -p cim-bench
 //! target/release/cim-bench connect -n 10000
 //! target/release/cim-bench idle -n 10000
 //! target/release/cim-bench push -n 1000 -m 1000000
@@ -20,10 +20,6 @@
 /// The generator allocates per message too; mimalloc leaves more of the machine to the server.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[path = "../common/http.rs"]
-#[allow(dead_code)]
-mod http;
 
 mod conn;
 mod pool;
@@ -652,7 +648,7 @@ async fn broadcast(ctx: &Ctx, n: usize, count: u32, burst: u32) -> anyhow::Resul
         .context("broadcast needs the server's HTTP address (--http)")?;
     let pool = Pool::open(ctx.pool_options(n, "b", false)).await?;
     let counters = std::sync::Arc::clone(&pool.counters);
-    let mut api = http::Api::connect(http)
+    let mut api = cim_client::http::Api::connect(http)
         .await
         .with_context(|| format!("connecting to the HTTP API at {http}"))?;
     let cpu0 = ctx.server.cpu_seconds();

@@ -1,6 +1,13 @@
-//! A small HTTP/1.1 client for the server's API.
+//! A small HTTP/1.1 client for the server's JSON API (feature `http`): what the `cim`
+//! command-line client and the `cim-bench` load generator use to send, list and kick.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cim_client::ClientError> {
+//! let sessions = cim_client::http::call("http://127.0.0.1:8080", "GET", "/api/v1/sessions", None, None).await?;
+//! println!("{} online", sessions["total"]);
+//! # Ok(()) }
+//! ```
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -8,14 +15,22 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+use crate::error::{ClientError, Result};
+
+fn http_error(reason: impl std::fmt::Display) -> ClientError {
+    ClientError::Http(reason.to_string())
+}
+
 /// `http://host:port` → `host:port`.
-pub fn authority(base: &str) -> anyhow::Result<&str> {
-    let Some(rest) = base.strip_prefix("http://") else {
-        bail!("bad --http address {base:?}: expected http://host:port");
+pub fn authority(base: &str) -> Result<&str> {
+    let bad = || ClientError::BadEndpoint {
+        endpoint: base.to_owned(),
+        reason: "expected http://host:port".into(),
     };
+    let rest = base.strip_prefix("http://").ok_or_else(bad)?;
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
-        bail!("bad --http address {base:?}: expected http://host:port");
+        return Err(bad());
     }
     Ok(rest)
 }
@@ -28,10 +43,14 @@ pub async fn call(
     path: &str,
     api_key: Option<&str>,
     body: Option<serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
-    let mut api = Api::connect(authority(base)?)
-        .await
-        .with_context(|| format!("cannot connect to the HTTP API at {base}"))?;
+) -> Result<serde_json::Value> {
+    let mut api = Api::connect(authority(base)?).await.map_err(|e| match e {
+        ClientError::Io(e) => ClientError::Connect {
+            endpoint: base.to_owned(),
+            reason: e.to_string(),
+        },
+        other => other,
+    })?;
     api.request(method, path, api_key, body.as_ref()).await
 }
 
@@ -43,13 +62,13 @@ pub struct Api {
 
 impl Api {
     /// Connects to `host:port`.
-    pub async fn connect(host: impl ToSocketAddrs + std::fmt::Display) -> anyhow::Result<Api> {
+    pub async fn connect(host: impl ToSocketAddrs + std::fmt::Display) -> Result<Api> {
         let name = host.to_string();
         let stream = TcpStream::connect(host).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .context("HTTP handshake")?;
+            .map_err(|e| http_error(format!("handshake: {e}")))?;
         tokio::spawn(conn);
         Ok(Api { sender, host: name })
     }
@@ -62,8 +81,8 @@ impl Api {
         path: &str,
         api_key: Option<&str>,
         body: Option<&serde_json::Value>,
-    ) -> anyhow::Result<serde_json::Value> {
-        self.sender.ready().await?;
+    ) -> Result<serde_json::Value> {
+        self.sender.ready().await.map_err(http_error)?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -74,17 +93,23 @@ impl Api {
         let payload = match body {
             Some(v) => {
                 req = req.header("content-type", "application/json");
-                Bytes::from(serde_json::to_vec(v)?)
+                Bytes::from(serde_json::to_vec(v).map_err(http_error)?)
             }
             None => Bytes::new(),
         };
+        let req = req.body(Full::new(payload)).map_err(http_error)?;
         let resp = self
             .sender
-            .send_request(req.body(Full::new(payload))?)
+            .send_request(req)
             .await
-            .with_context(|| format!("{method} {path}"))?;
+            .map_err(|e| http_error(format!("{method} {path}: {e}")))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(http_error)?
+            .to_bytes();
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
         });
@@ -93,7 +118,7 @@ impl Api {
                 .get("error")
                 .and_then(|e| e.as_str())
                 .map_or_else(|| value.to_string(), str::to_owned);
-            bail!("{method} {path}: {status}: {reason}");
+            return Err(http_error(format!("{method} {path}: {status}: {reason}")));
         }
         Ok(value)
     }
