@@ -1,16 +1,26 @@
 //! The in-memory session manager passes the session manager conformance suite.
 #![allow(missing_docs)]
 
+use std::sync::Arc;
+
 use cim_core::LocalSessionManager;
+use cim_core::testing::sessions::{Node, conformance};
 
 #[tokio::test]
 async fn local_session_manager_conforms() {
-    cim_core::testing::sessions::conformance(LocalSessionManager::new).await;
+    conformance(|| async { vec![Node::local("node-0", Arc::new(LocalSessionManager::new()))] })
+        .await;
 }
 
 #[tokio::test]
 async fn local_session_manager_with_one_shard_conforms() {
-    cim_core::testing::sessions::conformance(|| LocalSessionManager::with_shards(1)).await;
+    conformance(|| async {
+        vec![Node::local(
+            "node-0",
+            Arc::new(LocalSessionManager::with_shards(1)),
+        )]
+    })
+    .await;
 }
 
 #[tokio::test]

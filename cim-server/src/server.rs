@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cim_core::engine::{BindAuthenticator, EventListener, HubBuilder};
+use cim_core::engine::{BindAuthenticator, EventListener, HubBuilder, KickPolicy, Router};
 use cim_core::{Hub, RequestHandler, SessionManager};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
@@ -30,6 +30,9 @@ pub enum ServerError {
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The session manager or the router could not start (a cluster backend unreachable, say).
+    #[error("cannot start: {0}")]
+    Start(#[source] cim_core::Error),
 }
 
 /// A server: a hub and its listeners. Build one with [`Server::builder`].
@@ -77,6 +80,20 @@ impl ServerBuilder {
     /// Uses `sessions` as the session manager (default: in memory).
     pub fn sessions(mut self, sessions: Arc<dyn SessionManager>) -> Self {
         self.hub = self.hub.sessions(sessions);
+        self
+    }
+
+    /// Routes messages with `router` (default: the single-node router over the session manager
+    /// and the store; a cluster brings its own).
+    pub fn router(mut self, router: Arc<dyn Router>) -> Self {
+        self.hub = self.hub.router(router);
+        self
+    }
+
+    /// Decides with `policy` what a bind does to the account's other connections (default:
+    /// CIM's multi-device rule). The session manager in use applies it.
+    pub fn kick_policy(mut self, policy: Arc<dyn KickPolicy>) -> Self {
+        self.hub = self.hub.kick_policy(policy);
         self
     }
 
@@ -140,6 +157,8 @@ impl ServerBuilder {
             })?;
             bound.push((socket, addr, listener.clone()));
         }
+        // Every socket is open: now the parts may register this node and start their readers.
+        hub.start().await.map_err(ServerError::Start)?;
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
         for (socket, addr, listener) in bound {
@@ -200,7 +219,8 @@ impl RunningServer {
     }
 
     /// Stops accepting, asks every connection to write what is queued and close, and waits up
-    /// to `grace` for them. Returns whether all closed in time.
+    /// to `grace` for them; then stops the router and the session manager and makes the store
+    /// durable. Returns whether all connections closed in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.stop.send_replace(true);
         for t in self.tasks {
@@ -210,10 +230,8 @@ impl RunningServer {
         let all_closed = tokio::time::timeout(grace, self.slots.acquire_many(self.max))
             .await
             .is_ok();
-        if let Some(store) = self.hub.store()
-            && let Err(e) = store.flush().await
-        {
-            tracing::warn!(error = %e, "flushing the message store failed");
+        if let Err(e) = self.hub.stop().await {
+            tracing::warn!(error = %e, "stopping the router, the session manager or the store failed");
         }
         info!(all_closed, "shut down");
         all_closed

@@ -168,7 +168,7 @@ async fn reconnects_and_binds_again_after_the_server_restarts() {
 
 async fn assert_receives_sdk(server: &RunningServer, events: &mut Events, uid: &str) {
     let sent = server.hub().send(message_to(uid, "hello")).await.unwrap();
-    assert_eq!(sent.delivery.delivered, 1);
+    assert_eq!(sent.delivered, 1);
     assert_eq!(next_message(events).await.id, sent.id);
 }
 

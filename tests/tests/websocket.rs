@@ -58,7 +58,7 @@ async fn protobuf_mode_bind_ping_and_push() {
         .send(message_to("wp", "over protobuf"))
         .await
         .unwrap();
-    assert_eq!(sent.delivery.delivered, 1);
+    assert_eq!(sent.delivered, 1);
     let m = loop {
         match ws_next(&mut ws).await {
             Some(Frame::Ping) => continue,
@@ -140,7 +140,7 @@ async fn fixed_json_mode_and_fan_out_to_mixed_codecs() {
         .send(message_to("mix", "to three codecs"))
         .await
         .unwrap();
-    assert_eq!(sent.delivery.delivered, 3);
+    assert_eq!(sent.delivered, 3);
     assert!(
         matches!(ws_next(&mut ws).await, Some(Frame::Message(m)) if m.content == "to three codecs")
     );

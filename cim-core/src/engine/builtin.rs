@@ -1,14 +1,36 @@
-//! The handlers every server has: `client_message`, `client_set_tag`, `client_remove_tag`.
+//! The handlers every server has: `client_message`, `client_set_tag`, `client_remove_tag`,
+//! `client_ack` and `client_get_offline_message`, and [`defaults`], the table of them.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::engine::conn::Outbound;
 use crate::engine::handler::{RequestContext, RequestHandler};
+use crate::engine::handover::Replay;
+use crate::engine::shared::SharedMessage;
+use crate::engine::store::MessageStore;
 use crate::error::{Error, Result};
 use crate::message::{Message, ReplyBody, SentBody};
-use crate::protocol::send;
+use crate::protocol::{code, key, send};
+
+/// The built-in handlers, by key: what every hub starts with.
+pub fn defaults() -> Vec<(&'static str, Arc<dyn RequestHandler>)> {
+    vec![
+        (key::CLIENT_MESSAGE, Arc::new(ClientMessage)),
+        (key::CLIENT_SET_TAG, Arc::new(SetTag)),
+        (key::CLIENT_REMOVE_TAG, Arc::new(RemoveTag)),
+        (key::CLIENT_ACK, Arc::new(ClientAck)),
+        (
+            key::CLIENT_GET_OFFLINE_MESSAGE,
+            Arc::new(GetOfflineMessages),
+        ),
+    ]
+}
 
 /// `client_message`: sends a message from the bound account to `receiver`; replies with the
-/// `messageId` it was given and the client's `requestId`.
+/// `messageId` it was given and the client's `requestId`. Every reply carries the `requestId`,
+/// refusals included, so a client waiting for it learns at once.
 #[derive(Debug, Default)]
 pub struct ClientMessage;
 
@@ -19,12 +41,28 @@ impl RequestHandler for ClientMessage {
         ctx: &RequestContext<'_>,
         mut body: SentBody,
     ) -> Result<Option<ReplyBody>> {
-        let session = ctx.bound()?;
+        let request_id = body.data.remove(send::REQUEST_ID);
+        let answer = |reply: ReplyBody| match &request_id {
+            Some(rid) => reply.with(send::REQUEST_ID, rid.clone()),
+            None => reply,
+        };
+        let refused = |e: Error| -> ReplyBody {
+            let (status, message) = match e {
+                Error::Reply { code, message } => (code, message),
+                Error::Unavailable { .. } => (code::UNAVAILABLE, e.to_string()),
+                other => (code::SERVER_ERROR, other.to_string()),
+            };
+            answer(ReplyBody::new(key::CLIENT_MESSAGE, status).with_message(message))
+        };
+        let session = match ctx.bound() {
+            Ok(s) => s,
+            Err(e) => return Ok(Some(refused(e))),
+        };
         // The fields move from the request into the message (no copies on the hot path).
         let mut take = |k: &str| body.data.remove(k).unwrap_or_default();
         let receiver = take(send::RECEIVER);
         if receiver.is_empty() {
-            return Err(Error::bad_request("receiver is required"));
+            return Ok(Some(refused(Error::bad_request("receiver is required"))));
         }
         let message = Message {
             action: take(send::ACTION),
@@ -36,13 +74,12 @@ impl RequestHandler for ClientMessage {
             receiver,
             ..Message::default()
         };
-        let request_id = body.data.remove(send::REQUEST_ID);
-        let sent = ctx.hub.send(message).await?;
-        let mut reply = ReplyBody::ok(body.key).with(send::MESSAGE_ID, sent.id.to_string());
-        if let Some(rid) = request_id {
-            reply.data.insert(send::REQUEST_ID, rid);
+        match ctx.services.send(message).await {
+            Ok(sent) => Ok(Some(answer(
+                ReplyBody::ok(body.key).with(send::MESSAGE_ID, sent.id.to_string()),
+            ))),
+            Err(e) => Ok(Some(refused(e))),
         }
-        Ok(Some(reply))
     }
 }
 
@@ -62,7 +99,10 @@ pub struct SetTag;
 impl RequestHandler for SetTag {
     async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
         let session = ctx.bound()?;
-        ctx.hub.sessions().set_tag(session, tag_of(&body)?).await?;
+        ctx.services
+            .sessions()
+            .set_tag(session, tag_of(&body)?)
+            .await?;
         Ok(Some(ReplyBody::ok(&body.key)))
     }
 }
@@ -75,7 +115,7 @@ pub struct RemoveTag;
 impl RequestHandler for RemoveTag {
     async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
         let session = ctx.bound()?;
-        ctx.hub
+        ctx.services
             .sessions()
             .remove_tag(session, tag_of(&body)?)
             .await?;
@@ -83,15 +123,10 @@ impl RequestHandler for RemoveTag {
     }
 }
 
-fn store_of<'a>(
-    ctx: &'a RequestContext<'_>,
-) -> Result<&'a std::sync::Arc<dyn crate::engine::MessageStore>> {
-    ctx.hub.store().ok_or_else(|| {
-        Error::reply(
-            crate::protocol::code::NOT_FOUND,
-            "this server keeps no messages",
-        )
-    })
+fn store_of<'a>(ctx: &'a RequestContext<'_>) -> Result<&'a Arc<dyn MessageStore>> {
+    ctx.services
+        .store()
+        .ok_or_else(|| Error::reply(code::NOT_FOUND, "this server keeps no messages"))
 }
 
 /// `client_ack`: the bound account acknowledges message `id` and every older one; they are
@@ -113,8 +148,9 @@ impl RequestHandler for ClientAck {
 }
 
 /// `client_get_offline_message`: queues the bound account's stored messages to this connection,
-/// oldest first (up to `limit`, default 500). For a client without receipts they are then
-/// deleted; a client with receipts acknowledges them. Replies with `count`.
+/// oldest first (up to `limit`, default 500), as a bind's replay does — fenced, so nothing
+/// refused before the request is missed. For a client without receipts they are then deleted;
+/// a client with receipts acknowledges them. Replies with `count`.
 #[derive(Debug, Default)]
 pub struct GetOfflineMessages;
 
@@ -122,31 +158,29 @@ pub struct GetOfflineMessages;
 impl RequestHandler for GetOfflineMessages {
     async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
         let session = ctx.bound()?;
-        let limit = match body.get("limit") {
+        let limit: usize = match body.get("limit") {
             "" => 500,
             l => l
                 .parse()
                 .map_err(|_| Error::bad_request("limit must be a number"))?,
         };
-        let store = store_of(ctx)?;
-        let pending = store.pending(&session.uid, 0, limit).await?;
+        store_of(ctx)?;
         let mut queued = 0;
-        let mut last = None;
-        for p in pending {
-            let seq = p.seq;
-            let item = crate::engine::Outbound::Message(std::sync::Arc::new(
-                crate::engine::SharedMessage::new(p.message),
-            ));
-            if ctx.handle.push(item).is_err() {
-                break;
+        if let Some(mut replay) = Replay::start(ctx.services, session).await? {
+            'pages: while queued < limit {
+                let Some(page) = replay.next_page(limit - queued).await? else {
+                    break;
+                };
+                for stored in page {
+                    let item = Outbound::Message(Arc::new(SharedMessage::new(stored.message)));
+                    if ctx.handle.push(item).is_err() {
+                        break 'pages;
+                    }
+                    replay.written(stored.seq);
+                    queued += 1;
+                }
             }
-            queued += 1;
-            last = Some(seq);
-        }
-        if !session.client_ack
-            && let Some(last) = last
-        {
-            store.ack(&session.uid, last).await?;
+            replay.finish().await?;
         }
         Ok(Some(
             ReplyBody::ok(&body.key).with("count", queued.to_string()),

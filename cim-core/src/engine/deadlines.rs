@@ -142,3 +142,94 @@ mod tests {
         assert!(!ra.take_due());
     }
 }
+
+/// The driver and the shared timer together.
+#[cfg(test)]
+mod driver_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::engine::conn::Outbound;
+    use crate::engine::driver::serve_connection;
+    use crate::engine::heartbeat::Timers;
+    use crate::engine::hub::Hub;
+    use crate::engine::transport::{ConnectionConfig, Transport};
+    use crate::error::Result;
+    use crate::frame::Frame;
+    use crate::message::SentBody;
+    use crate::protocol::{code, key};
+    use tokio::sync::mpsc;
+
+    /// Frames over channels: the engine end of a connection whose peer is the test.
+    struct Channels {
+        from_peer: mpsc::Receiver<Frame>,
+        to_peer: mpsc::UnboundedSender<Frame>,
+    }
+
+    impl Transport for Channels {
+        async fn recv(&mut self) -> Result<Option<Frame>> {
+            Ok(self.from_peer.recv().await)
+        }
+
+        async fn send(&mut self, items: &[Outbound]) -> Result<()> {
+            for item in items {
+                if let Outbound::Frame(f) = item {
+                    let _ = self.to_peer.send((**f).clone());
+                }
+            }
+            Ok(())
+        }
+
+        async fn close(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn heartbeats_run_on_the_shared_timer_and_leave_nothing_behind() {
+        let hub = Arc::new(Hub::builder().build());
+        let (peer_tx, from_peer) = mpsc::channel(8);
+        let (to_peer, mut peer_rx) = mpsc::unbounded_channel();
+        let config = ConnectionConfig {
+            timers: Timers {
+                write_idle: Duration::from_millis(60),
+                read_idle: Duration::from_secs(30),
+                max_pong_timeout: 3,
+                bind_timeout: Duration::from_secs(5),
+            },
+            ..ConnectionConfig::default()
+        };
+        let task = tokio::spawn(serve_connection(
+            Arc::clone(&hub),
+            Channels { from_peer, to_peer },
+            config,
+            ([127, 0, 0, 1], 9).into(),
+        ));
+        peer_tx
+            .send(Frame::Sent(
+                SentBody::new(key::CLIENT_BIND).with(crate::protocol::bind::UID, "u1"),
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(peer_rx.recv().await, Some(Frame::Reply(r)) if r.code == code::OK));
+        // Two PINGs, each after write_idle of silence: the deadline is set again after each.
+        for _ in 0..2 {
+            let t = Instant::now();
+            assert_eq!(peer_rx.recv().await, Some(Frame::Ping));
+            assert!(
+                t.elapsed() >= Duration::from_millis(50),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+        assert_eq!(hub.deadlines.len(), 1, "one entry per connection");
+        drop(peer_tx);
+        task.await.unwrap();
+        assert_eq!(
+            hub.deadlines.len(),
+            0,
+            "a closed connection leaves no deadline"
+        );
+        assert_eq!(hub.live.len(), 0);
+    }
+}

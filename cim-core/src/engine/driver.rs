@@ -1,6 +1,7 @@
 //! The connection task: one per connection, owning its transport and its heartbeat (whose next
-//! deadline waits in the node's shared timer, `deadlines.rs`). It reads frames, runs handlers,
-//! writes replies and whatever others queue for it, and cleans up.
+//! deadline waits in the node's shared timer, `deadlines.rs`). It reads frames and hands
+//! requests to handlers (binds to `handover.rs`), writes replies and whatever others queue for
+//! it, and cleans up. The rules live elsewhere; this is the loop and the write path.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -10,67 +11,19 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
-use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound, SlowConsumer};
+use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound, OutboundReceiver};
 use crate::engine::handler::RequestContext;
-use crate::engine::heartbeat::{Heartbeat, TimerAction, Timers};
+use crate::engine::handover::{self, Replay};
+use crate::engine::heartbeat::{Heartbeat, TimerAction};
 use crate::engine::hub::Hub;
-use crate::engine::shared::SharedMessage;
-use crate::error::{Error, Result};
+use crate::engine::transport::{ConnectionConfig, Transport};
+use crate::error::Error;
 use crate::frame::Frame;
 use crate::message::{ReplyBody, SentBody};
-use crate::protocol::{code, key};
+use crate::protocol::key;
 use crate::session::Session;
-
-/// A connection's frames in and out: a codec over a socket, or a WebSocket.
-pub trait Transport: Send + 'static {
-    /// The next frame from the peer; `Ok(None)` when the peer closed the connection cleanly.
-    /// Must be cancel-safe: a call abandoned before it completes loses nothing.
-    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>>> + Send;
-
-    /// Encodes `items` and writes them, in as few writes as possible, then flushes. An item
-    /// this transport cannot encode is skipped with a warning; only a failed write is an error.
-    fn send(&mut self, items: &[Outbound]) -> impl Future<Output = Result<()>> + Send;
-
-    /// Closes the connection (a WebSocket close frame, a TCP shutdown).
-    fn close(&mut self) -> impl Future<Output = ()> + Send;
-
-    /// A whole frame already read into this transport's buffer, without any I/O; `Ok(None)`
-    /// when there is none. The driver handles a burst of requests this way and answers them
-    /// with one write. The default buffers nothing.
-    fn recv_buffered(&mut self) -> Result<Option<Frame>> {
-        Ok(None)
-    }
-}
-
-/// Per-listener settings of the connections it accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionConfig {
-    /// Heartbeat, idle and bind timers.
-    pub timers: Timers,
-    /// Items a connection's outbound queue holds before it counts as a slow consumer and is
-    /// closed (default 1024).
-    pub queue_capacity: usize,
-    /// Time a write may take before the peer counts as stalled and is closed (default 15 s).
-    pub write_timeout: Duration,
-    /// Queued items written in one batch at most (default 256).
-    pub max_batch: usize,
-    /// What a full queue does to the connection (default: close it).
-    pub slow_consumer: SlowConsumer,
-}
-
-impl Default for ConnectionConfig {
-    fn default() -> Self {
-        Self {
-            timers: Timers::default(),
-            queue_capacity: 1024,
-            write_timeout: Duration::from_secs(15),
-            max_batch: 256,
-            slow_consumer: SlowConsumer::Close,
-        }
-    }
-}
 
 /// Why a connection ended, for logs and listeners.
 enum End {
@@ -98,11 +51,11 @@ struct Conn<T> {
     replayed: Option<Box<HashSet<i64>>>,
 }
 
-/// Stored messages written per batch during the bind hand-over.
-const REPLAY_BATCH: usize = 256;
-
 /// Runs one connection to its end. Spawn it; it returns when the connection is closed and
 /// everything about it is cleaned up (unbound, `client_closed` handled, listeners told).
+///
+/// Logs carry the connection's id, peer and account through a span made for each burst of
+/// requests and for the end, so an idle connection holds no log state.
 ///
 /// (A plain function returning the future, rather than an `async fn`: the arguments are then
 /// not kept a second time beside the future, which keeps every connection's task smaller.)
@@ -113,7 +66,6 @@ pub fn serve_connection<T: Transport>(
     remote: SocketAddr,
 ) -> impl Future<Output = ()> {
     let id = hub.conn_ids.next();
-    let span = info_span!("conn", id = id.0, peer = %remote, uid = tracing::field::Empty);
     let (handle, rx) =
         ConnectionHandle::with_policy(id, config.queue_capacity, config.slow_consumer);
     // Built here and captured as it is, so the future holds one copy of each part.
@@ -130,7 +82,7 @@ pub fn serve_connection<T: Transport>(
         replayed: None,
     };
     async move {
-        debug!("connected");
+        debug!(conn = id.0, peer = %remote, "connected");
         // A shutdown reaches the connection through its queue, as a close request.
         conn.hub.live.insert(&conn.handle);
         let mut armed = conn.arm();
@@ -150,7 +102,8 @@ pub fn serve_connection<T: Transport>(
                 conn.heartbeat.on_read(Instant::now());
                 // Boxed: requests (binds, handlers) are rare next to pushes, and their futures
                 // would otherwise make every idle connection's task larger.
-                if let Err(end) = Box::pin(conn.on_frames(*frame)).await {
+                let span = conn.span();
+                if let Err(end) = Box::pin(conn.on_frames(*frame).instrument(span)).await {
                     break end;
                 }
                 continue;
@@ -163,7 +116,8 @@ pub fn serve_connection<T: Transport>(
                 match action {
                     TimerAction::Nothing => {}
                     TimerAction::Ping => {
-                        if let Err(end) = Box::pin(conn.write(Frame::Ping)).await {
+                        conn.out.push(Outbound::Frame(Box::new(Frame::Ping)));
+                        if let Err(end) = Box::pin(conn.write_out()).await {
                             break end;
                         }
                     }
@@ -176,22 +130,19 @@ pub fn serve_connection<T: Transport>(
             }
         };
         conn.hub.deadlines.clear(armed, conn.handle.id());
-        let reason = match &end {
-            End::Normal(r) => r.clone(),
-            End::Protocol(r) => format!("protocol error: {r}"),
-        };
         conn.hub.live.remove(conn.handle.id());
-        let undelivered = rx.shut(CloseRequest::Closed(reason.clone()));
-        Box::pin(conn.finish(&reason, undelivered)).await;
-        match end {
-            End::Normal(_) => info!(reason = %reason, "closed"),
-            End::Protocol(_) => warn!(reason = %reason, "closed"),
-        }
+        let span = conn.span();
+        Box::pin(conn.finish(end, &rx).instrument(span)).await;
     }
-    .instrument(span)
 }
 
 impl<T: Transport> Conn<T> {
+    /// A span naming this connection and its account, for the work at hand.
+    fn span(&self) -> Span {
+        let uid = self.session.as_deref().map_or("", |s| s.uid.as_str());
+        info_span!("conn", id = self.handle.id().0, peer = %self.remote, uid)
+    }
+
     /// Sets the heartbeat's next deadline in the node's shared timer, and returns it.
     fn arm(&self) -> Instant {
         let at = self.heartbeat.next_deadline();
@@ -213,13 +164,16 @@ impl<T: Transport> Conn<T> {
                 Poll::Pending => timeout(self.write_timeout, send).await,
             }
         };
+        if res.as_ref().is_ok_and(Result::is_ok) {
+            self.heartbeat.on_write(Instant::now());
+            if let Some(session) = &self.session {
+                self.hub.delivered(session, &self.out);
+            }
+        }
         // Released rather than cleared: an idle connection keeps no batch buffer.
         self.out = Vec::new();
         match res {
-            Ok(Ok(())) => {
-                self.heartbeat.on_write(Instant::now());
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Normal(format!("write failed: {e}"))),
             Err(_) => Err(End::Normal(format!(
                 "write stalled for {:?} (slow reader)",
@@ -228,13 +182,8 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    async fn write(&mut self, frame: Frame) -> Result<(), End> {
-        self.out.push(Outbound::Frame(Box::new(frame)));
-        self.write_out().await
-    }
-
     /// Writes what others queued, batch by batch; ends the connection on a close request.
-    async fn flush(&mut self, rx: &crate::engine::conn::OutboundReceiver) -> Result<(), End> {
+    async fn flush(&mut self, rx: &OutboundReceiver) -> Result<(), End> {
         loop {
             let close = rx.drain(&mut self.out, self.max_batch);
             let drained = self.out.len();
@@ -250,8 +199,8 @@ impl<T: Transport> Conn<T> {
             }
             if drained < self.max_batch {
                 // Caught up after an overflow: what was refused meanwhile is in the store.
-                if rx.overflowed() {
-                    Box::pin(self.replay_stored(Some(rx))).await?;
+                if rx.overflowed() && rx.recover_overflow() {
+                    Box::pin(self.replay_stored()).await?;
                 }
                 return Ok(());
             }
@@ -308,312 +257,90 @@ impl<T: Transport> Conn<T> {
     }
 
     async fn on_request(&mut self, body: SentBody) -> Result<(), End> {
-        match body.key.as_str() {
-            key::CLIENT_BIND => return self.bind(body).await,
-            key::CLIENT_CLOSED => {
-                let r = ReplyBody::new(key::CLIENT_CLOSED, code::FORBIDDEN)
-                    .with_message("client_closed is reserved for the server");
-                return self.reply(key::CLIENT_CLOSED, r).await;
-            }
-            _ => {}
+        if body.key == key::CLIENT_BIND {
+            return self.bind(body).await;
         }
-        let request_key = body.key.clone();
-        let Some(handler) = self.hub.handler(&body.key).cloned() else {
-            debug!(key = %request_key, "no handler");
-            let r = ReplyBody::new(&request_key, code::NOT_FOUND)
-                .with_message(format!("no handler for key {request_key:?}"));
-            return self.reply(&request_key, r).await;
-        };
         let ctx = RequestContext {
             conn: self.handle.id(),
             session: self.session.as_deref(),
             remote: self.remote,
             handle: &self.handle,
-            hub: &self.hub,
+            services: self.hub.services(),
         };
-        let reply = match handler.handle(&ctx, body).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err(Error::Reply { code, message }) => {
-                ReplyBody::new(&request_key, code).with_message(message)
-            }
-            Err(e) => {
-                warn!(key = %request_key, error = %e, "handler failed");
-                ReplyBody::new(&request_key, code::SERVER_ERROR).with_message(e.to_string())
-            }
-        };
-        self.reply(&request_key, reply).await
+        let request_key = body.key.clone();
+        match self.hub.dispatch(&ctx, body).await {
+            Some(reply) => self.reply(&request_key, reply).await,
+            None => Ok(()),
+        }
     }
 
     async fn bind(&mut self, body: SentBody) -> Result<(), End> {
-        let mut session = Session::from_bind(&body);
-        if session.uid.is_empty() {
-            let r =
-                ReplyBody::new(key::CLIENT_BIND, code::BAD_REQUEST).with_message("uid is required");
-            return self.reply(key::CLIENT_BIND, r).await;
-        }
-        if let Err(e) = self.hub.authenticator().authenticate(&body, &session).await {
-            let r = ReplyBody::new(key::CLIENT_BIND, code::UNAUTHORIZED).with_message(e.0.clone());
-            self.reply(key::CLIENT_BIND, r).await?;
-            return Err(End::Normal(format!("bind refused: {e}")));
-        }
-        session.nid = self.handle.id().0;
-        session.node = self.hub.node().to_owned();
-        session.remote_addr = self.remote.to_string();
-        session.bind_time = crate::now_ms();
-        if let Some(old) = self.session.take()
-            && old.uid != session.uid
-            && let Err(e) = self.hub.sessions().unbind(&old).await
-        {
-            warn!(error = %e, "unbinding the previous account failed");
-        }
-        let session = Arc::new(session);
-        let outcome = match self
-            .hub
-            .sessions()
-            .bind(Arc::clone(&session), self.handle.clone())
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                warn!(error = %e, "bind failed");
-                let r = ReplyBody::new(key::CLIENT_BIND, code::SERVER_ERROR)
-                    .with_message(e.to_string());
-                return self.reply(key::CLIENT_BIND, r).await;
+        let bound = handover::bind(
+            &self.hub,
+            &self.handle,
+            self.remote,
+            self.session.as_deref(),
+            &body,
+        )
+        .await;
+        let session = match bound {
+            Ok((session, _)) => session,
+            Err(refusal) => {
+                self.reply(key::CLIENT_BIND, refusal.reply).await?;
+                return refusal.close.map_or(Ok(()), |why| Err(End::Normal(why)));
             }
         };
-        tracing::Span::current().record("uid", session.uid.as_str());
         self.heartbeat.on_bound();
-        debug!(channel = %session.channel, device = %session.device_id, "bound");
-        for l in self.hub.listeners() {
-            l.on_bound(&session);
-            for k in &outcome.kicked {
-                l.on_kicked(k);
-            }
-        }
+        debug!(uid = %session.uid, channel = %session.channel, device = %session.device_id, "bound");
         self.session = Some(session);
         self.reply(key::CLIENT_BIND, ReplyBody::ok(key::CLIENT_BIND))
             .await?;
-        self.replay_stored(None).await
+        self.replay_stored().await
     }
 
-    /// Writes the account's stored messages, oldest first, before anything pushed since (which
-    /// waits in the queue until this returns): after a bind, and after catching up from an
-    /// overflow (`recovering`, whose mark is cleared here). Only messages stored up to this
-    /// moment are replayed: the account's send lock is taken to read the boundary, so no
-    /// message refused before is still on its way to the store, and every later one is queued
-    /// (or stored after the boundary, for the next catch-up). A client without receipts has the
-    /// replayed messages deleted once written; one with receipts acknowledges them itself.
-    async fn replay_stored(
-        &mut self,
-        recovering: Option<&crate::engine::conn::OutboundReceiver>,
-    ) -> Result<(), End> {
-        let (Some(store), Some(session)) = (self.hub.store().cloned(), self.session.clone()) else {
-            if let Some(rx) = recovering {
-                rx.recover_overflow();
-            }
+    /// Writes the account's stored messages up to the router's boundary, oldest first, before
+    /// anything pushed since (which waits in the queue until this returns): after a bind, and
+    /// after catching up from an overflow. (`out` may also hold the bind's reply, written ahead
+    /// of them.)
+    async fn replay_stored(&mut self) -> Result<(), End> {
+        let Some(session) = self.session.clone() else {
             return Ok(());
         };
-        let boundary = {
-            let _lock = self.hub.lock_account(&session.uid).await;
-            if let Some(rx) = recovering
-                && !rx.recover_overflow()
-            {
-                return Ok(());
-            }
-            match store.last_seq(&session.uid).await {
-                Ok(seq) => seq,
-                Err(e) => {
-                    warn!(error = %e, "reading stored messages failed");
-                    return Ok(());
-                }
-            }
+        let Some(mut replay) = Replay::begin(self.hub.services(), &session).await else {
+            return Ok(());
         };
-        let mut after = 0;
-        let mut written = None;
-        let mut total = 0;
-        while after < boundary {
-            let page = match store.pending(&session.uid, after, REPLAY_BATCH).await {
-                Ok(p) => p,
-                Err(e) => {
-                    warn!(error = %e, "reading stored messages failed");
-                    break;
-                }
-            };
-            let full = page.len() == REPLAY_BATCH;
-            let mut replayed = 0;
-            for p in page.into_iter().take_while(|p| p.seq <= boundary) {
-                after = p.seq;
-                replayed += 1;
-                self.replayed.get_or_insert_default().insert(p.message.id);
-                self.out
-                    .push(Outbound::Message(Arc::new(SharedMessage::new(p.message))));
-            }
-            // (`out` may also hold the bind's reply, written ahead of the messages.)
-            if replayed == 0 {
-                break;
-            }
-            total += replayed;
-            written = Some(after);
-            self.write_out().await?;
-            if !full {
-                break;
-            }
-        }
-        if total > 0 {
-            debug!(
-                total,
-                recovering = recovering.is_some(),
-                "stored messages delivered"
-            );
-        }
-        if !session.client_ack
-            && let Some(last) = written
-            && let Err(e) = store.ack(&session.uid, last).await
+        while let Some(batch) = replay
+            .next_batch(self.replayed.get_or_insert_default())
+            .await
         {
-            warn!(error = %e, "deleting delivered messages failed; they may be sent again");
+            self.out.extend(batch);
+            self.write_out().await?;
+            replay.batch_written();
         }
+        replay.end().await;
         Ok(())
     }
 
-    /// Cleans up after the connection ended.
-    async fn finish(&mut self, reason: &str, undelivered: Vec<Outbound>) {
-        if let Some(s) = &self.session
-            && let Err(e) = self.hub.sessions().unbind(s).await
-        {
-            warn!(error = %e, "unbind failed");
-        }
-        self.keep_undelivered(undelivered).await;
-        if let Some(handler) = self.hub.handler(key::CLIENT_CLOSED).cloned() {
-            let ctx = RequestContext {
-                conn: self.handle.id(),
-                session: self.session.as_deref(),
-                remote: self.remote,
-                handle: &self.handle,
-                hub: &self.hub,
-            };
-            let body = SentBody::new(key::CLIENT_CLOSED).with("reason", reason);
-            if let Err(e) = handler.handle(&ctx, body).await {
-                warn!(error = %e, "client_closed handler failed");
-            }
-        }
-        for l in self.hub.listeners() {
-            l.on_closed(self.handle.id(), self.session.as_deref(), reason);
-        }
+    /// Cleans up after the connection ended, and says why it did.
+    async fn finish(&mut self, end: End, rx: &OutboundReceiver) {
+        let reason = match &end {
+            End::Normal(r) => r.clone(),
+            End::Protocol(r) => format!("protocol error: {r}"),
+        };
+        let undelivered = rx.shut(CloseRequest::Closed(reason.clone()));
+        handover::release(
+            &self.hub,
+            &self.handle,
+            self.remote,
+            self.session.as_deref(),
+            &reason,
+            undelivered,
+        )
+        .await;
         let _ = timeout(Duration::from_secs(1), self.transport.close()).await;
-    }
-
-    /// Stores messages to this account that were still queued when the connection ended, unless
-    /// another connection of the account is live (it got them) or the client acknowledges
-    /// messages (they are stored already).
-    async fn keep_undelivered(&self, undelivered: Vec<Outbound>) {
-        let mut messages: Vec<Arc<SharedMessage>> = undelivered
-            .into_iter()
-            .filter_map(|o| match o {
-                Outbound::Message(m) => Some(m),
-                Outbound::Frame(_) => None,
-            })
-            .collect();
-        let (Some(store), Some(session)) = (self.hub.store(), &self.session) else {
-            if !messages.is_empty() {
-                warn!(
-                    undelivered = messages.len(),
-                    "connection closed with messages still queued"
-                );
-            }
-            return;
-        };
-        messages.retain(|m| m.message().receiver == session.uid && !m.message().is_kick());
-        if messages.is_empty() || session.client_ack {
-            return;
+        match end {
+            End::Normal(_) => info!(reason = %reason, "closed"),
+            End::Protocol(_) => warn!(reason = %reason, "closed"),
         }
-        match self.hub.sessions().sessions(&session.uid).await {
-            Ok(others) if others.is_empty() => {}
-            _ => return,
-        }
-        for m in &messages {
-            if let Err(e) = store.append(&session.uid, m.message()).await {
-                warn!(error = %e, id = m.message().id, "storing an undelivered message failed");
-            }
-        }
-        debug!(stored = messages.len(), "undelivered messages stored");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::heartbeat::Timers;
-    use tokio::sync::mpsc;
-
-    /// Frames over channels: the engine end of a connection whose peer is the test.
-    struct Channels {
-        from_peer: mpsc::Receiver<Frame>,
-        to_peer: mpsc::UnboundedSender<Frame>,
-    }
-
-    impl Transport for Channels {
-        async fn recv(&mut self) -> Result<Option<Frame>> {
-            Ok(self.from_peer.recv().await)
-        }
-
-        async fn send(&mut self, items: &[Outbound]) -> Result<()> {
-            for item in items {
-                if let Outbound::Frame(f) = item {
-                    let _ = self.to_peer.send((**f).clone());
-                }
-            }
-            Ok(())
-        }
-
-        async fn close(&mut self) {}
-    }
-
-    #[tokio::test]
-    async fn heartbeats_run_on_the_shared_timer_and_leave_nothing_behind() {
-        let hub = Arc::new(Hub::builder().build());
-        let (peer_tx, from_peer) = mpsc::channel(8);
-        let (to_peer, mut peer_rx) = mpsc::unbounded_channel();
-        let config = ConnectionConfig {
-            timers: Timers {
-                write_idle: Duration::from_millis(60),
-                read_idle: Duration::from_secs(30),
-                max_pong_timeout: 3,
-                bind_timeout: Duration::from_secs(5),
-            },
-            ..ConnectionConfig::default()
-        };
-        let task = tokio::spawn(serve_connection(
-            Arc::clone(&hub),
-            Channels { from_peer, to_peer },
-            config,
-            ([127, 0, 0, 1], 9).into(),
-        ));
-        peer_tx
-            .send(Frame::Sent(
-                SentBody::new(key::CLIENT_BIND).with(crate::protocol::bind::UID, "u1"),
-            ))
-            .await
-            .unwrap();
-        assert!(matches!(peer_rx.recv().await, Some(Frame::Reply(r)) if r.code == code::OK));
-        // Two PINGs, each after write_idle of silence: the deadline is set again after each.
-        for _ in 0..2 {
-            let t = Instant::now();
-            assert_eq!(peer_rx.recv().await, Some(Frame::Ping));
-            assert!(
-                t.elapsed() >= Duration::from_millis(50),
-                "{:?}",
-                t.elapsed()
-            );
-        }
-        assert_eq!(hub.deadlines.len(), 1, "one entry per connection");
-        drop(peer_tx);
-        task.await.unwrap();
-        assert_eq!(
-            hub.deadlines.len(),
-            0,
-            "a closed connection leaves no deadline"
-        );
-        assert_eq!(hub.live.len(), 0);
     }
 }

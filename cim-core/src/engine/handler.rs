@@ -1,18 +1,21 @@
 //! Request handlers, routed by `SentBody.key`, and event listeners.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::task::JoinHandle;
 
 use crate::engine::conn::{ConnId, ConnectionHandle};
-use crate::engine::hub::Hub;
+use crate::engine::router::Sent;
+use crate::engine::services::Services;
 use crate::error::Result;
-use crate::message::{ReplyBody, SentBody};
+use crate::message::{Message, ReplyBody, SentBody};
 use crate::session::Session;
 
 /// What a handler knows about the request's connection, and the server it runs in.
 pub struct RequestContext<'a> {
-    /// The connection's id.
+    /// The connection's id (unique on this node).
     pub conn: ConnId,
     /// Its session, when it is bound.
     pub session: Option<&'a Session>,
@@ -20,8 +23,9 @@ pub struct RequestContext<'a> {
     pub remote: SocketAddr,
     /// The connection's outbound queue, to send it frames besides the reply.
     pub handle: &'a ConnectionHandle,
-    /// The server: sessions, pushes, ids.
-    pub hub: &'a Hub,
+    /// The server: sessions, the router, the store, ids. (Cheap to clone, so a handler can
+    /// hand it to a task.)
+    pub services: &'a Services,
 }
 
 impl RequestContext<'_> {
@@ -42,21 +46,68 @@ pub trait RequestHandler: Send + Sync + 'static {
     async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>>;
 }
 
-/// Told about connection events. Methods run on the connection's task: keep them quick (hand
-/// slow work to a task of your own).
-pub trait EventListener: Send + Sync + 'static {
-    /// A connection bound.
-    fn on_bound(&self, _session: &Session) {}
-    /// A connection was closed because its account bound elsewhere.
-    fn on_kicked(&self, _session: &Session) {}
-    /// A connection closed, bound or not, for `reason`.
-    fn on_closed(&self, _conn: ConnId, _session: Option<&Session>, _reason: &str) {}
-}
-
 /// A shared handler is a handler, so one value can serve several keys or stay reachable.
 #[async_trait]
-impl<H: RequestHandler + ?Sized> RequestHandler for std::sync::Arc<H> {
+impl<H: RequestHandler + ?Sized> RequestHandler for Arc<H> {
     async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
         (**self).handle(ctx, body).await
+    }
+}
+
+/// What an event listener can act through: the server it runs in. Its methods start the work
+/// on a task of its own, since listeners must return at once.
+pub struct EventContext<'a> {
+    services: &'a Services,
+}
+
+impl<'a> EventContext<'a> {
+    pub(crate) fn new(services: &'a Services) -> Self {
+        Self { services }
+    }
+
+    /// The server: sessions, the router, the store, ids.
+    pub fn services(&self) -> &Services {
+        self.services
+    }
+
+    /// Sends `message` (see [`Services::send`]) on a task of its own.
+    pub fn send(&self, message: Message) -> JoinHandle<Result<Sent>> {
+        let services = self.services.clone();
+        tokio::spawn(async move { services.send(message).await })
+    }
+
+    /// Kicks every connection of `uid` (see
+    /// [`SessionManager::kick`](crate::engine::SessionManager::kick)) on a task of its own.
+    pub fn kick(&self, uid: &str) -> JoinHandle<Result<usize>> {
+        let services = self.services.clone();
+        let uid = uid.to_owned();
+        tokio::spawn(async move { services.sessions().kick(&uid).await })
+    }
+}
+
+/// Told about connection events. Methods run on the connection's task: keep them quick, and
+/// hand slow work to [`EventContext::send`], [`EventContext::kick`] or a task of your own.
+pub trait EventListener: Send + Sync + 'static {
+    /// A connection bound.
+    fn on_bound(&self, _ctx: &EventContext<'_>, _session: &Session) {}
+    /// A connection was closed because its account bound elsewhere.
+    fn on_kicked(&self, _ctx: &EventContext<'_>, _session: &Session) {}
+    /// A connection closed, bound or not, for `reason`.
+    fn on_closed(
+        &self,
+        _ctx: &EventContext<'_>,
+        _conn: ConnId,
+        _session: Option<&Session>,
+        _reason: &str,
+    ) {
+    }
+    /// A pushed message was written to the socket of `session`'s connection. Called only when
+    /// [`wants_delivered`](Self::wants_delivered) says so (it costs a call per message and
+    /// connection).
+    fn on_delivered(&self, _ctx: &EventContext<'_>, _session: &Session, _message: &Message) {}
+    /// Whether this listener wants [`on_delivered`](Self::on_delivered); asked once, when the
+    /// hub is built. Default `false`.
+    fn wants_delivered(&self) -> bool {
+        false
     }
 }

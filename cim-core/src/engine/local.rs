@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 
 use crate::engine::conn::{CloseRequest, ConnId, ConnectionHandle, Outbound};
 use crate::engine::locks::{read, write};
-use crate::engine::policy::{CimKickPolicy, KickDecision, KickPolicy};
+use crate::engine::policy::{KickDecision, KickPolicy};
 use crate::engine::sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
 use crate::engine::shared::SharedMessage;
 use crate::error::Result;
@@ -105,7 +105,6 @@ pub struct LocalSessionManager {
     /// collide with every other.
     hash_mask: u64,
     tags: RwLock<TagMap>,
-    policy: Arc<dyn KickPolicy>,
 }
 
 /// The notice a kicked connection gets: action `999`, sender `"0"`, content = the new
@@ -121,6 +120,12 @@ pub fn kick_notice(uid: &str, new_device_name: &str) -> Message {
     }
 }
 
+/// Whether `a` and `b` are sessions of one connection: the same node and connection id (and so
+/// the same account, as a connection is bound to one at a time).
+fn same_connection(a: &Session, b: &Session) -> bool {
+    a.nid == b.nid && a.node == b.node && a.uid == b.uid
+}
+
 fn deliver(handle: &ConnectionHandle, msg: &Arc<SharedMessage>, d: &mut Delivery) {
     match handle.push(Outbound::Message(Arc::clone(msg))) {
         Ok(()) => d.delivered += 1,
@@ -129,7 +134,7 @@ fn deliver(handle: &ConnectionHandle, msg: &Arc<SharedMessage>, d: &mut Delivery
 }
 
 impl LocalSessionManager {
-    /// A manager with CIM's kick policy and one shard per 2 cores' worth of contention (64).
+    /// A manager with 64 shards.
     pub fn new() -> Self {
         Self::with_shards(64)
     }
@@ -143,14 +148,7 @@ impl LocalSessionManager {
             hasher: RandomState::new(),
             hash_mask: u64::MAX,
             tags: RwLock::new(HashMap::new()),
-            policy: Arc::new(CimKickPolicy),
         }
-    }
-
-    /// Replaces the kick policy.
-    pub fn with_policy(mut self, policy: Arc<dyn KickPolicy>) -> Self {
-        self.policy = policy;
-        self
     }
 
     /// The shard of `uid` and the uid's hash (its key there). The shard is chosen by the
@@ -185,7 +183,12 @@ impl Default for LocalSessionManager {
 
 #[async_trait]
 impl SessionManager for LocalSessionManager {
-    async fn bind(&self, session: Arc<Session>, conn: ConnectionHandle) -> Result<BindOutcome> {
+    async fn bind(
+        &self,
+        session: Arc<Session>,
+        conn: ConnectionHandle,
+        policy: &dyn KickPolicy,
+    ) -> Result<BindOutcome> {
         let mut outcome = BindOutcome::default();
         let mut removed: Vec<(Entry, KickDecision)> = Vec::new();
         {
@@ -201,7 +204,7 @@ impl SessionManager for LocalSessionManager {
                     // This connection bound again: its old entry is replaced, not kicked.
                     None
                 } else {
-                    Some(self.policy.decide(&e.session, &session))
+                    Some(policy.decide(&e.session, &session))
                 };
                 match decision {
                     Some(KickDecision::Keep) => i += 1,
@@ -237,9 +240,7 @@ impl SessionManager for LocalSessionManager {
     async fn unbind(&self, session: &Session) -> Result<()> {
         let removed = {
             let (lock, h) = self.locate(&session.uid);
-            write(lock).remove_where(h, |e| {
-                e.handle.id().0 == session.nid && e.session.uid == session.uid
-            })
+            write(lock).remove_where(h, |e| same_connection(&e.session, session))
         };
         for e in removed {
             self.untag(e.handle.id(), &e.tags);
@@ -297,7 +298,7 @@ impl SessionManager for LocalSessionManager {
             let mut shard = write(lock);
             let Some(e) = shard
                 .of_mut(h, &session.uid)
-                .find(|e| e.handle.id().0 == session.nid)
+                .find(|e| same_connection(&e.session, session))
             else {
                 return Ok(());
             };
@@ -321,7 +322,7 @@ impl SessionManager for LocalSessionManager {
             let mut shard = write(lock);
             let Some(e) = shard
                 .of_mut(h, &session.uid)
-                .find(|e| e.handle.id().0 == session.nid)
+                .find(|e| same_connection(&e.session, session))
             else {
                 return Ok(());
             };
@@ -365,7 +366,7 @@ impl SessionManager for LocalSessionManager {
                     .cloned(),
             );
         }
-        all.sort_by_key(|s| s.nid);
+        all.sort_by(|a, b| (&a.node, a.nid).cmp(&(&b.node, b.nid)));
         let total = all.len();
         let sessions = all.into_iter().skip(page.offset).take(page.limit).collect();
         Ok(OnlinePage { total, sessions })
@@ -403,9 +404,15 @@ mod tests {
     /// must still tell the accounts apart.
     #[tokio::test]
     async fn conforms_when_every_uid_collides() {
-        crate::testing::sessions::conformance(|| LocalSessionManager {
-            hash_mask: 0,
-            ..LocalSessionManager::new()
+        crate::testing::sessions::conformance(|| async {
+            let colliding = LocalSessionManager {
+                hash_mask: 0,
+                ..LocalSessionManager::new()
+            };
+            vec![crate::testing::sessions::Node::local(
+                "node-0",
+                Arc::new(colliding),
+            )]
         })
         .await;
     }

@@ -1,34 +1,60 @@
 //! The connection engine: one task per connection ([`serve_connection`]) driving a
 //! [`Transport`], the [`Hub`] of shared services, the [`SessionManager`] seam with its
-//! in-memory [`LocalSessionManager`], request handlers, policies and the heartbeat rules.
+//! in-memory [`LocalSessionManager`], the [`Router`] seam (the send rule) with its single-node
+//! [`LocalRouter`], the [`MessageStore`] seam, request handlers, policies and the heartbeat
+//! rules.
+//!
+//! How data flows (see also `docs/architecture.md`):
+//!
+//! ```text
+//! socket bytes -> Transport (codec) -> Frame -> connection task (driver)
+//!   client_bind        -> handover: authenticate, SessionManager::bind (kick policy), replay
+//!   any other key      -> RequestHandler (builtin or yours) -> ReplyBody -> Transport -> socket
+//! Hub::send (HTTP API, client_message, handlers)
+//!   -> Router::send -> SessionManager::push -> ConnectionHandle queue -> connection task
+//!                   -> or MessageStore::append (nobody took it, or the account acknowledges)
+//! ```
 
+mod builder;
 mod builtin;
 mod conn;
 mod deadlines;
 mod driver;
 mod handler;
+mod handover;
 mod heartbeat;
 mod hub;
+mod ids;
 mod local;
+mod local_router;
 mod locks;
 mod policy;
 mod registry;
+mod router;
+mod services;
 mod sessions;
 mod shared;
 mod store;
+mod transport;
 
-pub use builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTag};
+pub use builder::HubBuilder;
+pub use builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTag, defaults};
 pub use conn::{
     CloseRequest, ConnId, ConnectionHandle, Outbound, OutboundReceiver, PushError, SlowConsumer,
 };
-pub use driver::{ConnectionConfig, Transport, serve_connection};
-pub use handler::{EventListener, RequestContext, RequestHandler};
+pub use driver::serve_connection;
+pub use handler::{EventContext, EventListener, RequestContext, RequestHandler};
 pub use heartbeat::{Heartbeat, IdleReason, TimerAction, Timers};
-pub use hub::{Hub, HubBuilder, MessageIds, Sent};
+pub use hub::Hub;
+pub use ids::MessageIds;
 pub use local::{LocalSessionManager, kick_notice};
+pub use local_router::LocalRouter;
 pub use policy::{
     AllowAll, AuthError, BindAuthenticator, CimKickPolicy, KeepAll, KickDecision, KickPolicy,
 };
+pub use router::{Router, Sent};
+pub use services::Services;
 pub use sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
 pub use shared::SharedMessage;
 pub use store::{Appended, MemoryStore, MessageStore, Seq, Stored};
+pub use transport::{ConnectionConfig, Transport};

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::conn::ConnectionHandle;
+use crate::engine::policy::KickPolicy;
 use crate::engine::shared::SharedMessage;
 use crate::error::Result;
 use crate::session::Session;
@@ -19,7 +20,7 @@ pub struct BindOutcome {
     pub closed: Vec<Session>,
 }
 
-/// How far a push got.
+/// How far a push to this node's connections got.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     /// Live connections the message was queued to.
@@ -54,28 +55,42 @@ pub struct Page {
 pub struct OnlinePage {
     /// Sessions matching the filters, in all.
     pub total: usize,
-    /// This page, ordered by connection id.
+    /// This page, ordered by node, then connection id.
     pub sessions: Vec<Session>,
 }
 
-/// Registers bound connections and pushes messages to them: in memory
+/// Registers bound connections and pushes messages to them: in memory on one node
 /// ([`LocalSessionManager`](crate::LocalSessionManager)) or across a cluster.
+///
+/// A connection is identified by its node and its connection id (`Session::node`,
+/// `Session::nid`) wherever sessions are listed, matched or sorted. The views of sessions
+/// ([`sessions`](Self::sessions), [`online`](Self::online), [`count`](Self::count),
+/// [`kick`](Self::kick)) cover every node; the pushes ([`push`](Self::push) and the rest) reach
+/// the connections this node holds — routing between nodes is the
+/// [`Router`](crate::engine::Router)'s business.
 #[async_trait]
 pub trait SessionManager: Send + Sync + 'static {
-    /// Registers `session` (its `nid` is `conn`'s id) and applies the kick policy to the
-    /// account's other connections. Binding a connection again replaces its session.
-    async fn bind(&self, session: Arc<Session>, conn: ConnectionHandle) -> Result<BindOutcome>;
+    /// Registers `session` (its `node` and `nid` name `conn`) and applies `policy` to the
+    /// account's other connections, on every node. Binding a connection again replaces its
+    /// session.
+    async fn bind(
+        &self,
+        session: Arc<Session>,
+        conn: ConnectionHandle,
+        policy: &dyn KickPolicy,
+    ) -> Result<BindOutcome>;
 
-    /// Forgets the connection of `session` (no-op when it is already gone).
+    /// Forgets the connection of `session` (no-op when it is already gone, or when a newer
+    /// session took its place).
     async fn unbind(&self, session: &Session) -> Result<()>;
 
-    /// Queues `msg` to every live connection of `msg.receiver`.
+    /// Queues `msg` to every connection of `msg.receiver` that this node holds.
     async fn push(&self, msg: Arc<SharedMessage>) -> Result<Delivery>;
 
-    /// Queues `msg` to every live connection tagged `tag`.
+    /// Queues `msg` to every connection tagged `tag` that this node holds.
     async fn push_tag(&self, tag: &str, msg: Arc<SharedMessage>) -> Result<Delivery>;
 
-    /// Queues `msg` to every live connection.
+    /// Queues `msg` to every connection this node holds.
     async fn broadcast(&self, msg: Arc<SharedMessage>) -> Result<Delivery>;
 
     /// Tags the connection of `session`.
@@ -87,7 +102,7 @@ pub trait SessionManager: Send + Sync + 'static {
     /// The live sessions of an account.
     async fn sessions(&self, uid: &str) -> Result<Vec<Session>>;
 
-    /// Queues `msg` to every live connection of its receiver, unless one of them acknowledges
+    /// Queues `msg` to this node's connections of its receiver, unless one of them acknowledges
     /// messages: then nothing is queued and `None` is returned, so that the caller stores the
     /// message before it pushes it. The default asks [`wants_receipts`](Self::wants_receipts)
     /// and then pushes; an implementation can answer both with one lookup.
@@ -112,4 +127,16 @@ pub trait SessionManager: Send + Sync + 'static {
 
     /// Number of live sessions.
     async fn count(&self) -> Result<usize>;
+
+    /// Starts what the manager needs in the background (a registry's readers and heartbeats).
+    /// Called once, by the server, before it accepts connections.
+    async fn start(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Stops it and deregisters this node. Called once, by the server, after the connections
+    /// have drained.
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -1,17 +1,62 @@
-//! The conformance suite of [`SessionManager`]: every implementation (in memory, on Redis)
-//! runs [`conformance`] and so behaves the same.
+//! The conformance suite of [`SessionManager`] and [`Router`]: every implementation — one node
+//! in memory, several nodes sharing a cluster — runs [`conformance`] and so behaves the same.
+//!
+//! The suite is given the nodes of one system (one for the in-memory manager, two or three for a
+//! cluster). It binds connections on the first node and pushes, kicks, tags and lists from the
+//! last, so on a cluster every check crosses nodes. Deliveries may arrive asynchronously (a
+//! cluster routes through a node's inbox): queues are polled for a bounded time.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::engine::{
-    CloseRequest, ConnId, ConnectionHandle, Outbound, OutboundReceiver, Page, SessionManager,
-    SharedMessage,
+    CimKickPolicy, CloseRequest, ConnId, ConnectionHandle, MessageStore, Outbound,
+    OutboundReceiver, Page, Router, SessionManager, SharedMessage,
 };
 use crate::{Message, Session};
 
-fn session(nid: u64, uid: &str, channel: &str, device: &str) -> Arc<Session> {
+/// One node of the system under test.
+#[derive(Clone)]
+pub struct Node {
+    /// Its name: the `node` of the sessions bound on it.
+    pub name: String,
+    /// Its session manager.
+    pub sessions: Arc<dyn SessionManager>,
+    /// Its router.
+    pub router: Arc<dyn Router>,
+    /// The message store (shared by every node of a cluster).
+    pub store: Arc<dyn MessageStore>,
+}
+
+impl Node {
+    /// A single node in memory: `sessions` with a [`LocalRouter`](crate::engine::LocalRouter)
+    /// over it and a [`MemoryStore`](crate::engine::MemoryStore).
+    pub fn local(name: &str, sessions: Arc<dyn SessionManager>) -> Node {
+        let store: Arc<dyn MessageStore> = Arc::new(crate::engine::MemoryStore::default());
+        Node {
+            name: name.to_owned(),
+            router: Arc::new(crate::engine::LocalRouter::new(
+                Arc::clone(&sessions),
+                Some(Arc::clone(&store)),
+            )),
+            sessions,
+            store,
+        }
+    }
+}
+
+/// How long a delivery may take to show up in a queue.
+const WAIT: Duration = Duration::from_secs(5);
+
+static IDS: AtomicI64 = AtomicI64::new(1);
+static CONNS: AtomicU64 = AtomicU64::new(1);
+
+fn session(node: &Node, nid: u64, uid: &str, channel: &str, device: &str) -> Arc<Session> {
     Arc::new(Session {
         nid,
+        node: node.name.clone(),
         uid: uid.into(),
         channel: channel.into(),
         device_id: device.into(),
@@ -20,182 +65,303 @@ fn session(nid: u64, uid: &str, channel: &str, device: &str) -> Arc<Session> {
     })
 }
 
-fn conn(nid: u64, capacity: usize) -> (ConnectionHandle, OutboundReceiver) {
-    ConnectionHandle::new(ConnId(nid), capacity)
+/// A connection on `node` bound as `uid`, with a queue of `capacity`.
+async fn bind_with(
+    node: &Node,
+    uid: &str,
+    channel: &str,
+    device: &str,
+    capacity: usize,
+    client_ack: bool,
+) -> (Arc<Session>, OutboundReceiver) {
+    let nid = CONNS.fetch_add(1, Ordering::Relaxed);
+    let (h, rx) = ConnectionHandle::new(ConnId(nid), capacity);
+    let mut s = Session::clone(&session(node, nid, uid, channel, device));
+    s.client_ack = client_ack;
+    let s = Arc::new(s);
+    node.sessions
+        .bind(Arc::clone(&s), h, &CimKickPolicy)
+        .await
+        .unwrap();
+    (s, rx)
+}
+
+async fn bind(
+    node: &Node,
+    uid: &str,
+    channel: &str,
+    device: &str,
+) -> (Arc<Session>, OutboundReceiver) {
+    bind_with(node, uid, channel, device, 64, false).await
 }
 
 fn msg(to: &str, content: &str) -> Arc<SharedMessage> {
     Arc::new(SharedMessage::new(Message {
+        id: IDS.fetch_add(1, Ordering::Relaxed),
         receiver: to.into(),
         content: content.into(),
+        timestamp: crate::now_ms(),
         ..Message::default()
     }))
 }
 
-/// Contents of the messages queued on `rx`, and its close request.
+fn describe(o: &Outbound) -> String {
+    match o {
+        Outbound::Message(m) => m.message().content.clone(),
+        Outbound::Frame(f) => format!("{:?}", f.frame_type()),
+    }
+}
+
+/// What is queued on `rx` now, and its close request.
 fn drained(rx: &OutboundReceiver) -> (Vec<String>, Option<CloseRequest>) {
     let mut out = Vec::new();
     let close = rx.drain(&mut out, usize::MAX);
-    let contents = out
-        .iter()
-        .map(|o| match o {
-            Outbound::Message(m) => m.message().content.clone(),
-            Outbound::Frame(f) => format!("{:?}", f.frame_type()),
-        })
-        .collect();
-    (contents, close)
+    (out.iter().map(describe).collect(), close)
 }
 
-/// Runs every check on fresh managers from `make`. Panics on the first failure.
-pub async fn conformance<M, F>(make: F)
+/// Waits until `rx` has had `n` items (and a close request, if `closed`), then a moment more to
+/// see that nothing else comes; returns them.
+async fn expect(
+    rx: &OutboundReceiver,
+    n: usize,
+    closed: bool,
+) -> (Vec<String>, Option<CloseRequest>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    let mut close = None;
+    loop {
+        let (items, c) = drained(rx);
+        got.extend(items);
+        close = close.or(c);
+        if got.len() >= n && (close.is_some() || !closed) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited for {n} items (closed: {closed}), got {got:?} {close:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (items, c) = drained(rx);
+    got.extend(items);
+    (got, close.or(c))
+}
+
+/// Waits until `check` holds, or fails with `what`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
 where
-    M: SessionManager,
-    F: Fn() -> M,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
 {
-    push_reaches_every_connection_of_the_account(&make()).await;
-    unbind_forgets(&make()).await;
-    kick_rule(&make()).await;
-    rebind_replaces(&make()).await;
-    tags(&make()).await;
-    broadcast_and_count(&make()).await;
-    online_pages(&make()).await;
-    kick_account(&make()).await;
-    full_queue_counts_as_failed(&make()).await;
-    receipts_hold_back_a_push(&make()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
-async fn push_reaches_every_connection_of_the_account(m: &impl SessionManager) {
-    let (h1, r1) = conn(1, 8);
-    let (h2, r2) = conn(2, 8);
-    let (h3, r3) = conn(3, 8);
-    m.bind(session(1, "a", "android", "p"), h1).await.unwrap();
-    m.bind(session(2, "a", "web", "b"), h2).await.unwrap();
-    m.bind(session(3, "b", "android", "p"), h3).await.unwrap();
-    let d = m.push(msg("a", "for a")).await.unwrap();
-    assert_eq!((d.delivered, d.failed), (2, 0));
-    assert_eq!(drained(&r1).0, ["for a"]);
-    assert_eq!(drained(&r2).0, ["for a"]);
+/// Runs every check on fresh systems from `make`, which returns the nodes of one system (at
+/// least one). Panics on the first failure.
+pub async fn conformance<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<Node>>,
+{
+    push_reaches_every_connection_of_the_account(&make().await).await;
+    unbind_forgets(&make().await).await;
+    kick_rule(&make().await).await;
+    rebind_replaces(&make().await).await;
+    tags(&make().await).await;
+    broadcast_and_count(&make().await).await;
+    online_pages(&make().await).await;
+    kick_account(&make().await).await;
+    offline_and_full_queues_are_stored(&make().await).await;
+    receipts_store_first(&make().await).await;
+    boundary_and_undelivered(&make().await).await;
+}
+
+/// The node that binds, and the node that acts on what it bound.
+fn ends(nodes: &[Node]) -> (&Node, &Node) {
+    match (nodes.first(), nodes.last()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!("a system has at least one node"),
+    }
+}
+
+async fn push_reaches_every_connection_of_the_account(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
+    let (_s1, r1) = bind(a, "a", "android", "p").await;
+    let (_s2, r2) = bind(b, "a", "web", "b").await;
+    let (_s3, r3) = bind(a, "b", "android", "p").await;
+    let sent = b.router.send(msg("a", "for a")).await.unwrap();
+    assert_eq!((sent.delivered, sent.stored), (2, false));
+    assert_eq!(expect(&r1, 1, false).await.0, ["for a"]);
+    assert_eq!(expect(&r2, 1, false).await.0, ["for a"]);
     assert!(drained(&r3).0.is_empty());
-    assert_eq!(m.push(msg("nobody", "x")).await.unwrap().delivered, 0);
-    let mut nids: Vec<u64> = m
+    let mut seen: Vec<(String, String)> = b
+        .sessions
         .sessions("a")
         .await
         .unwrap()
         .iter()
-        .map(|s| s.nid)
+        .map(|s| (s.node.clone(), s.channel.clone()))
         .collect();
-    nids.sort_unstable();
-    assert_eq!(nids, [1, 2]);
+    seen.sort();
+    let mut want = vec![
+        (a.name.clone(), "android".to_owned()),
+        (b.name.clone(), "web".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
 }
 
-async fn unbind_forgets(m: &impl SessionManager) {
-    let (h1, _r1) = conn(1, 8);
-    let s = session(1, "a", "android", "p");
-    m.bind(s.clone(), h1).await.unwrap();
-    m.unbind(&s).await.unwrap();
-    m.unbind(&s).await.unwrap();
-    assert!(m.sessions("a").await.unwrap().is_empty());
-    assert_eq!(m.push(msg("a", "x")).await.unwrap().delivered, 0);
-    assert_eq!(m.count().await.unwrap(), 0);
+async fn unbind_forgets(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
+    let (s, _r) = bind(a, "a", "android", "p").await;
+    a.sessions.unbind(&s).await.unwrap();
+    a.sessions.unbind(&s).await.unwrap();
+    assert!(b.sessions.sessions("a").await.unwrap().is_empty());
+    let sent = b.router.send(msg("a", "x")).await.unwrap();
+    assert_eq!((sent.delivered, sent.stored), (0, true));
+    assert_eq!(b.sessions.count().await.unwrap(), 0);
+    // A late unbind of an older session never removes a newer one of the same connection id on
+    // another node.
+    if nodes.len() > 1 {
+        let (s1, _r1) = bind(a, "u", "android", "p").await;
+        let mut twin = Session::clone(&s1);
+        twin.node = b.name.clone();
+        b.sessions.unbind(&twin).await.unwrap();
+        assert_eq!(b.sessions.sessions("u").await.unwrap().len(), 1);
+    }
 }
 
-async fn kick_rule(m: &impl SessionManager) {
+async fn kick_rule(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
     // Another device on a conflicting channel: kicked, with the notice, then closed.
-    let (h1, r1) = conn(1, 8);
-    m.bind(session(1, "k", "android", "one"), h1).await.unwrap();
-    let (h2, r2) = conn(2, 8);
-    let out = m.bind(session(2, "k", "ios", "two"), h2).await.unwrap();
-    assert_eq!(out.kicked.iter().map(|s| s.nid).collect::<Vec<_>>(), [1]);
-    assert!(out.closed.is_empty());
-    let (queued, close) = drained(&r1);
-    assert_eq!(queued, ["two-name"]);
-    assert_eq!(close, Some(CloseRequest::Kicked));
-    // The same device again: closed silently.
-    let (h3, _r3) = conn(3, 8);
-    let out = m.bind(session(3, "k", "ios", "two"), h3).await.unwrap();
-    assert_eq!(out.closed.iter().map(|s| s.nid).collect::<Vec<_>>(), [2]);
-    let (queued, close) = drained(&r2);
-    assert!(queued.is_empty());
-    assert_eq!(close, Some(CloseRequest::Kicked));
-    // A non-conflicting channel stays.
-    let (h4, r4) = conn(4, 8);
-    let out = m.bind(session(4, "k", "web", "pc"), h4).await.unwrap();
-    assert!(out.kicked.is_empty() && out.closed.is_empty());
-    assert_eq!(m.push(msg("k", "both")).await.unwrap().delivered, 2);
-    assert_eq!(drained(&r4).0, ["both"]);
-}
-
-async fn rebind_replaces(m: &impl SessionManager) {
-    let (h1, r1) = conn(1, 8);
-    m.bind(session(1, "r", "android", "p"), h1.clone())
+    let (first, r1) = bind(a, "k", "android", "one").await;
+    let nid = CONNS.fetch_add(1, Ordering::Relaxed);
+    let (h2, r2) = ConnectionHandle::new(ConnId(nid), 8);
+    let out = b
+        .sessions
+        .bind(session(b, nid, "k", "ios", "two"), h2, &CimKickPolicy)
         .await
         .unwrap();
-    let out = m.bind(session(1, "r", "android", "p"), h1).await.unwrap();
+    assert_eq!(
+        out.kicked.iter().map(|s| s.nid).collect::<Vec<_>>(),
+        [first.nid]
+    );
+    assert!(out.closed.is_empty());
+    let (queued, close) = expect(&r1, 1, true).await;
+    assert_eq!(queued, ["two-name"]);
+    assert_eq!(close, Some(CloseRequest::Kicked));
+    // The same device again, on the other node: closed silently.
+    let nid3 = CONNS.fetch_add(1, Ordering::Relaxed);
+    let (h3, _r3) = ConnectionHandle::new(ConnId(nid3), 8);
+    let out = a
+        .sessions
+        .bind(session(a, nid3, "k", "ios", "two"), h3, &CimKickPolicy)
+        .await
+        .unwrap();
+    assert_eq!(out.closed.iter().map(|s| s.nid).collect::<Vec<_>>(), [nid]);
+    let (queued, close) = expect(&r2, 0, true).await;
+    assert!(queued.is_empty(), "{queued:?}");
+    assert_eq!(close, Some(CloseRequest::Kicked));
+    // A non-conflicting channel stays; web tabs of one device stay.
+    let (_s4, r4) = bind(b, "k", "web", "pc").await;
+    let (_s5, r5) = bind(a, "k", "web", "pc").await;
+    let sent = b.router.send(msg("k", "all")).await.unwrap();
+    assert_eq!(sent.delivered, 3);
+    assert_eq!(expect(&r4, 1, false).await.0, ["all"]);
+    assert_eq!(expect(&r5, 1, false).await.0, ["all"]);
+}
+
+async fn rebind_replaces(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
+    let nid = CONNS.fetch_add(1, Ordering::Relaxed);
+    let (h1, r1) = ConnectionHandle::new(ConnId(nid), 8);
+    let s = session(a, nid, "r", "android", "p");
+    a.sessions
+        .bind(Arc::clone(&s), h1.clone(), &CimKickPolicy)
+        .await
+        .unwrap();
+    let out = a.sessions.bind(s, h1, &CimKickPolicy).await.unwrap();
     assert!(out.kicked.is_empty() && out.closed.is_empty());
-    assert_eq!(m.sessions("r").await.unwrap().len(), 1);
-    assert_eq!(m.push(msg("r", "once")).await.unwrap().delivered, 1);
-    assert_eq!(drained(&r1), (vec!["once".to_owned()], None));
+    assert_eq!(b.sessions.sessions("r").await.unwrap().len(), 1);
+    assert_eq!(b.router.send(msg("r", "once")).await.unwrap().delivered, 1);
+    assert_eq!(expect(&r1, 1, false).await, (vec!["once".to_owned()], None));
 }
 
-async fn tags(m: &impl SessionManager) {
-    let (h1, r1) = conn(1, 8);
-    let (h2, r2) = conn(2, 8);
-    let s1 = session(1, "t1", "android", "p");
-    let s2 = session(2, "t2", "android", "p");
-    m.bind(s1.clone(), h1).await.unwrap();
-    m.bind(s2.clone(), h2).await.unwrap();
-    m.set_tag(&s1, "g").await.unwrap();
-    m.set_tag(&s1, "g").await.unwrap();
-    m.set_tag(&s2, "g").await.unwrap();
-    assert_eq!(m.push_tag("g", msg("", "g1")).await.unwrap().delivered, 2);
-    m.remove_tag(&s2, "g").await.unwrap();
-    assert_eq!(m.push_tag("g", msg("", "g2")).await.unwrap().delivered, 1);
-    m.unbind(&s1).await.unwrap();
-    assert_eq!(m.push_tag("g", msg("", "g3")).await.unwrap().delivered, 0);
-    assert_eq!(drained(&r1).0, ["g1", "g2"]);
-    assert_eq!(drained(&r2).0, ["g1"]);
+async fn tags(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
+    let (s1, r1) = bind(a, "t1", "android", "p").await;
+    let (s2, r2) = bind(b, "t2", "android", "p").await;
+    a.sessions.set_tag(&s1, "g").await.unwrap();
+    a.sessions.set_tag(&s1, "g").await.unwrap();
+    b.sessions.set_tag(&s2, "g").await.unwrap();
+    assert_eq!(
+        b.router
+            .send_tag("g", msg("", "g1"))
+            .await
+            .unwrap()
+            .delivered,
+        2
+    );
+    b.sessions.remove_tag(&s2, "g").await.unwrap();
+    assert_eq!(
+        b.router
+            .send_tag("g", msg("", "g2"))
+            .await
+            .unwrap()
+            .delivered,
+        1
+    );
+    a.sessions.unbind(&s1).await.unwrap();
+    let sent = b.router.send_tag("g", msg("", "g3")).await.unwrap();
+    assert_eq!((sent.delivered, sent.stored), (0, false));
+    assert_eq!(expect(&r1, 2, false).await.0, ["g1", "g2"]);
+    assert_eq!(expect(&r2, 1, false).await.0, ["g1"]);
 }
 
-async fn broadcast_and_count(m: &impl SessionManager) {
+async fn broadcast_and_count(nodes: &[Node]) {
+    let (_, b) = ends(nodes);
     let mut rxs = Vec::new();
-    for i in 1..=5u64 {
-        let (h, r) = conn(i, 8);
-        m.bind(session(i, &format!("u{i}"), "android", "p"), h)
-            .await
-            .unwrap();
-        rxs.push(r);
+    for i in 1..=6usize {
+        let node = nodes.get(i % nodes.len()).unwrap_or(b);
+        rxs.push(bind(node, &format!("u{i}"), "android", "p").await.1);
     }
-    assert_eq!(m.count().await.unwrap(), 5);
-    assert_eq!(m.broadcast(msg("", "all")).await.unwrap().delivered, 5);
+    assert_eq!(b.sessions.count().await.unwrap(), 6);
+    let sent = b.router.broadcast(msg("", "all")).await.unwrap();
+    assert_eq!((sent.delivered, sent.stored), (6, false));
     for r in &rxs {
-        assert_eq!(drained(r).0, ["all"]);
+        assert_eq!(expect(r, 1, false).await.0, ["all"]);
     }
 }
 
-async fn online_pages(m: &impl SessionManager) {
+async fn online_pages(nodes: &[Node]) {
+    let (_, b) = ends(nodes);
     let mut keep = Vec::new();
-    for i in 1..=7u64 {
-        let (h, r) = conn(i, 8);
+    for i in 1..=7usize {
         let ch = if i % 2 == 0 { "web" } else { "android" };
-        m.bind(session(i, &format!("o{i}"), ch, "p"), h)
-            .await
-            .unwrap();
-        keep.push(r);
+        let node = nodes.get(i % nodes.len()).unwrap_or(b);
+        keep.push(bind(node, &format!("o{i}"), ch, "p").await);
     }
+    // Ordered by node, then connection id.
+    let mut order: Vec<(String, u64)> = keep.iter().map(|(s, _)| (s.node.clone(), s.nid)).collect();
+    order.sort();
     let page = |offset, limit| Page {
         offset,
         limit,
         ..Page::default()
     };
-    let p = m.online(&page(0, 3)).await.unwrap();
+    let key = |s: &Session| (s.node.clone(), s.nid);
+    let p = b.sessions.online(&page(0, 3)).await.unwrap();
     assert_eq!(p.total, 7);
-    assert_eq!(
-        p.sessions.iter().map(|s| s.nid).collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
-    let p = m.online(&page(6, 3)).await.unwrap();
-    assert_eq!(p.sessions.iter().map(|s| s.nid).collect::<Vec<_>>(), [7]);
-    let p = m
+    assert_eq!(p.sessions.iter().map(key).collect::<Vec<_>>(), order[..3]);
+    let p = b.sessions.online(&page(6, 3)).await.unwrap();
+    assert_eq!(p.sessions.iter().map(key).collect::<Vec<_>>(), order[6..]);
+    let p = b
+        .sessions
         .online(&Page {
             channel: Some("web".into()),
             limit: 10,
@@ -204,7 +370,8 @@ async fn online_pages(m: &impl SessionManager) {
         .await
         .unwrap();
     assert_eq!((p.total, p.sessions.len()), (3, 3));
-    let p = m
+    let p = b
+        .sessions
         .online(&Page {
             uid: Some("o5".into()),
             limit: 10,
@@ -212,64 +379,103 @@ async fn online_pages(m: &impl SessionManager) {
         })
         .await
         .unwrap();
-    assert_eq!(p.sessions.iter().map(|s| s.nid).collect::<Vec<_>>(), [5]);
+    assert_eq!(
+        p.sessions
+            .iter()
+            .map(|s| s.uid.as_str())
+            .collect::<Vec<_>>(),
+        ["o5"]
+    );
 }
 
-async fn kick_account(m: &impl SessionManager) {
-    let (h1, r1) = conn(1, 8);
-    let (h2, r2) = conn(2, 8);
-    m.bind(session(1, "x", "android", "p"), h1).await.unwrap();
-    m.bind(session(2, "x", "web", "b"), h2).await.unwrap();
-    assert_eq!(m.kick("x").await.unwrap(), 2);
-    assert_eq!(m.kick("x").await.unwrap(), 0);
-    assert!(m.sessions("x").await.unwrap().is_empty());
+async fn kick_account(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
+    let (_s1, r1) = bind(a, "x", "android", "p").await;
+    let (_s2, r2) = bind(b, "x", "web", "b").await;
+    assert_eq!(b.sessions.kick("x").await.unwrap(), 2);
+    assert_eq!(b.sessions.kick("x").await.unwrap(), 0);
+    assert!(a.sessions.sessions("x").await.unwrap().is_empty());
     for r in [&r1, &r2] {
-        let (queued, close) = drained(r);
+        let (queued, close) = expect(r, 1, true).await;
         assert_eq!(queued.len(), 1);
         assert_eq!(close, Some(CloseRequest::Kicked));
     }
 }
 
-async fn full_queue_counts_as_failed(m: &impl SessionManager) {
-    let (h1, r1) = conn(1, 2);
-    m.bind(session(1, "f", "android", "p"), h1).await.unwrap();
+async fn offline_and_full_queues_are_stored(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
+    // Nobody online: stored.
+    let sent = b.router.send(msg("off", "kept")).await.unwrap();
+    assert_eq!((sent.delivered, sent.stored), (0, true));
+    assert_eq!(b.store.count("off").await.unwrap(), 1);
+    // A queue that is full refuses: the message is stored, wherever the queue is.
+    let (_s, r1) = bind_with(a, "f", "android", "p", 2, false).await;
     for _ in 0..2 {
-        assert_eq!(m.push(msg("f", "fits")).await.unwrap().delivered, 1);
+        b.router.send(msg("f", "fits")).await.unwrap();
     }
-    let d = m.push(msg("f", "overflows")).await.unwrap();
-    assert_eq!((d.delivered, d.failed), (0, 1));
+    let before = b.store.count("f").await.unwrap();
+    b.router.send(msg("f", "overflows")).await.unwrap();
+    eventually("the refused message is stored", || async {
+        b.store.count("f").await.unwrap() > before
+    })
+    .await;
+    let stored = b.store.pending("f", 0, 10).await.unwrap();
     assert_eq!(
-        drained(&r1),
-        (vec!["fits".to_owned(); 2], Some(CloseRequest::Overflow))
+        stored
+            .iter()
+            .map(|s| s.message.content.as_str())
+            .collect::<Vec<_>>(),
+        ["overflows"]
     );
+    let (queued, close) = expect(&r1, 2, true).await;
+    assert_eq!(queued, ["fits", "fits"]);
+    assert_eq!(close, Some(CloseRequest::Overflow));
 }
 
-async fn receipts_hold_back_a_push(m: &impl SessionManager) {
-    let (h1, r1) = conn(1, 8);
-    m.bind(session(1, "plain", "android", "p"), h1)
-        .await
-        .unwrap();
-    assert!(!m.wants_receipts("plain").await.unwrap());
-    let d = m.push_unless_receipts(msg("plain", "now")).await.unwrap();
-    assert_eq!(d.map(|d| d.delivered), Some(1));
-    assert_eq!(drained(&r1).0, ["now"]);
+async fn receipts_store_first(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
+    let (_p, rp) = bind(a, "plain", "android", "p").await;
+    let sent = b.router.send(msg("plain", "now")).await.unwrap();
+    assert_eq!((sent.delivered, sent.stored), (1, false));
+    assert_eq!(expect(&rp, 1, false).await.0, ["now"]);
+    assert_eq!(b.store.count("plain").await.unwrap(), 0);
+    // One connection of the account acknowledges messages: stored first, and pushed to all.
+    let (_s2, r2) = bind(a, "acks", "android", "p").await;
+    let (_s3, r3) = bind_with(b, "acks", "web", "b", 64, true).await;
+    assert!(b.sessions.wants_receipts("acks").await.unwrap());
+    let sent = b.router.send(msg("acks", "held")).await.unwrap();
+    assert_eq!((sent.delivered, sent.stored), (2, true));
+    assert_eq!(b.store.count("acks").await.unwrap(), 1);
+    assert_eq!(expect(&r2, 1, false).await.0, ["held"]);
+    assert_eq!(expect(&r3, 1, false).await.0, ["held"]);
+}
 
-    // One connection of the account acknowledges messages: nothing is pushed to any.
-    let (h2, r2) = conn(2, 8);
-    let (h3, r3) = conn(3, 8);
-    m.bind(session(2, "acks", "android", "p"), h2)
+async fn boundary_and_undelivered(nodes: &[Node]) {
+    let (a, b) = ends(nodes);
+    assert_eq!(a.router.replay_boundary("nothing").await.unwrap(), 0);
+    for i in 0..3 {
+        b.router.send(msg("bd", &format!("m{i}"))).await.unwrap();
+    }
+    let last = b.store.last_seq("bd").await.unwrap();
+    let (s, _r) = bind(a, "bd", "android", "p").await;
+    assert_eq!(a.router.replay_boundary("bd").await.unwrap(), last);
+    // Still queued when the connection ended: kept while nobody else is live...
+    b.store.clear("bd").await.unwrap();
+    a.sessions.unbind(&s).await.unwrap();
+    let kept = a
+        .router
+        .keep_undelivered(&s, vec![msg("bd", "left")])
         .await
         .unwrap();
-    let mut acking = Session::clone(&session(3, "acks", "web", "b"));
-    acking.client_ack = true;
-    m.bind(Arc::new(acking), h3).await.unwrap();
-    assert!(m.wants_receipts("acks").await.unwrap());
-    assert_eq!(
-        m.push_unless_receipts(msg("acks", "held")).await.unwrap(),
-        None
-    );
-    assert!(drained(&r2).0.is_empty() && drained(&r3).0.is_empty());
-    // Nobody online: an empty delivery, not a refusal.
-    let d = m.push_unless_receipts(msg("nobody", "x")).await.unwrap();
-    assert_eq!(d.map(|d| d.delivered), Some(0));
+    assert_eq!(kept, 1);
+    assert_eq!(b.store.count("bd").await.unwrap(), 1);
+    // ...and not while another connection of the account is live (it got them).
+    let (_other, _ro) = bind(b, "bd", "web", "w").await;
+    let kept = a
+        .router
+        .keep_undelivered(&s, vec![msg("bd", "seen")])
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    assert_eq!(b.store.count("bd").await.unwrap(), 1);
 }

@@ -69,7 +69,7 @@ impl From<Sent> for SentOut {
     fn from(s: Sent) -> Self {
         Self {
             id: s.id.to_string(),
-            delivered: s.delivery.delivered,
+            delivered: s.delivered,
             stored: s.stored,
         }
     }

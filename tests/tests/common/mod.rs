@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use cim_codec_binary::{BinaryCodec, WsBinaryCodec};
 use cim_codec_json::JsonCodec;
 use cim_codec_xml::XmlCodec;
-use cim_core::engine::{ConnId, ConnectionConfig, EventListener};
+use cim_core::engine::{ConnId, ConnectionConfig, EventContext, EventListener};
 use cim_core::{Frame, Message, Packet, PacketCodec, ReplyBody, SentBody, Session, StreamCodec};
 use cim_server::{Listener, Protocol, RunningServer, Server, ServerBuilder, WsSettings};
 use futures_util::{SinkExt, StreamExt};
@@ -42,7 +42,13 @@ pub fn init_logs() {
 pub struct Closes(pub Mutex<Vec<(ConnId, Option<String>, String)>>);
 
 impl EventListener for Closes {
-    fn on_closed(&self, conn: ConnId, session: Option<&Session>, reason: &str) {
+    fn on_closed(
+        &self,
+        _: &EventContext<'_>,
+        conn: ConnId,
+        session: Option<&Session>,
+        reason: &str,
+    ) {
         self.0
             .lock()
             .unwrap()
@@ -252,7 +258,7 @@ pub async fn assert_receives(
     content: &str,
 ) {
     let sent = server.hub().send(message_to(uid, content)).await.unwrap();
-    assert_eq!(sent.delivery.delivered, 1, "not delivered to {uid}");
+    assert_eq!(sent.delivered, 1, "not delivered to {uid}");
     let m = client.message().await;
     assert_eq!(
         (m.receiver.as_str(), m.content.as_str(), m.id),

@@ -1,0 +1,105 @@
+//! [`Services`]: what handlers, event listeners and the rest of a server act through — this
+//! node's name, the session manager, the router, the store and the message ids. Cheap to clone
+//! (a handful of `Arc`s), so work can be handed to a task of its own.
+
+use std::sync::Arc;
+
+use crate::engine::ids::MessageIds;
+use crate::engine::router::{Router, Sent};
+use crate::engine::sessions::SessionManager;
+use crate::engine::shared::SharedMessage;
+use crate::engine::store::MessageStore;
+use crate::error::Result;
+use crate::message::Message;
+
+/// The node's shared services. Part of every [`Hub`](crate::engine::Hub), and what a
+/// [`RequestContext`](crate::engine::RequestContext) or an
+/// [`EventContext`](crate::engine::EventContext) hands to handlers and listeners.
+#[derive(Clone)]
+pub struct Services {
+    node: Arc<str>,
+    sessions: Arc<dyn SessionManager>,
+    router: Arc<dyn Router>,
+    store: Option<Arc<dyn MessageStore>>,
+    ids: Arc<MessageIds>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("node", &self.node)
+            .field("store", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Services {
+    pub(crate) fn new(
+        node: String,
+        sessions: Arc<dyn SessionManager>,
+        router: Arc<dyn Router>,
+        store: Option<Arc<dyn MessageStore>>,
+        ids: MessageIds,
+    ) -> Self {
+        Self {
+            node: node.into(),
+            sessions,
+            router,
+            store,
+            ids: Arc::new(ids),
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The session manager.
+    pub fn sessions(&self) -> &Arc<dyn SessionManager> {
+        &self.sessions
+    }
+
+    /// The router: how messages reach connections or the store.
+    pub fn router(&self) -> &Arc<dyn Router> {
+        &self.router
+    }
+
+    /// The offline message store, if there is one.
+    pub fn store(&self) -> Option<&Arc<dyn MessageStore>> {
+        self.store.as_ref()
+    }
+
+    /// A new message id.
+    pub fn next_message_id(&self) -> i64 {
+        self.ids.next()
+    }
+
+    /// Gives `message` an id and a timestamp where it has none, and wraps it for fan-out.
+    pub fn stamp(&self, mut message: Message) -> Arc<SharedMessage> {
+        if message.id == 0 {
+            message.id = self.ids.next();
+        }
+        if message.timestamp == 0 {
+            message.timestamp = crate::now_ms();
+        }
+        Arc::new(SharedMessage::new(message))
+    }
+
+    /// Sends `message` to every live connection of its receiver, or stores it (see
+    /// [`Router`]): returns once it is queued to a connection or stored as durably as the
+    /// store's policy says; a store failure is an [`Error::Unavailable`](crate::Error::Unavailable).
+    pub async fn send(&self, message: Message) -> Result<Sent> {
+        self.router.send(self.stamp(message)).await
+    }
+
+    /// Sends `message` to every live connection tagged `tag`.
+    pub async fn send_to_tag(&self, tag: &str, message: Message) -> Result<Sent> {
+        self.router.send_tag(tag, self.stamp(message)).await
+    }
+
+    /// Sends `message` to every live connection.
+    pub async fn broadcast(&self, message: Message) -> Result<Sent> {
+        self.router.broadcast(self.stamp(message)).await
+    }
+}
