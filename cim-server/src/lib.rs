@@ -49,4 +49,4 @@ pub mod transport;
 pub use listener::{Listener, Protocol};
 pub use server::{RunningServer, Server, ServerBuilder, ServerError};
 pub use settings::Settings;
-pub use transport::{WsMode, WsSettings};
+pub use transport::{WsCodecs, WsMode, WsSettings};

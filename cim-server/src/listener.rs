@@ -120,7 +120,7 @@ fn spawn_connection(
                 // The handshake's future is boxed: it is done before the connection idles.
                 match Box::pin(ws::accept(stream, &settings)).await {
                     Ok(Some((socket, request))) => {
-                        let transport = WsTransport::new(socket, settings.mode);
+                        let transport = WsTransport::new(socket, &settings);
                         if let Some(Err(why)) = check.as_ref().map(|c| c.check(&request)) {
                             info!(%peer, reason = %why, "websocket handshake refused");
                             transport.refuse(settings.handshake_timeout).await;
@@ -140,7 +140,7 @@ fn spawn_connection(
 /// Starts the task of a connection on a stream protocol; the permit goes with the connection.
 fn spawn_stream<C: StreamCodec + Sync>(
     hub: Arc<Hub>,
-    transport: StreamTransport<C>,
+    transport: StreamTransport<TcpStream, C>,
     conf: ConnectionConfig,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,

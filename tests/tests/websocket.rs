@@ -224,3 +224,68 @@ async fn websocket_control_frames_are_answered_and_are_not_heartbeats() {
     assert!(got_pong, "the WebSocket layer did not answer pings");
     closes.wait_for("no answer to 2 heartbeats").await;
 }
+
+/// The close frame a WebSocket client gets, or `None` if the connection ended without one.
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match futures_util::StreamExt::next(ws).await {
+                Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the connection")
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_closed_with_1009() {
+    let ws_settings = WsSettings {
+        max_message: 1024,
+        ..WsSettings::default()
+    };
+    let (server, _) = start_with(ConnectionConfig::default(), ws_settings, |b| b).await;
+    let mut witness = bound_tcp(&server, "witness").await;
+    let (mut ws, _) = ws_connect(&server, "/", None).await;
+    ws.send(WsMessage::Binary(vec![3u8; 4096].into()))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+    assert_receives(&server, &mut witness, "witness", "still served").await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_with_1001() {
+    let (server, _) = start().await;
+    let (mut ws, _) = ws_connect(&server, "/", None).await;
+    ws_send_binary(&mut ws, &Frame::Sent(bind_body("going", "web", "tab"))).await;
+    assert!(matches!(ws_next(&mut ws).await, Some(Frame::Reply(r)) if r.code == "200"));
+    let stopping = tokio::spawn(server.shutdown(Duration::from_secs(5)));
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    assert!(stopping.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_refused_bind_is_closed_with_1008() {
+    struct NoOne;
+    #[async_trait::async_trait]
+    impl cim_core::engine::BindAuthenticator for NoOne {
+        async fn authenticate(
+            &self,
+            _: &cim_core::SentBody,
+            _: &cim_core::Session,
+        ) -> Result<(), cim_core::engine::AuthError> {
+            Err(cim_core::engine::AuthError("nobody binds here".into()))
+        }
+    }
+    let (server, _) = start_with(ConnectionConfig::default(), WsSettings::default(), |b| {
+        b.authenticator(std::sync::Arc::new(NoOne))
+    })
+    .await;
+    let (mut ws, _) = ws_connect(&server, "/", None).await;
+    ws_send_binary(&mut ws, &Frame::Sent(bind_body("nobody", "web", "tab"))).await;
+    assert!(matches!(ws_next(&mut ws).await, Some(Frame::Reply(r)) if r.code == "401"));
+    assert_eq!(close_code(&mut ws).await, Some(1008));
+}

@@ -315,6 +315,15 @@ impl OutboundReceiver {
 mod tests {
     use super::*;
 
+    /// A handle is one pointer (registries and the timer hold many); the queue behind it is
+    /// the lock, the ring buffer, the close request boxed, a waker, the flag, an id and a `u32`
+    /// capacity: 88 bytes, allocated once per connection.
+    #[test]
+    fn a_handle_is_one_pointer_and_a_queue_88_bytes() {
+        assert_eq!(std::mem::size_of::<ConnectionHandle>(), 8);
+        assert_eq!(std::mem::size_of::<Queue>(), 88);
+    }
+
     #[test]
     fn full_queue_refuses_and_marks_overflow() {
         let (h, rx) = ConnectionHandle::new(ConnId(1), 2);

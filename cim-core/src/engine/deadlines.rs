@@ -182,7 +182,7 @@ mod driver_tests {
             Ok(())
         }
 
-        async fn close(&mut self) {}
+        async fn close(&mut self, _: crate::engine::transport::Closing) {}
     }
 
     #[tokio::test]

@@ -18,20 +18,12 @@ use crate::engine::handler::RequestContext;
 use crate::engine::handover::{self, Replay};
 use crate::engine::heartbeat::{Heartbeat, TimerAction};
 use crate::engine::hub::Hub;
-use crate::engine::transport::{ConnectionConfig, Transport};
+use crate::engine::transport::{Closing, ConnectionConfig, End, Transport};
 use crate::error::Error;
 use crate::frame::Frame;
 use crate::message::{ReplyBody, SentBody};
 use crate::protocol::key;
 use crate::session::Session;
-
-/// Why a connection ended, for logs and listeners.
-enum End {
-    /// Normal: the peer left, a timer fired, the server asked.
-    Normal(String),
-    /// The peer broke the protocol.
-    Protocol(String),
-}
 
 struct Conn<T> {
     hub: Arc<Hub>,
@@ -93,9 +85,9 @@ pub fn serve_connection<T: Transport>(
                 () = rx.ready() => None,
                 frame = conn.transport.recv() => match frame {
                     Ok(Some(frame)) => Some(Box::new(frame)),
-                    Ok(None) => break End::Normal("closed by peer".into()),
-                    Err(Error::Io(e)) => break End::Normal(format!("read failed: {e}")),
-                    Err(e) => break End::Protocol(e.to_string()),
+                    Ok(None) => break End::normal("closed by peer"),
+                    Err(Error::Io(e)) => break End::normal(format!("read failed: {e}")),
+                    Err(e) => break End::protocol(e),
                 },
             };
             if let Some(frame) = read {
@@ -121,7 +113,7 @@ pub fn serve_connection<T: Transport>(
                             break end;
                         }
                     }
-                    TimerAction::Close(why) => break End::Normal(why.to_string()),
+                    TimerAction::Close(why) => break End::normal(why.to_string()),
                 }
             }
             // Boxed, so that an idle connection's task does not carry the write path.
@@ -174,8 +166,8 @@ impl<T: Transport> Conn<T> {
         self.out = Vec::new();
         match res {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Normal(format!("write failed: {e}"))),
-            Err(_) => Err(End::Normal(format!(
+            Ok(Err(e)) => Err(End::normal(format!("write failed: {e}"))),
+            Err(_) => Err(End::normal(format!(
                 "write stalled for {:?} (slow reader)",
                 self.write_timeout
             ))),
@@ -195,7 +187,7 @@ impl<T: Transport> Conn<T> {
             }
             self.write_out().await?;
             if let Some(req) = close {
-                return Err(End::Normal(req.to_string()));
+                return Err(End::requested(&req));
             }
             if drained < self.max_batch {
                 // Caught up after an overflow: what was refused meanwhile is in the store.
@@ -221,7 +213,7 @@ impl<T: Transport> Conn<T> {
             }
             match self.transport.recv_buffered() {
                 Ok(f) => next = f,
-                Err(e) => break Err(End::Protocol(e.to_string())),
+                Err(e) => break Err(End::protocol(e)),
             }
         };
         let written = self.write_out().await;
@@ -232,7 +224,7 @@ impl<T: Transport> Conn<T> {
         match frame {
             Frame::Pong => Ok(()),
             Frame::Sent(body) => self.on_request(body).await,
-            other => Err(End::Protocol(format!(
+            other => Err(End::protocol(format!(
                 "a client may not send {:?} frames",
                 other.frame_type()
             ))),
@@ -287,7 +279,9 @@ impl<T: Transport> Conn<T> {
             Ok((session, _)) => session,
             Err(refusal) => {
                 self.reply(key::CLIENT_BIND, refusal.reply).await?;
-                return refusal.close.map_or(Ok(()), |why| Err(End::Normal(why)));
+                return refusal
+                    .close
+                    .map_or(Ok(()), |why| Err(End::new(why, Closing::Refused)));
             }
         };
         self.heartbeat.on_bound();
@@ -323,24 +317,20 @@ impl<T: Transport> Conn<T> {
 
     /// Cleans up after the connection ended, and says why it did.
     async fn finish(&mut self, end: End, rx: &OutboundReceiver) {
-        let reason = match &end {
-            End::Normal(r) => r.clone(),
-            End::Protocol(r) => format!("protocol error: {r}"),
-        };
-        let undelivered = rx.shut(CloseRequest::Closed(reason.clone()));
+        let undelivered = rx.shut(CloseRequest::Closed(end.reason.clone()));
         handover::release(
             &self.hub,
             &self.handle,
             self.remote,
             self.session.as_deref(),
-            &reason,
+            &end.reason,
             undelivered,
         )
         .await;
-        let _ = timeout(Duration::from_secs(1), self.transport.close()).await;
-        match end {
-            End::Normal(_) => info!(reason = %reason, "closed"),
-            End::Protocol(_) => warn!(reason = %reason, "closed"),
+        let _ = timeout(Duration::from_secs(1), self.transport.close(end.closing)).await;
+        match end.closing {
+            Closing::ProtocolError => warn!(reason = %end.reason, "closed"),
+            _ => info!(reason = %end.reason, "closed"),
         }
     }
 }

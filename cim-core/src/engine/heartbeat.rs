@@ -182,6 +182,13 @@ impl Heartbeat {
 mod tests {
     use super::*;
 
+    /// Every connection's task holds one: the opening instant, three `u32` settings and the
+    /// missed count, three `u64` deadlines in milliseconds since opening. 56 bytes.
+    #[test]
+    fn a_heartbeat_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<Heartbeat>(), 56);
+    }
+
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
     }

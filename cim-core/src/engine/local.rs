@@ -396,6 +396,21 @@ impl SessionManager for LocalSessionManager {
     }
 }
 
+#[cfg(test)]
+mod sizes {
+    use super::*;
+
+    /// Every bound connection keeps one entry in its account's slot: the shared session, the
+    /// queue handle (one pointer) and the tags as a boxed slice (two words, not a vector's
+    /// three). 32 bytes; an account with one connection keeps it inline in the map (40 bytes
+    /// with the small vector's length).
+    #[test]
+    fn an_entry_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::size_of::<Entries>(), 40);
+    }
+}
+
 #[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;

@@ -57,4 +57,4 @@ pub use services::Services;
 pub use sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
 pub use shared::SharedMessage;
 pub use store::{Appended, MemoryStore, MessageStore, Seq, Stored};
-pub use transport::{ConnectionConfig, Transport};
+pub use transport::{Closing, ConnectionConfig, Transport};

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::engine::conn::{Outbound, SlowConsumer};
+use crate::engine::conn::{CloseRequest, Outbound, SlowConsumer};
 use crate::engine::heartbeat::Timers;
 use crate::error::Result;
 use crate::frame::Frame;
@@ -19,14 +19,65 @@ pub trait Transport: Send + 'static {
     /// this transport cannot encode is skipped with a warning; only a failed write is an error.
     fn send(&mut self, items: &[Outbound]) -> impl Future<Output = Result<()>> + Send;
 
-    /// Closes the connection (a WebSocket close frame, a TCP shutdown).
-    fn close(&mut self) -> impl Future<Output = ()> + Send;
+    /// Closes the connection for `why` (a WebSocket close frame with the matching status, a
+    /// TCP shutdown).
+    fn close(&mut self, why: Closing) -> impl Future<Output = ()> + Send;
 
     /// A whole frame already read into this transport's buffer, without any I/O; `Ok(None)`
     /// when there is none. The driver handles a burst of requests this way and answers them
     /// with one write. The default buffers nothing.
     fn recv_buffered(&mut self) -> Result<Option<Frame>> {
         Ok(None)
+    }
+}
+
+/// Why the engine closes a connection, for a transport that can tell its peer (a WebSocket's
+/// close status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// The peer left, a timer fired, the account bound elsewhere: a normal end.
+    Normal,
+    /// The server is shutting down (WebSocket: 1001 "going away").
+    Shutdown,
+    /// The peer was refused by policy: a bind or handshake that failed its check (WebSocket:
+    /// 1008).
+    Refused,
+    /// The peer broke the protocol (WebSocket: 1002, or the transport's own more precise status,
+    /// such as 1009 for a message too large).
+    ProtocolError,
+}
+
+/// Why a connection ended, for logs, listeners and the peer.
+pub(crate) struct End {
+    pub(crate) reason: String,
+    pub(crate) closing: Closing,
+}
+
+impl End {
+    /// A normal end: the peer left, a timer fired, the server asked.
+    pub(crate) fn normal(reason: impl Into<String>) -> Self {
+        Self::new(reason, Closing::Normal)
+    }
+
+    /// The peer broke the protocol.
+    pub(crate) fn protocol(reason: impl std::fmt::Display) -> Self {
+        Self::new(format!("protocol error: {reason}"), Closing::ProtocolError)
+    }
+
+    pub(crate) fn new(reason: impl Into<String>, closing: Closing) -> Self {
+        Self {
+            reason: reason.into(),
+            closing,
+        }
+    }
+
+    /// The end another part asked for through the queue.
+    pub(crate) fn requested(req: &CloseRequest) -> Self {
+        let closing = match req {
+            CloseRequest::Shutdown => Closing::Shutdown,
+            _ => Closing::Normal,
+        };
+        Self::new(req.to_string(), closing)
     }
 }
 

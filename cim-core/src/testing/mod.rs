@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // test support: a failed check panics
 
+pub mod codec;
 #[cfg(feature = "engine")]
 pub mod sessions;
 #[cfg(feature = "engine")]

@@ -4,4 +4,4 @@ pub mod stream;
 pub mod ws;
 
 pub use stream::StreamTransport;
-pub use ws::{HandshakeRequest, WsMode, WsSettings, WsTransport};
+pub use ws::{HandshakeRequest, WsCodecs, WsMode, WsSettings, WsTransport};

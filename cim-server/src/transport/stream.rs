@@ -1,39 +1,47 @@
-//! [`StreamTransport`]: a [`StreamCodec`] over a TCP socket.
+//! [`StreamTransport`]: a [`StreamCodec`] over any byte stream (TCP, TLS, …).
 
 use std::borrow::Cow;
+use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
-use cim_core::engine::{Outbound, SharedMessage, Transport};
+use cim_core::engine::{Closing, Outbound, SharedMessage, Transport};
 use cim_core::{CodecError, Error, Frame, Result, StreamCodec};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::warn;
 
-/// Bytes reserved for each read.
+/// Bytes read at once when nothing is buffered. They are read into the stack of the polling
+/// thread, not into the connection's own memory, and only what makes no whole frame yet is
+/// kept: so an idle connection holds no read buffer, whatever the stream.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// Frames of a [`StreamCodec`] over a TCP socket.
+/// Frames of a [`StreamCodec`] over a byte stream `S`: a `TcpStream`, a TLS stream, anything
+/// `AsyncRead + AsyncWrite + Unpin`.
 ///
-/// Idle connections hold no buffers: the read buffer is released whenever it holds no partial
-/// frame, and the write buffer after every write. Everything queued is written with one
-/// `write_all` per batch, and a pushed message's encoding is shared with every other connection
-/// of the same wire format.
-pub struct StreamTransport<C> {
-    stream: TcpStream,
+/// Idle connections hold no buffers: a read waits with none (it polls the stream with a buffer
+/// on the stack, and keeps only bytes of a frame not yet whole), and the write buffer is
+/// released after every write. Everything queued is written with one `write_all` per batch, and
+/// a pushed message's encoding is shared with every other connection of the same wire format.
+pub struct StreamTransport<S, C> {
+    stream: S,
     codec: C,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
 
-impl<C: StreamCodec> StreamTransport<C> {
+impl<S, C: StreamCodec> StreamTransport<S, C> {
     /// Wraps `stream`, framed by `codec`.
-    pub fn new(stream: TcpStream, codec: C) -> Self {
+    pub fn new(stream: S, codec: C) -> Self {
         Self {
             stream,
             codec,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
         }
+    }
+
+    /// The stream, for what the transport does not do itself (peer certificates, say).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
     }
 
     fn encode(&mut self, item: &Outbound) -> std::result::Result<(), CodecError> {
@@ -65,37 +73,50 @@ impl<C: StreamCodec> StreamTransport<C> {
     }
 }
 
-fn describe(item: &Outbound) -> String {
-    match item {
-        Outbound::Frame(f) => format!("{:?} frame", f.frame_type()),
-        Outbound::Message(m) => format!("message {}", m.message().id),
+impl<S: AsyncRead + Unpin, C> StreamTransport<S, C> {
+    /// Reads what the stream has into the read buffer; `Ok(0)` at its end. Cancel-safe: a read
+    /// that is not ready consumes nothing.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if !self.rbuf.is_empty() {
+            // Part of a frame is here and the rest is expected soon: read straight into the
+            // connection's buffer.
+            self.rbuf.reserve(READ_CHUNK);
+            return self.stream.read_buf(&mut self.rbuf).await;
+        }
+        std::future::poll_fn(|cx| {
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut chunk);
+            Pin::new(&mut self.stream)
+                .poll_read(cx, &mut buf)
+                .map_ok(|()| {
+                    self.rbuf.extend_from_slice(buf.filled());
+                    buf.filled().len()
+                })
+        })
+        .await
     }
 }
 
-impl<C: StreamCodec> Transport for StreamTransport<C> {
+impl<S, C> Transport for StreamTransport<S, C>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: StreamCodec,
+{
     async fn recv(&mut self) -> Result<Option<Frame>> {
         loop {
             if let Some(frame) = self.recv_buffered()? {
                 return Ok(Some(frame));
             }
-            // Cancel-safe: waiting for readiness consumes nothing. (`poll_read_ready` keeps the
-            // waker in tokio's registration, so the wait adds nothing to this future.)
-            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
-            self.rbuf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) if self.rbuf.is_empty() => return Ok(None),
-                Ok(0) => {
+            // Cancel-safe: a read that is not ready consumes nothing, and one that is ready
+            // moves its bytes into the read buffer before returning.
+            match self.fill().await? {
+                0 if self.rbuf.is_empty() => return Ok(None),
+                0 => {
                     return Err(Error::Codec(CodecError::Truncated {
                         pending: self.rbuf.len(),
                     }));
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if self.rbuf.is_empty() {
-                        self.rbuf = BytesMut::new();
-                    }
-                }
-                Err(e) => return Err(e.into()),
+                _ => {}
             }
         }
     }
@@ -118,7 +139,10 @@ impl<C: StreamCodec> Transport for StreamTransport<C> {
             && let Some(encoded) = self.shared_encoding(shared)
         {
             return match encoded {
-                Ok(bytes) => self.stream.write_all(&bytes).await.map_err(Error::from),
+                Ok(bytes) => {
+                    self.stream.write_all(&bytes).await?;
+                    self.stream.flush().await.map_err(Error::from)
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot encode message {}; skipped", shared.message().id);
                     Ok(())
@@ -135,10 +159,18 @@ impl<C: StreamCodec> Transport for StreamTransport<C> {
         }
         let res = self.stream.write_all(&self.wbuf).await;
         self.wbuf = BytesMut::new();
-        res.map_err(Error::from)
+        res?;
+        self.stream.flush().await.map_err(Error::from)
     }
 
-    async fn close(&mut self) {
+    async fn close(&mut self, _: Closing) {
         let _ = self.stream.shutdown().await;
+    }
+}
+
+fn describe(item: &Outbound) -> String {
+    match item {
+        Outbound::Frame(f) => format!("{:?} frame", f.frame_type()),
+        Outbound::Message(m) => format!("message {}", m.message().id),
     }
 }

@@ -2,19 +2,21 @@
 //! prefix is taken, offered subprotocols are answered and non-upgrade requests get `403`), and
 //! [`WsTransport`], which carries CIM packets in protobuf or JSON mode.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use cim_codec_binary::WsBinaryCodec;
 use cim_codec_json::JsonCodec;
-use cim_core::engine::{Outbound, Transport};
-use cim_core::{CodecError, Error, Frame, Packet, PacketCodec, Result};
+use cim_core::engine::{Closing, Outbound, Transport};
+use cim_core::{CodecError, Error, Frame, OwnedPacket, Packet, PacketCodec, Result};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::{debug, warn};
@@ -24,16 +26,63 @@ use tracing::{debug, warn};
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// How a WebSocket listener frames CIM packets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WsMode {
-    /// Per connection, from the first data message: binary means protobuf, text means JSON.
+    /// Per connection, from the first data message: a binary one picks the binary codec
+    /// (protobuf), a text one the text codec (JSON).
     #[default]
     Auto,
-    /// Binary messages `[type][protobuf]`.
+    /// Every packet through the binary codec: binary messages `[type][protobuf]`.
     Protobuf,
-    /// Text messages with a JSON envelope.
+    /// Every packet through the text codec: text messages with a JSON envelope.
     Json,
 }
+
+/// The packet codecs of a WebSocket listener: one for the binary mode (protobuf by default)
+/// and one for the text mode (JSON by default). A listener may bring its own.
+#[derive(Clone)]
+pub struct WsCodecs {
+    /// Decodes and encodes packets in the binary mode.
+    pub binary: Arc<dyn PacketCodec>,
+    /// Decodes and encodes packets in the text mode.
+    pub text: Arc<dyn PacketCodec>,
+}
+
+impl WsCodecs {
+    /// One codec for both modes (a codec that tells packets apart by itself).
+    pub fn single(codec: Arc<dyn PacketCodec>) -> Self {
+        Self {
+            binary: Arc::clone(&codec),
+            text: codec,
+        }
+    }
+}
+
+impl Default for WsCodecs {
+    /// CIM's: protobuf in binary messages, the JSON envelope in text messages.
+    fn default() -> Self {
+        Self {
+            binary: Arc::new(WsBinaryCodec),
+            text: Arc::new(JsonCodec),
+        }
+    }
+}
+
+impl std::fmt::Debug for WsCodecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsCodecs").finish_non_exhaustive()
+    }
+}
+
+/// Two sets are equal when they hold the same codec values.
+impl PartialEq for WsCodecs {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.binary, &other.binary) && Arc::ptr_eq(&self.text, &other.text)
+    }
+}
+
+impl Eq for WsCodecs {}
 
 /// Settings of a WebSocket listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +97,8 @@ pub struct WsSettings {
     pub handshake_timeout: Duration,
     /// Largest upgrade request head, in bytes (default 8 KiB).
     pub max_request_head: usize,
+    /// The packet codecs (default: CIM's protobuf and JSON).
+    pub codecs: WsCodecs,
 }
 
 impl Default for WsSettings {
@@ -58,6 +109,7 @@ impl Default for WsSettings {
             max_message: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             max_request_head: 8 * 1024,
+            codecs: WsCodecs::default(),
         }
     }
 }
@@ -117,7 +169,7 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-async fn refuse(stream: &mut TcpStream, status: &str, why: &str) {
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, status: &str, why: &str) {
     debug!(status, why, "websocket upgrade refused");
     let body = format!("{why}\n");
     let resp = format!(
@@ -134,7 +186,10 @@ enum Head {
 }
 
 /// Reads and checks the upgrade request head.
-async fn read_head(stream: &mut TcpStream, settings: &WsSettings) -> Result<Head> {
+async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    settings: &WsSettings,
+) -> Result<Head> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() >= settings.max_request_head {
@@ -210,10 +265,10 @@ async fn read_head(stream: &mut TcpStream, settings: &WsSettings) -> Result<Head
 
 /// Performs the upgrade on `stream`. `None` when the request was refused (the refusal has been
 /// answered) or the peer went away.
-pub async fn accept(
-    mut stream: TcpStream,
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     settings: &WsSettings,
-) -> Result<Option<(WebSocketStream<TcpStream>, HandshakeRequest)>> {
+) -> Result<Option<(WebSocketStream<S>, HandshakeRequest)>> {
     let head = match timeout(settings.handshake_timeout, read_head(&mut stream, settings)).await {
         Ok(head) => head?,
         Err(_) => {
@@ -249,77 +304,99 @@ pub async fn accept(
     Ok(Some((ws, request)))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Resolved {
-    Protobuf,
-    Json,
-}
-
-/// CIM packets over a WebSocket.
-pub struct WsTransport {
-    ws: WebSocketStream<TcpStream>,
+/// CIM packets over a WebSocket on any stream `S`, each packet through the codec of the
+/// connection's mode.
+pub struct WsTransport<S> {
+    ws: WebSocketStream<S>,
+    codecs: WsCodecs,
     fixed: WsMode,
-    mode: Option<Resolved>,
+    /// The mode in use: fixed, or detected from the first data message.
+    text: Option<bool>,
+    /// The close status the peer is owed, when something more precise than the engine's
+    /// reason is known (a message too large).
+    status: Option<CloseCode>,
 }
 
-impl WsTransport {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<S> {
     /// Wraps an upgraded stream.
-    pub fn new(ws: WebSocketStream<TcpStream>, mode: WsMode) -> Self {
-        let resolved = match mode {
+    pub fn new(ws: WebSocketStream<S>, settings: &WsSettings) -> Self {
+        let text = match settings.mode {
             WsMode::Auto => None,
-            WsMode::Protobuf => Some(Resolved::Protobuf),
-            WsMode::Json => Some(Resolved::Json),
+            WsMode::Protobuf => Some(false),
+            WsMode::Json => Some(true),
         };
         Self {
             ws,
-            fixed: mode,
-            mode: resolved,
+            codecs: settings.codecs.clone(),
+            fixed: settings.mode,
+            text,
+            status: None,
         }
     }
 
-    /// Sends the `client_handshake` / `401` refusal and closes. In automatic mode the client's
-    /// first message (its bind, for the stock SDKs) is awaited for up to `wait`, so the refusal
-    /// goes out in the mode the client speaks.
+    /// Sends the `client_handshake` / `401` refusal and closes (1008). In automatic mode the
+    /// client's first message (its bind, for the stock SDKs) is awaited for up to `wait`, so
+    /// the refusal goes out in the mode the client speaks.
     pub async fn refuse(mut self, wait: Duration) {
-        if self.mode.is_none() {
+        if self.text.is_none() {
             let _ = timeout(wait, self.recv()).await;
         }
         let refusal = Outbound::Frame(Box::new(Frame::Reply(cim_core::handshake_refused())));
         let _ = self.send(std::slice::from_ref(&refusal)).await;
-        self.close().await;
+        self.close(Closing::Refused).await;
     }
 
-    /// The mode in use: fixed, detected, or protobuf until something is detected.
-    fn mode(&self) -> Resolved {
-        self.mode.unwrap_or(Resolved::Protobuf)
+    /// The codec of the mode in use (binary until something is detected).
+    fn codec(&self) -> &dyn PacketCodec {
+        if self.text == Some(true) {
+            &*self.codecs.text
+        } else {
+            &*self.codecs.binary
+        }
     }
 
     fn encode(&self, item: &Outbound) -> std::result::Result<Message, CodecError> {
+        let codec = self.codec();
         let shared = match item {
             Outbound::Frame(frame) => {
-                return Ok(match self.mode() {
-                    Resolved::Protobuf => Message::Binary(WsBinaryCodec.encode_payload(frame)),
-                    Resolved::Json => Message::Text(JsonCodec.encode_text(frame)?.into()),
+                return Ok(match codec.encode(frame)? {
+                    OwnedPacket::Binary(b) => Message::Binary(b),
+                    OwnedPacket::Text(t) => Message::Text(t.into()),
                 });
             }
             Outbound::Message(shared) => shared,
         };
-        Ok(match self.mode() {
-            Resolved::Protobuf => {
-                Message::Binary(shared.encoded(cim_core::WireFormat::BinaryPacket, |f| {
-                    Ok(WsBinaryCodec.encode_payload(f))
-                })?)
-            }
-            Resolved::Json => {
-                let bytes = shared.encoded(cim_core::WireFormat::JsonPacket, |f| {
-                    Ok(Bytes::from(JsonCodec.encode_text(f)?))
-                })?;
-                Message::Text(
-                    Utf8Bytes::try_from(bytes)
-                        .map_err(|e| CodecError::Unencodable(e.to_string()))?,
-                )
-            }
+        let Some(format) = codec.wire_format() else {
+            return codec.encode(shared.frame()).map(packet_message);
+        };
+        // The shared encoding is kept as bytes, with the packet's kind in the first byte.
+        let bytes = shared.encoded(format, |f| {
+            Ok(match codec.encode(f)? {
+                OwnedPacket::Binary(b) => [&[0u8][..], &b].concat().into(),
+                OwnedPacket::Text(t) => [&[1u8][..], t.as_bytes()].concat().into(),
+            })
+        })?;
+        Ok(match bytes.first() {
+            Some(1) => Message::Text(
+                Utf8Bytes::try_from(bytes.slice(1..))
+                    .map_err(|e| CodecError::Unencodable(e.to_string()))?,
+            ),
+            _ => Message::Binary(bytes.slice(1..)),
         })
+    }
+
+    fn decode(&mut self, packet: Packet<'_>) -> Result<Frame> {
+        if self.fixed == WsMode::Auto && self.text.is_none() {
+            self.text = Some(matches!(packet, Packet::Text(_)));
+        }
+        Ok(self.codec().decode(packet)?)
+    }
+}
+
+fn packet_message(packet: OwnedPacket) -> Message {
+    match packet {
+        OwnedPacket::Binary(b) => Message::Binary(b),
+        OwnedPacket::Text(t) => Message::Text(t.into()),
     }
 }
 
@@ -333,40 +410,26 @@ fn ws_error(e: tungstenite::Error) -> Option<Error> {
     }
 }
 
-impl Transport for WsTransport {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<S> {
     async fn recv(&mut self) -> Result<Option<Frame>> {
         loop {
             let msg = match self.ws.next().await {
                 None => return Ok(None),
-                Some(Err(e)) => return ws_error(e).map_or(Ok(None), Err),
+                Some(Err(e)) => {
+                    if matches!(e, tungstenite::Error::Capacity(_)) {
+                        self.status = Some(CloseCode::Size);
+                    }
+                    return ws_error(e).map_or(Ok(None), Err);
+                }
                 Some(Ok(msg)) => msg,
             };
-            let frame = match msg {
-                Message::Binary(b) => {
-                    if self.fixed == WsMode::Auto && self.mode.is_none() {
-                        self.mode = Some(Resolved::Protobuf);
-                    }
-                    match self.mode() {
-                        Resolved::Protobuf => WsBinaryCodec.decode(Packet::Binary(&b))?,
-                        Resolved::Json => JsonCodec.decode(Packet::Binary(&b))?,
-                    }
-                }
-                Message::Text(t) => {
-                    if self.fixed == WsMode::Auto && self.mode.is_none() {
-                        self.mode = Some(Resolved::Json);
-                    }
-                    match self.mode() {
-                        Resolved::Json => JsonCodec.decode(Packet::Text(t.as_str()))?,
-                        Resolved::Protobuf => {
-                            return Err(CodecError::WrongPacketKind { expected: "binary" }.into());
-                        }
-                    }
-                }
-                Message::Close(_) => return Ok(None),
+            return match msg {
+                Message::Binary(b) => self.decode(Packet::Binary(&b)).map(Some),
+                Message::Text(t) => self.decode(Packet::Text(t.as_str())).map(Some),
+                Message::Close(_) => Ok(None),
                 // Control frames are the WebSocket layer's business, not heartbeats.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
-            return Ok(Some(frame));
         }
     }
 
@@ -387,7 +450,17 @@ impl Transport for WsTransport {
             .map_err(|e| ws_error(e).unwrap_or(Error::Transport("closed".into())))
     }
 
-    async fn close(&mut self) {
-        let _ = self.ws.close(None).await;
+    async fn close(&mut self, why: Closing) {
+        let code = self.status.unwrap_or(match why {
+            Closing::Normal => CloseCode::Normal,
+            Closing::Shutdown => CloseCode::Away,
+            Closing::Refused => CloseCode::Policy,
+            Closing::ProtocolError => CloseCode::Protocol,
+        });
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::default(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
     }
 }
