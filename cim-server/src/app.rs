@@ -95,6 +95,7 @@ impl App {
                     signer,
                     token_ttl_secs: settings.auth.token_ttl_secs,
                     max_batch: settings.http.max_batch,
+                    max_uid_bytes: settings.auth.max_uid_bytes,
                 });
                 let config = HttpConfig {
                     max_body: settings.http.max_body,

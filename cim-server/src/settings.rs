@@ -301,6 +301,8 @@ pub struct AuthSettings {
     pub token_secret: String,
     /// Lifetime of tokens minted by `cim-server token` and the API, in seconds.
     pub token_ttl_secs: u64,
+    /// Longest account id, in bytes (ids must also be non-empty, without control characters).
+    pub max_uid_bytes: usize,
 }
 
 impl Default for AuthSettings {
@@ -308,6 +310,7 @@ impl Default for AuthSettings {
         Self {
             token_secret: String::new(),
             token_ttl_secs: 86_400,
+            max_uid_bytes: cim_core::DEFAULT_MAX_UID_BYTES,
         }
     }
 }
@@ -507,6 +510,13 @@ impl Settings {
         if self.http.max_batch == 0 {
             return Err(invalid("http.max_batch", 0, "must be at least 1"));
         }
+        if !(1..=65535).contains(&self.auth.max_uid_bytes) {
+            return Err(invalid(
+                "auth.max_uid_bytes",
+                self.auth.max_uid_bytes,
+                "must be 1 to 65535",
+            ));
+        }
         if self.http.enabled && self.http.api_key.is_empty() {
             let ip: IpAddr = self
                 .http
@@ -638,6 +648,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("websocket.mode") || e.contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn uid_limit_out_of_range_names_the_key() {
+        for bad in ["0", "65536"] {
+            let e = Settings::load(None, env(&[("CIM_AUTH__MAX_UID_BYTES", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`auth.max_uid_bytes` = {bad}")), "{e}");
+        }
+        Settings::load(None, env(&[("CIM_AUTH__MAX_UID_BYTES", "65535")])).unwrap();
     }
 
     /// The sample in the repository documents every key with its default value.

@@ -40,6 +40,8 @@ pub struct HttpState {
     pub token_ttl_secs: u64,
     /// Messages per batch at most.
     pub max_batch: usize,
+    /// Longest account id, in bytes.
+    pub max_uid_bytes: usize,
 }
 
 /// Settings of the HTTP listener.
