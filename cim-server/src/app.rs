@@ -100,6 +100,8 @@ impl App {
                 let config = HttpConfig {
                     max_body: settings.http.max_body,
                     header_timeout: Duration::from_millis(settings.http.header_timeout_ms),
+                    body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
+                    max_connections: settings.http.max_connections,
                 };
                 let router = http::router(state, &config);
                 let (stop, stop_rx) = watch::channel(false);

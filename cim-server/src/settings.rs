@@ -332,6 +332,10 @@ pub struct HttpSettings {
     pub max_body: usize,
     /// Time allowed for a request's headers, and for an idle keep-alive connection.
     pub header_timeout_ms: u64,
+    /// Time allowed for a request's body to arrive once its headers have.
+    pub body_timeout_ms: u64,
+    /// HTTP connections open at once; more are answered `503` and closed.
+    pub max_connections: usize,
     /// Messages accepted in one batch request.
     pub max_batch: usize,
 }
@@ -345,6 +349,8 @@ impl Default for HttpSettings {
             api_key: String::new(),
             max_body: 1024 * 1024,
             header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_connections: 1024,
             max_batch: 1000,
         }
     }
@@ -475,6 +481,7 @@ impl Settings {
             ("connection.bind_timeout_ms", c.bind_timeout_ms),
             ("connection.write_timeout_ms", c.write_timeout_ms),
             ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, v, "must be more than 0"));
@@ -509,6 +516,13 @@ impl Settings {
         }
         if self.http.max_batch == 0 {
             return Err(invalid("http.max_batch", 0, "must be at least 1"));
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > u32::MAX as usize {
+            return Err(invalid(
+                "http.max_connections",
+                self.http.max_connections,
+                "must be 1 to 4294967295",
+            ));
         }
         if !(1..=65535).contains(&self.auth.max_uid_bytes) {
             return Err(invalid(
@@ -651,14 +665,37 @@ mod tests {
     }
 
     #[test]
-    fn uid_limit_out_of_range_names_the_key() {
-        for bad in ["0", "65536"] {
-            let e = Settings::load(None, env(&[("CIM_AUTH__MAX_UID_BYTES", bad)]))
+    fn http_and_uid_limits_refuse_zero_naming_the_key() {
+        for (var, key) in [
+            ("CIM_HTTP__BODY_TIMEOUT_MS", "http.body_timeout_ms"),
+            ("CIM_HTTP__MAX_CONNECTIONS", "http.max_connections"),
+            ("CIM_AUTH__MAX_UID_BYTES", "auth.max_uid_bytes"),
+        ] {
+            let e = Settings::load(None, env(&[(var, "0")]))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(&format!("`auth.max_uid_bytes` = {bad}")), "{e}");
+            assert!(e.contains(&format!("`{key}` = 0")), "{e}");
         }
-        Settings::load(None, env(&[("CIM_AUTH__MAX_UID_BYTES", "65535")])).unwrap();
+        for (var, key, bad, good) in [
+            (
+                "CIM_HTTP__MAX_CONNECTIONS",
+                "http.max_connections",
+                "4294967296",
+                "4294967295",
+            ),
+            (
+                "CIM_AUTH__MAX_UID_BYTES",
+                "auth.max_uid_bytes",
+                "65536",
+                "65535",
+            ),
+        ] {
+            let e = Settings::load(None, env(&[(var, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}` = {bad}")), "{e}");
+            Settings::load(None, env(&[(var, good)])).unwrap();
+        }
     }
 
     /// The sample in the repository documents every key with its default value.

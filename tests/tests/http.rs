@@ -1,5 +1,5 @@
-//! The HTTP API of the `cim-server` binary under careless and hostile clients: the account-id
-//! rule at every entry.
+//! The HTTP listener of the `cim-server` binary under hostile and careless clients, over raw
+//! sockets: the body timeout, the connection limit, and the account-id rule at every entry.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -9,7 +9,151 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cim_codec_binary::BinaryCodec;
 use common::process::*;
+use common::*;
+
+/// `line` without its terminal colour codes.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters, up to the final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn witness(p: &ServerProcess, uid: &str) -> TcpClient {
+    let mut c = StreamClient::connect(p.addr("tcp"), BinaryCodec::new()).await;
+    c.bind(uid, "android", &format!("dev-{uid}")).await;
+    c
+}
+
+/// A well-behaved client: sends `content` to `to` over a fresh connection; the witness bound
+/// as `to` receives it.
+async fn served(h: SocketAddr, to: &mut TcpClient, uid: &str, content: &str) {
+    let body = format!(r#"{{"receiver":"{uid}","content":"{content}"}}"#);
+    let r = http(h, "POST", "/api/v1/messages", &[JSON], &body).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["delivered"], 1, "{r:?}");
+    assert_eq!(to.message().await.content, content);
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_is_answered_408_and_closed_while_others_are_served() {
+    let p = ServerProcess::start(&[("CIM_HTTP__BODY_TIMEOUT_MS", "2000")]);
+    let h = p.addr("http");
+    let mut w = witness(&p, "w").await;
+
+    // Complete headers announcing 1000 bytes, then one byte, then nothing.
+    let mut slow = HttpConn::open(h).await;
+    slow.send(
+        b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+          Content-Length: 1000\r\n\r\n{",
+    )
+    .await;
+    // Meanwhile others are served.
+    served(h, &mut w, "w", "while the slow body waits").await;
+
+    let r = slow.response().await.expect("an answer to the slow body");
+    let reason = r.json_error(408);
+    assert!(reason.contains("http.body_timeout_ms"), "{reason}");
+    assert_eq!(r.header("connection"), Some("close"));
+    slow.expect_closed().await;
+    served(h, &mut w, "w", "after the slow body").await;
+
+    // A body that pauses but completes within the timeout is served.
+    let mut paused = HttpConn::open(h).await;
+    let body = r#"{"receiver":"w","content":"paused"}"#;
+    paused
+        .send(
+            format!(
+                "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{}",
+                body.len(),
+                &body[..10]
+            )
+            .as_bytes(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    paused.send(&body.as_bytes()[10..]).await;
+    let r = paused.response().await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(w.message().await.content, "paused");
+    // ...and its connection stays open for the next request.
+    paused.request("GET", "/health", &[], "").await;
+    assert_eq!(paused.response().await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn http_connection_limit_at_the_edge() {
+    let p = ServerProcess::start(&[
+        ("CIM_HTTP__MAX_CONNECTIONS", "3"),
+        ("CIM_HTTP__HEADER_TIMEOUT_MS", "60000"),
+    ]);
+    let h = p.addr("http");
+    let mut w = witness(&p, "w").await;
+    // Exactly the limit, each served and kept open.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = HttpConn::open(h).await;
+        c.request("GET", "/health", &[], "").await;
+        assert_eq!(c.response().await.unwrap().status, 200);
+        held.push(c);
+    }
+    // One more is answered 503 and closed.
+    let mut extra = HttpConn::open(h).await;
+    extra.request("GET", "/health", &[], "").await;
+    let r = extra.response().await.expect("a 503 answer");
+    let reason = r.json_error(503);
+    assert!(reason.contains("http.max_connections"), "{reason}");
+    assert!(reason.contains('3'), "{reason}");
+    extra.expect_closed().await;
+    // The held ones are still served, and the long connections too.
+    let body = r#"{"receiver":"w","content":"held"}"#;
+    held[0]
+        .request("POST", "/api/v1/messages", &[JSON], body)
+        .await;
+    assert_eq!(held[0].response().await.unwrap().status, 200);
+    assert_eq!(w.message().await.content, "held");
+
+    // Once one closes, a new connection is served (as soon as the server has seen the close;
+    // until then it is refused, never left hanging).
+    drop(held.remove(1));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = HttpConn::open(h).await;
+        c.request("GET", "/health", &[], "").await;
+        let r = c.response().await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        r.json_error(503);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no room after a close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The refusal was logged, with its count.
+    let logged = std::iter::from_fn(|| p.stderr.recv_timeout(WAIT).ok())
+        .find(|l| l.contains("http.max_connections reached"))
+        .expect("no log line for the refusal");
+    assert!(plain(&logged).contains("refused=1"), "{logged}");
+}
 
 const UID_MAX: usize = 16;
 

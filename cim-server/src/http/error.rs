@@ -1,4 +1,6 @@
-//! [`ApiError`]: every failure of the HTTP API as JSON `{"error": reason}` with a fitting status.
+//! [`ApiError`]: every failure of the HTTP API as JSON `{"error": reason, "status": code}`
+//! with a fitting status — from the handlers, and from the connection itself
+//! ([`error_response_bytes`]).
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -6,6 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 /// A failed API call.
@@ -32,11 +35,27 @@ impl ApiError {
     }
 }
 
+fn error_body(status: StatusCode, reason: &str) -> serde_json::Value {
+    serde_json::json!({ "error": reason, "status": status.as_u16() })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.reason, "status": self.status.as_u16() });
-        (self.status, Json(body)).into_response()
+        (self.status, Json(error_body(self.status, &self.reason))).into_response()
     }
+}
+
+/// A whole HTTP/1.1 error response that closes the connection, for answers written straight
+/// to a socket (a connection over the limit).
+pub fn error_response_bytes(status: StatusCode, reason: &str) -> Bytes {
+    let body = error_body(status, reason).to_string();
+    Bytes::from(format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        body.len(),
+    ))
 }
 
 impl From<cim_core::Error> for ApiError {

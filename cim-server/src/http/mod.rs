@@ -1,11 +1,20 @@
 //! The HTTP API: CIM's `POST /api/message/send`, a JSON API under `/api/v1`, and `GET /health`.
-//! Served through hyper with a header-read timeout (a client that trickles its headers, or
-//! idles on a keep-alive connection, is cut off) and a request body limit.
+//!
+//! Served through hyper, with limits on everything a client controls: a header-read timeout (a
+//! client that trickles its headers, or idles on a keep-alive connection, is cut off), a body
+//! timeout and a body limit ([`body`]), and a limit on the connections open at once.
+//!
+//! Beyond `max_connections` a new connection is answered `503` at once, without reading its
+//! request, and closed: no task, no timer, the descriptor freed at once — hardly more work than
+//! closing it unanswered, and the client learns why (an HTTP client reports a `503`, which it
+//! may retry later, where a bare close reads as a broken server).
 
 mod api;
+mod body;
 mod compat;
 mod error;
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +29,14 @@ use cim_core::Hub;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::{debug, info};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 pub use error::ApiError;
+
+use body::BodyLimits;
 
 use crate::auth::TokenSigner;
 
@@ -51,6 +63,10 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Time allowed for a request's headers (and an idle keep-alive connection).
     pub header_timeout: Duration,
+    /// Time allowed for a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
 }
 
 /// Compares in time independent of where the strings differ.
@@ -109,6 +125,14 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             get(api::pending_count).delete(api::pending_clear),
         )
         .route("/api/v1/tokens", post(api::mint_token))
+        // The key is checked first: nobody reads a body for a caller without the key.
+        .route_layer(middleware::from_fn_with_state(
+            BodyLimits {
+                max_body: config.max_body,
+                timeout: config.body_timeout,
+            },
+            body::read_body,
+        ))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_key,
@@ -119,6 +143,46 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body))
         .with_state(state)
+}
+
+/// How often refusals over `max_connections` are logged at most (with their count).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts refused connections and logs the count at most once per [`REFUSAL_LOG_EVERY`], so a
+/// flood of connections writes a few log lines, not one per connection.
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, limit: usize) {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
+        {
+            warn!(
+                refused = self.unlogged,
+                limit, "HTTP connections refused with 503: http.max_connections reached"
+            );
+            self.unlogged = 0;
+            self.last = Some(now);
+        }
+    }
+}
+
+/// Answers a connection over the limit and closes it, without a task: what has arrived of its
+/// request is read (so the close is less likely to reset the connection before the client
+/// reads the answer), the answer is written to the empty send buffer, and the socket closed.
+fn refuse_busy(stream: TcpStream, answer: &[u8]) {
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let mut arrived = [0u8; 4096];
+    let _ = stream.read(&mut arrived);
+    let _ = stream.write(answer);
 }
 
 /// Serves `router` on `socket` until `stop` turns true, then lets requests in flight finish
@@ -134,6 +198,18 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
         .keep_alive(true);
+    let max_connections = config.max_connections.clamp(1, u32::MAX as usize);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let busy = error::error_response_bytes(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!(
+            "too many HTTP connections: the limit is {max_connections} (http.max_connections)"
+        ),
+    );
+    let mut refusals = RefusalLog {
+        last: None,
+        unlogged: 0,
+    };
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
@@ -147,6 +223,11 @@ pub async fn serve(
             },
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            refuse_busy(stream, &busy);
+            refusals.refused(max_connections);
+            continue;
+        };
         let service = TowerToHyperService::new(router.clone());
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -154,6 +235,8 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "http connection ended");
             }
+            // Held until the connection ends.
+            drop(slot);
         });
     }
     drop(socket);
