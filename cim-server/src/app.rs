@@ -101,6 +101,8 @@ impl App {
                     max_body: settings.http.max_body,
                     header_timeout: Duration::from_millis(settings.http.header_timeout_ms),
                     body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
+                    max_head: settings.http.max_head,
+                    max_headers: settings.http.max_headers,
                     max_connections: settings.http.max_connections,
                 };
                 let router = http::router(state, &config);

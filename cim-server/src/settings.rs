@@ -334,6 +334,10 @@ pub struct HttpSettings {
     pub header_timeout_ms: u64,
     /// Time allowed for a request's body to arrive once its headers have.
     pub body_timeout_ms: u64,
+    /// Largest request head (request line and header fields), in bytes, at most 65536.
+    pub max_head: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
     /// HTTP connections open at once; more are answered `503` and closed.
     pub max_connections: usize,
     /// Messages accepted in one batch request.
@@ -350,6 +354,8 @@ impl Default for HttpSettings {
             max_body: 1024 * 1024,
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
+            max_head: 16 * 1024,
+            max_headers: 100,
             max_connections: 1024,
             max_batch: 1000,
         }
@@ -517,6 +523,20 @@ impl Settings {
         if self.http.max_batch == 0 {
             return Err(invalid("http.max_batch", 0, "must be at least 1"));
         }
+        if !(1024..=65536).contains(&self.http.max_head) {
+            return Err(invalid(
+                "http.max_head",
+                self.http.max_head,
+                "must be 1024 to 65536",
+            ));
+        }
+        if !(1..=10_000).contains(&self.http.max_headers) {
+            return Err(invalid(
+                "http.max_headers",
+                self.http.max_headers,
+                "must be 1 to 10000",
+            ));
+        }
         if self.http.max_connections == 0 || self.http.max_connections > u32::MAX as usize {
             return Err(invalid(
                 "http.max_connections",
@@ -669,6 +689,8 @@ mod tests {
         for (var, key) in [
             ("CIM_HTTP__BODY_TIMEOUT_MS", "http.body_timeout_ms"),
             ("CIM_HTTP__MAX_CONNECTIONS", "http.max_connections"),
+            ("CIM_HTTP__MAX_HEAD", "http.max_head"),
+            ("CIM_HTTP__MAX_HEADERS", "http.max_headers"),
             ("CIM_AUTH__MAX_UID_BYTES", "auth.max_uid_bytes"),
         ] {
             let e = Settings::load(None, env(&[(var, "0")]))
@@ -677,11 +699,19 @@ mod tests {
             assert!(e.contains(&format!("`{key}` = 0")), "{e}");
         }
         for (var, key, bad, good) in [
+            ("CIM_HTTP__MAX_HEAD", "http.max_head", "65537", "65536"),
+            ("CIM_HTTP__MAX_HEAD", "http.max_head", "1023", "1024"),
             (
                 "CIM_HTTP__MAX_CONNECTIONS",
                 "http.max_connections",
                 "4294967296",
                 "4294967295",
+            ),
+            (
+                "CIM_HTTP__MAX_HEADERS",
+                "http.max_headers",
+                "10001",
+                "10000",
             ),
             (
                 "CIM_AUTH__MAX_UID_BYTES",

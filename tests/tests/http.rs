@@ -1,5 +1,6 @@
 //! The HTTP listener of the `cim-server` binary under hostile and careless clients, over raw
-//! sockets: the body timeout, the connection limit, and the account-id rule at every entry.
+//! sockets: the body timeout, the connection limit, a JSON body on every error (including the
+//! ones raised before a request reaches a handler), and the account-id rule at every entry.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -153,6 +154,139 @@ async fn http_connection_limit_at_the_edge() {
         .find(|l| l.contains("http.max_connections reached"))
         .expect("no log line for the refusal");
     assert!(plain(&logged).contains("refused=1"), "{logged}");
+}
+
+#[tokio::test]
+async fn every_error_is_json_even_before_a_handler() {
+    let p = ServerProcess::start(&[
+        ("CIM_HTTP__MAX_HEAD", "1024"),
+        ("CIM_HTTP__MAX_HEADERS", "10"),
+    ]);
+    let h = p.addr("http");
+    let mut w = witness(&p, "w").await;
+
+    // 405: a known route, a method it does not take; `Allow` is kept.
+    for (method, path) in [("POST", "/health"), ("PUT", "/api/v1/messages")] {
+        let r = http(h, method, path, &[], "").await;
+        let reason = r.json_error(405);
+        assert!(reason.contains(method), "{reason}");
+        assert!(r.header("allow").is_some(), "{r:?}");
+    }
+    // 404, and a path segment that is not UTF-8 (axum's own refusal).
+    http(h, "GET", "/nowhere", &[], "").await.json_error(404);
+    http(h, "GET", "/api/v1/accounts/%FF/pending", &[], "")
+        .await
+        .json_error(400);
+    // 413 on CIM's endpoint, as on the JSON ones.
+    let big = format!(
+        "sender=s&receiver=w&action=2&content={}",
+        "a".repeat(1_100_000)
+    );
+    let r = http(h, "POST", "/api/message/send", &[], &big).await;
+    assert!(r.json_error(413).contains("http.max_body"));
+
+    // Refused heads, each on a raw socket: answered in JSON, then closed.
+    let line = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let with_headers = |n: usize, fill: usize| {
+        let mut r = "GET /health HTTP/1.1\r\n".to_owned();
+        for i in 0..n {
+            r.push_str(&format!("X-{i:02}: {}\r\n", "v".repeat(fill)));
+        }
+        r + "\r\n"
+    };
+    let exact = {
+        // A head of exactly 1024 bytes.
+        let base = with_headers(1, 0);
+        with_headers(1, 1024 - base.len())
+    };
+    assert_eq!(exact.len(), 1024);
+    let mut over = exact.clone();
+    over.insert(30, 'v');
+    for (raw, status, needle) in [
+        (
+            line(&format!("/{}", "a".repeat(1100))),
+            414,
+            "http.max_head",
+        ),
+        (over, 431, "http.max_head"),
+        (with_headers(11, 1), 431, "http.max_headers"),
+        ("HELLO\r\n\r\n".to_owned(), 400, "request line"),
+        ("GET / HTTP/9.9\r\n\r\n".to_owned(), 400, "HTTP/1.1"),
+        (
+            "\u{16}\u{3}\u{1}\u{2}\u{0}\n\n".to_owned(),
+            400,
+            "bad request",
+        ),
+        (
+            "POST /health HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_owned(),
+            400,
+            "Content-Length",
+        ),
+    ] {
+        let mut c = HttpConn::open(h).await;
+        c.send(raw.as_bytes()).await;
+        let r = c
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("no answer to {raw:.60?}"));
+        let reason = r.json_error(status);
+        assert!(reason.contains(needle), "{raw:.60?}: {reason}");
+        assert_eq!(r.header("connection"), Some("close"));
+        c.expect_closed().await;
+    }
+    // At the edges: a head of exactly max_head bytes, exactly max_headers fields.
+    for raw in [exact, with_headers(10, 1)] {
+        let mut c = HttpConn::open(h).await;
+        c.send(raw.as_bytes()).await;
+        assert_eq!(c.response().await.unwrap().status, 200, "{raw:.60?}");
+    }
+
+    // On a keep-alive connection, every request is checked, not only the first: good ones
+    // are answered, then the bad one in JSON, then the connection closes.
+    let mut c = HttpConn::open(h).await;
+    c.request("GET", "/health", &[], "").await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    c.send(b"GARBAGE GARBAGE\r\n\r\n").await;
+    c.response().await.unwrap().json_error(400);
+    c.expect_closed().await;
+    // Pipelined in one write: a send with a body, then a head too large.
+    let body = r#"{"receiver":"w","content":"pipelined"}"#;
+    let good = format!(
+        "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut c = HttpConn::open(h).await;
+    c.send(format!("{good}{}", with_headers(11, 1)).as_bytes())
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    assert!(
+        c.response()
+            .await
+            .unwrap()
+            .json_error(431)
+            .contains("http.max_headers")
+    );
+    c.expect_closed().await;
+    assert_eq!(w.message().await.content, "pipelined");
+    // A chunked body is framed too: the request after it is served.
+    let mut c = HttpConn::open(h).await;
+    c.send(
+        format!(
+            "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            &body[..5],
+            body.len() - 5,
+            &body[5..]
+        )
+        .as_bytes(),
+    )
+    .await;
+    c.request("GET", "/health", &[], "").await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    assert_eq!(c.response().await.unwrap().status, 200);
+    assert_eq!(w.message().await.content, "pipelined");
+    served(h, &mut w, "w", "after the bad heads").await;
 }
 
 const UID_MAX: usize = 16;

@@ -2,7 +2,9 @@
 //!
 //! Served through hyper, with limits on everything a client controls: a header-read timeout (a
 //! client that trickles its headers, or idles on a keep-alive connection, is cut off), a body
-//! timeout and a body limit ([`body`]), and a limit on the connections open at once.
+//! timeout and a body limit ([`body`]), a limit on the request head and its header fields
+//! (checked before hyper parses it, [`framing`]), and a limit on the connections open at once.
+//! Every error answer, whoever produces it, is JSON `{"error": reason, "status": code}`.
 //!
 //! Beyond `max_connections` a new connection is answered `503` at once, without reading its
 //! request, and closed: no task, no timer, the descriptor freed at once — hardly more work than
@@ -13,6 +15,8 @@ mod api;
 mod body;
 mod compat;
 mod error;
+mod framed_io;
+mod framing;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -26,17 +30,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cim_core::Hub;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use error::ApiError;
 
 use body::BodyLimits;
+use framed_io::FramedIo;
+use framing::HeadLimits;
 
 use crate::auth::TokenSigner;
 
@@ -65,6 +71,10 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// Time allowed for a request's body once its headers are in.
     pub body_timeout: Duration,
+    /// Largest request head (request line and header fields), in bytes.
+    pub max_head: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
     /// Connections open at once.
     pub max_connections: usize,
 }
@@ -142,6 +152,7 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body))
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
@@ -185,6 +196,48 @@ fn refuse_busy(stream: TcpStream, answer: &[u8]) {
     let _ = stream.write(answer);
 }
 
+type HttpConnection = http1::Connection<TokioIo<FramedIo>, TowerToHyperService<Router>>;
+
+/// Drives one connection to its end; shuts it down gracefully when its framer refuses a head
+/// or the server stops. Holds `_slot` (of `max_connections`) until then.
+async fn drive(
+    conn: HttpConnection,
+    refused: oneshot::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) {
+    tokio::pin!(conn);
+    let mut refused = Some(refused);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    debug!(%peer, error = %e, "http connection ended");
+                }
+                return;
+            }
+            fired = async {
+                match refused.as_mut() {
+                    Some(rx) => rx.await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            }, if !closing => {
+                refused = None;
+                if fired {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = stop.wait_for(|s| *s), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
 /// Serves `router` on `socket` until `stop` turns true, then lets requests in flight finish
 /// (for up to `grace`).
 pub async fn serve(
@@ -194,10 +247,15 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
+    let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
+        .max_headers(config.max_headers)
         .keep_alive(true);
+    let limits = HeadLimits {
+        max_head: config.max_head,
+        max_headers: config.max_headers,
+    };
     let max_connections = config.max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max_connections));
     let busy = error::error_response_bytes(
@@ -210,7 +268,6 @@ pub async fn serve(
         last: None,
         unlogged: 0,
     };
-    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             res = socket.accept() => match res {
@@ -228,19 +285,15 @@ pub async fn serve(
             refusals.refused(max_connections);
             continue;
         };
+        let (io, refused) = FramedIo::new(stream, limits, config.header_timeout);
         let service = TowerToHyperService::new(router.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "http connection ended");
-            }
-            // Held until the connection ends.
-            drop(slot);
-        });
+        let conn = http.serve_connection(TokioIo::new(io), service);
+        tokio::spawn(drive(conn, refused, stop.clone(), peer, slot));
     }
     drop(socket);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // Every connection holds a slot until it ends: all slots back means all ended.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
         .await
         .is_err()
     {
