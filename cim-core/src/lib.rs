@@ -2,8 +2,9 @@
 //!
 //! The heart of cim-rs, an instant-messaging and push framework that speaks the CIM protocols:
 //! the data model ([`Message`], [`SentBody`], [`ReplyBody`], [`Frame`], [`Session`]), the
-//! reserved names of the protocol ([`protocol`]), and the codec seams ([`StreamCodec`],
-//! [`PacketCodec`], [`CodecError`]) that the `cim-codec-*` crates implement.
+//! reserved names of the protocol ([`protocol`]), the rule for account ids ([`check_uid`]), and
+//! the codec seams ([`StreamCodec`], [`PacketCodec`], [`CodecError`]) that the `cim-codec-*`
+//! crates implement.
 //!
 //! ```
 //! use cim_core::{protocol::{bind, key}, Frame, ReplyBody, SentBody, Session};
@@ -20,6 +21,7 @@
 //! assert!(matches!(reply, Frame::Reply(r) if r.is_ok()));
 //! ```
 
+mod account;
 mod codec;
 mod data;
 #[cfg(feature = "engine")]
@@ -33,6 +35,7 @@ mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use account::{DEFAULT_MAX_UID_BYTES, UidError, check_uid};
 pub use codec::{CodecError, OwnedPacket, Packet, PacketCodec, StreamCodec, WireFormat};
 pub use data::DataMap;
 #[cfg(feature = "engine")]

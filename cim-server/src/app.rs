@@ -95,10 +95,15 @@ impl App {
                     signer,
                     token_ttl_secs: settings.auth.token_ttl_secs,
                     max_batch: settings.http.max_batch,
+                    max_uid_bytes: settings.auth.max_uid_bytes,
                 });
                 let config = HttpConfig {
                     max_body: settings.http.max_body,
                     header_timeout: Duration::from_millis(settings.http.header_timeout_ms),
+                    body_timeout: Duration::from_millis(settings.http.body_timeout_ms),
+                    max_head: settings.http.max_head,
+                    max_headers: settings.http.max_headers,
+                    max_connections: settings.http.max_connections,
                 };
                 let router = http::router(state, &config);
                 let (stop, stop_rx) = watch::channel(false);

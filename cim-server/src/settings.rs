@@ -301,6 +301,8 @@ pub struct AuthSettings {
     pub token_secret: String,
     /// Lifetime of tokens minted by `cim-server token` and the API, in seconds.
     pub token_ttl_secs: u64,
+    /// Longest account id, in bytes (ids must also be non-empty, without control characters).
+    pub max_uid_bytes: usize,
 }
 
 impl Default for AuthSettings {
@@ -308,6 +310,7 @@ impl Default for AuthSettings {
         Self {
             token_secret: String::new(),
             token_ttl_secs: 86_400,
+            max_uid_bytes: cim_core::DEFAULT_MAX_UID_BYTES,
         }
     }
 }
@@ -329,6 +332,14 @@ pub struct HttpSettings {
     pub max_body: usize,
     /// Time allowed for a request's headers, and for an idle keep-alive connection.
     pub header_timeout_ms: u64,
+    /// Time allowed for a request's body to arrive once its headers have.
+    pub body_timeout_ms: u64,
+    /// Largest request head (request line and header fields), in bytes, at most 65536.
+    pub max_head: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
+    /// HTTP connections open at once; more are answered `503` and closed.
+    pub max_connections: usize,
     /// Messages accepted in one batch request.
     pub max_batch: usize,
 }
@@ -342,6 +353,10 @@ impl Default for HttpSettings {
             api_key: String::new(),
             max_body: 1024 * 1024,
             header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_head: 16 * 1024,
+            max_headers: 100,
+            max_connections: 1024,
             max_batch: 1000,
         }
     }
@@ -472,6 +487,7 @@ impl Settings {
             ("connection.bind_timeout_ms", c.bind_timeout_ms),
             ("connection.write_timeout_ms", c.write_timeout_ms),
             ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, v, "must be more than 0"));
@@ -506,6 +522,34 @@ impl Settings {
         }
         if self.http.max_batch == 0 {
             return Err(invalid("http.max_batch", 0, "must be at least 1"));
+        }
+        if !(1024..=65536).contains(&self.http.max_head) {
+            return Err(invalid(
+                "http.max_head",
+                self.http.max_head,
+                "must be 1024 to 65536",
+            ));
+        }
+        if !(1..=10_000).contains(&self.http.max_headers) {
+            return Err(invalid(
+                "http.max_headers",
+                self.http.max_headers,
+                "must be 1 to 10000",
+            ));
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > u32::MAX as usize {
+            return Err(invalid(
+                "http.max_connections",
+                self.http.max_connections,
+                "must be 1 to 4294967295",
+            ));
+        }
+        if !(1..=65535).contains(&self.auth.max_uid_bytes) {
+            return Err(invalid(
+                "auth.max_uid_bytes",
+                self.auth.max_uid_bytes,
+                "must be 1 to 65535",
+            ));
         }
         if self.http.enabled && self.http.api_key.is_empty() {
             let ip: IpAddr = self
@@ -638,6 +682,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("websocket.mode") || e.contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn http_and_uid_limits_refuse_zero_naming_the_key() {
+        for (var, key) in [
+            ("CIM_HTTP__BODY_TIMEOUT_MS", "http.body_timeout_ms"),
+            ("CIM_HTTP__MAX_CONNECTIONS", "http.max_connections"),
+            ("CIM_HTTP__MAX_HEAD", "http.max_head"),
+            ("CIM_HTTP__MAX_HEADERS", "http.max_headers"),
+            ("CIM_AUTH__MAX_UID_BYTES", "auth.max_uid_bytes"),
+        ] {
+            let e = Settings::load(None, env(&[(var, "0")]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}` = 0")), "{e}");
+        }
+        for (var, key, bad, good) in [
+            ("CIM_HTTP__MAX_HEAD", "http.max_head", "65537", "65536"),
+            ("CIM_HTTP__MAX_HEAD", "http.max_head", "1023", "1024"),
+            (
+                "CIM_HTTP__MAX_CONNECTIONS",
+                "http.max_connections",
+                "4294967296",
+                "4294967295",
+            ),
+            (
+                "CIM_HTTP__MAX_HEADERS",
+                "http.max_headers",
+                "10001",
+                "10000",
+            ),
+            (
+                "CIM_AUTH__MAX_UID_BYTES",
+                "auth.max_uid_bytes",
+                "65536",
+                "65535",
+            ),
+        ] {
+            let e = Settings::load(None, env(&[(var, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}` = {bad}")), "{e}");
+            Settings::load(None, env(&[(var, good)])).unwrap();
+        }
     }
 
     /// The sample in the repository documents every key with its default value.

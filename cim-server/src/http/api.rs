@@ -75,9 +75,28 @@ impl From<Sent> for SentOut {
     }
 }
 
-fn require_receiver(m: &MessageIn) -> Result<(), ApiError> {
+/// Applies the account-id rule to `uid`, the value of `field`.
+fn check_account(field: &str, uid: &str, max_bytes: usize) -> Result<(), ApiError> {
+    cim_core::check_uid(uid, max_bytes).map_err(|e| ApiError::bad_request(format!("{field} {e}")))
+}
+
+/// Checks a message's accounts: `receiver` (required when `needs_receiver`, else checked when
+/// given) and `sender` when given. `at` prefixes the field names (`messages[3].`).
+fn check_message(
+    m: &MessageIn,
+    needs_receiver: bool,
+    at: &str,
+    max_bytes: usize,
+) -> Result<(), ApiError> {
     if m.receiver.is_empty() {
-        return Err(ApiError::bad_request("receiver is required"));
+        if needs_receiver {
+            return Err(ApiError::bad_request(format!("{at}receiver is required")));
+        }
+    } else {
+        check_account(&format!("{at}receiver"), &m.receiver, max_bytes)?;
+    }
+    if let Some(sender) = &m.sender {
+        check_account(&format!("{at}sender"), sender, max_bytes)?;
     }
     Ok(())
 }
@@ -87,7 +106,7 @@ pub async fn send(
     State(st): State<Arc<HttpState>>,
     ApiJson(m): ApiJson<MessageIn>,
 ) -> Result<Json<SentOut>, ApiError> {
-    require_receiver(&m)?;
+    check_message(&m, true, "", st.max_uid_bytes)?;
     Ok(Json(st.hub.send(m.into_message()).await?.into()))
 }
 
@@ -114,10 +133,8 @@ pub async fn send_batch(
             st.max_batch
         )));
     }
-    if let Some(i) = batch.messages.iter().position(|m| m.receiver.is_empty()) {
-        return Err(ApiError::bad_request(format!(
-            "messages[{i}]: receiver is required"
-        )));
+    for (i, m) in batch.messages.iter().enumerate() {
+        check_message(m, true, &format!("messages[{i}]."), st.max_uid_bytes)?;
     }
     let mut results = Vec::with_capacity(batch.messages.len());
     for m in batch.messages {
@@ -131,6 +148,7 @@ pub async fn broadcast(
     State(st): State<Arc<HttpState>>,
     ApiJson(m): ApiJson<MessageIn>,
 ) -> Result<Json<SentOut>, ApiError> {
+    check_message(&m, false, "", st.max_uid_bytes)?;
     Ok(Json(st.hub.broadcast(m.into_message()).await?.into()))
 }
 
@@ -140,6 +158,7 @@ pub async fn send_to_tag(
     Path(tag): Path<String>,
     ApiJson(m): ApiJson<MessageIn>,
 ) -> Result<Json<SentOut>, ApiError> {
+    check_message(&m, false, "", st.max_uid_bytes)?;
     Ok(Json(
         st.hub.send_to_tag(&tag, m.into_message()).await?.into(),
     ))
@@ -165,6 +184,9 @@ pub async fn online(
     State(st): State<Arc<HttpState>>,
     ApiQuery(q): ApiQuery<OnlineQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(uid) = &q.uid {
+        check_account("uid", uid, st.max_uid_bytes)?;
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -191,6 +213,7 @@ pub async fn account_sessions(
     State(st): State<Arc<HttpState>>,
     Path(uid): Path<String>,
 ) -> Result<Json<Vec<Session>>, ApiError> {
+    check_account("uid", &uid, st.max_uid_bytes)?;
     Ok(Json(st.hub.sessions().sessions(&uid).await?))
 }
 
@@ -199,6 +222,7 @@ pub async fn kick(
     State(st): State<Arc<HttpState>>,
     Path(uid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    check_account("uid", &uid, st.max_uid_bytes)?;
     let kicked = st.hub.sessions().kick(&uid).await?;
     Ok(Json(json!({ "kicked": kicked })))
 }
@@ -227,6 +251,7 @@ pub async fn mint_token(
     if t.uid.is_empty() {
         return Err(ApiError::bad_request("uid is required"));
     }
+    check_account("uid", &t.uid, st.max_uid_bytes)?;
     let expires = crate::auth::now_secs().saturating_add(t.ttl_secs.unwrap_or(st.token_ttl_secs));
     Ok(Json(
         json!({ "token": signer.mint(&t.uid, expires), "expires_at": expires }),
@@ -255,6 +280,7 @@ pub async fn pending_count(
     State(st): State<Arc<HttpState>>,
     Path(uid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    check_account("uid", &uid, st.max_uid_bytes)?;
     let count = store(&st)?.count(&uid).await?;
     Ok(Json(json!({ "uid": uid, "pending": count })))
 }
@@ -264,6 +290,7 @@ pub async fn pending_clear(
     State(st): State<Arc<HttpState>>,
     Path(uid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    check_account("uid", &uid, st.max_uid_bytes)?;
     let deleted = store(&st)?.clear(&uid).await?;
     Ok(Json(json!({ "uid": uid, "deleted": deleted })))
 }

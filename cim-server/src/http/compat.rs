@@ -49,6 +49,11 @@ pub async fn send(
             return cim_error(StatusCode::BAD_REQUEST, format!("{required} is required"));
         }
     }
+    for account in ["sender", "receiver"] {
+        if let Err(e) = cim_core::check_uid(&get(account), st.max_uid_bytes) {
+            return cim_error(StatusCode::BAD_REQUEST, format!("{account} {e}"));
+        }
+    }
     let message = Message {
         sender: get("sender"),
         receiver: get("receiver"),

@@ -1,11 +1,16 @@
-//! [`ApiError`]: every failure of the HTTP API as JSON `{"error": reason}` with a fitting status.
+//! [`ApiError`]: every failure of the HTTP API as JSON `{"error": reason, "status": code}`
+//! with a fitting status — from the handlers, from axum's own refusals ([`json_errors`]) and
+//! from the connection itself ([`error_response_bytes`]).
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 /// A failed API call.
@@ -32,11 +37,72 @@ impl ApiError {
     }
 }
 
+fn error_body(status: StatusCode, reason: &str) -> serde_json::Value {
+    serde_json::json!({ "error": reason, "status": status.as_u16() })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.reason, "status": self.status.as_u16() });
-        (self.status, Json(body)).into_response()
+        (self.status, Json(error_body(self.status, &self.reason))).into_response()
     }
+}
+
+/// A whole HTTP/1.1 error response that closes the connection, for answers written straight
+/// to a socket (a refused request head, a connection over the limit).
+pub fn error_response_bytes(status: StatusCode, reason: &str) -> Bytes {
+    let body = error_body(status, reason).to_string();
+    Bytes::from(format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        body.len(),
+    ))
+}
+
+/// Longest text of an axum refusal kept as the reason.
+const MAX_REASON: usize = 1024;
+
+/// Middleware: an error response that is not JSON yet — axum's own, such as `405` for a
+/// method a route does not take, or a path it cannot decode — gets the JSON error body, with
+/// its text (or the status's name) as the reason. Its other headers (`Allow`) are kept.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REASON)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .unwrap_or_default();
+    let reason = if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        format!("method {method} is not allowed here (allowed: {allowed})")
+    } else if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text.trim().to_owned()
+    };
+    let body = error_body(status, &reason).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
 }
 
 impl From<cim_core::Error> for ApiError {

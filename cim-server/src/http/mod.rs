@@ -1,11 +1,24 @@
 //! The HTTP API: CIM's `POST /api/message/send`, a JSON API under `/api/v1`, and `GET /health`.
-//! Served through hyper with a header-read timeout (a client that trickles its headers, or
-//! idles on a keep-alive connection, is cut off) and a request body limit.
+//!
+//! Served through hyper, with limits on everything a client controls: a header-read timeout (a
+//! client that trickles its headers, or idles on a keep-alive connection, is cut off), a body
+//! timeout and a body limit ([`body`]), a limit on the request head and its header fields
+//! (checked before hyper parses it, [`framing`]), and a limit on the connections open at once.
+//! Every error answer, whoever produces it, is JSON `{"error": reason, "status": code}`.
+//!
+//! Beyond `max_connections` a new connection is answered `503` at once, without reading its
+//! request, and closed: no task, no timer, the descriptor freed at once — hardly more work than
+//! closing it unanswered, and the client learns why (an HTTP client reports a `503`, which it
+//! may retry later, where a bare close reads as a broken server).
 
 mod api;
+mod body;
 mod compat;
 mod error;
+mod framed_io;
+mod framing;
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +30,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cim_core::Hub;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tracing::{debug, info};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 pub use error::ApiError;
+
+use body::BodyLimits;
+use framed_io::FramedIo;
+use framing::HeadLimits;
 
 use crate::auth::TokenSigner;
 
@@ -40,6 +58,8 @@ pub struct HttpState {
     pub token_ttl_secs: u64,
     /// Messages per batch at most.
     pub max_batch: usize,
+    /// Longest account id, in bytes.
+    pub max_uid_bytes: usize,
 }
 
 /// Settings of the HTTP listener.
@@ -49,6 +69,14 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Time allowed for a request's headers (and an idle keep-alive connection).
     pub header_timeout: Duration,
+    /// Time allowed for a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// Largest request head (request line and header fields), in bytes.
+    pub max_head: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
+    /// Connections open at once.
+    pub max_connections: usize,
 }
 
 /// Compares in time independent of where the strings differ.
@@ -107,6 +135,14 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             get(api::pending_count).delete(api::pending_clear),
         )
         .route("/api/v1/tokens", post(api::mint_token))
+        // The key is checked first: nobody reads a body for a caller without the key.
+        .route_layer(middleware::from_fn_with_state(
+            BodyLimits {
+                max_body: config.max_body,
+                timeout: config.body_timeout,
+            },
+            body::read_body,
+        ))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_key,
@@ -116,7 +152,90 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body))
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
+}
+
+/// How often refusals over `max_connections` are logged at most (with their count).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts refused connections and logs the count at most once per [`REFUSAL_LOG_EVERY`], so a
+/// flood of connections writes a few log lines, not one per connection.
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, limit: usize) {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
+        {
+            warn!(
+                refused = self.unlogged,
+                limit, "HTTP connections refused with 503: http.max_connections reached"
+            );
+            self.unlogged = 0;
+            self.last = Some(now);
+        }
+    }
+}
+
+/// Answers a connection over the limit and closes it, without a task: what has arrived of its
+/// request is read (so the close is less likely to reset the connection before the client
+/// reads the answer), the answer is written to the empty send buffer, and the socket closed.
+fn refuse_busy(stream: TcpStream, answer: &[u8]) {
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let mut arrived = [0u8; 4096];
+    let _ = stream.read(&mut arrived);
+    let _ = stream.write(answer);
+}
+
+type HttpConnection = http1::Connection<TokioIo<FramedIo>, TowerToHyperService<Router>>;
+
+/// Drives one connection to its end; shuts it down gracefully when its framer refuses a head
+/// or the server stops. Holds `_slot` (of `max_connections`) until then.
+async fn drive(
+    conn: HttpConnection,
+    refused: oneshot::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) {
+    tokio::pin!(conn);
+    let mut refused = Some(refused);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    debug!(%peer, error = %e, "http connection ended");
+                }
+                return;
+            }
+            fired = async {
+                match refused.as_mut() {
+                    Some(rx) => rx.await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            }, if !closing => {
+                refused = None;
+                if fired {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = stop.wait_for(|s| *s), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
 }
 
 /// Serves `router` on `socket` until `stop` turns true, then lets requests in flight finish
@@ -128,11 +247,27 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let mut http = hyper::server::conn::http1::Builder::new();
+    let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
+        .max_headers(config.max_headers)
         .keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    let limits = HeadLimits {
+        max_head: config.max_head,
+        max_headers: config.max_headers,
+    };
+    let max_connections = config.max_connections.clamp(1, u32::MAX as usize);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let busy = error::error_response_bytes(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!(
+            "too many HTTP connections: the limit is {max_connections} (http.max_connections)"
+        ),
+    );
+    let mut refusals = RefusalLog {
+        last: None,
+        unlogged: 0,
+    };
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             res = socket.accept() => match res {
@@ -145,17 +280,20 @@ pub async fn serve(
             },
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            refuse_busy(stream, &busy);
+            refusals.refused(max_connections);
+            continue;
+        };
+        let (io, refused) = FramedIo::new(stream, limits, config.header_timeout);
         let service = TowerToHyperService::new(router.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "http connection ended");
-            }
-        });
+        let conn = http.serve_connection(TokioIo::new(io), service);
+        tokio::spawn(drive(conn, refused, stop.clone(), peer, slot));
     }
     drop(socket);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // Every connection holds a slot until it ends: all slots back means all ended.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
         .await
         .is_err()
     {

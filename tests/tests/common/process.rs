@@ -167,16 +167,159 @@ pub fn run_once(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
-/// An HTTP response: status and body.
+/// An HTTP response: status, headers (names in lower case) and body.
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl Resp {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the answer is the API's JSON error `{"error": reason, "status": status}` with
+    /// `status`; returns the reason.
+    #[track_caller]
+    pub fn json_error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let v = self.json();
+        assert_eq!(v["status"], status, "{self:?}");
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error reason: {self:?}"))
+            .to_owned()
+    }
+}
+
+/// Splits a response head into its status and headers.
+fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {head:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+/// One HTTP/1.1 connection driven by hand: raw bytes out, responses in, one at a time.
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    pub async fn open(addr: SocketAddr) -> HttpConn {
+        HttpConn {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes`; a write the server refused by closing is not an error here (its answer
+    /// is read next).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// A `method path` request with `headers` and `body`, kept alive.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.send(req.as_bytes()).await;
+    }
+
+    /// Reads more bytes into the buffer; false at the end of the stream (or a reset).
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(super::WAIT, self.stream.read(&mut chunk))
+            .await
+            .expect("no answer from the server")
+        {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next response, or `None` if the connection ends first. A reset after a whole
+    /// response is the end of the stream.
+    pub async fn response(&mut self) -> Option<Resp> {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            if !self.fill().await {
+                assert!(
+                    self.buf.is_empty(),
+                    "cut-off response: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let (status, headers) = parse_head(&head);
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        while self.buf.len() < head_end + 4 + len {
+            assert!(self.fill().await, "cut-off body after {head:?}");
+        }
+        let body =
+            String::from_utf8_lossy(&self.buf[head_end + 4..head_end + 4 + len]).into_owned();
+        self.buf.drain(..head_end + 4 + len);
+        Some(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Waits for the server to close the connection, with nothing more sent.
+    pub async fn expect_closed(&mut self) {
+        while self.fill().await {}
+        assert!(
+            self.buf.is_empty(),
+            "more after the answer: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
     }
 }
 
@@ -206,13 +349,10 @@ pub async fn http(
         .unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad response: {text:?}"));
+    let (status, headers) = parse_head(head);
     Resp {
         status,
+        headers,
         body: body.to_owned(),
     }
 }
