@@ -55,6 +55,8 @@ impl Root {
                 "receiver" => m.receiver = text,
                 "format" => m.format = text,
                 "extra" => m.extra = text,
+                "file" => m.file = text,
+                "fileType" => m.file_type = text,
                 "timestamp" => m.timestamp = int(field, &text)?,
                 _ => {}
             },
@@ -246,6 +248,10 @@ pub(crate) fn write(frame: &Frame, out: &mut String) -> Result<(), CodecError> {
             element(out, "format", &m.format);
             element(out, "extra", &m.extra);
             int_element(out, "timestamp", m.timestamp);
+            if !m.file.is_empty() || !m.file_type.is_empty() {
+                element(out, "file", &m.file);
+                element(out, "fileType", &m.file_type);
+            }
             out.push_str("</message>");
         }
     }

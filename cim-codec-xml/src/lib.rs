@@ -214,6 +214,8 @@ mod tests {
                     format: "txt".into(),
                     extra: String::new(),
                     timestamp: 1_487_900_000_000,
+                    file: String::new(),
+                    file_type: String::new(),
                 }),
             ]
         );
@@ -240,6 +242,8 @@ mod tests {
             format: "txt".into(),
             extra: String::new(),
             timestamp: 1_487_900_000_000,
+            file: String::new(),
+            file_type: String::new(),
         });
         assert_eq!(
             encode(&msg),
