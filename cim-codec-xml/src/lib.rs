@@ -64,9 +64,18 @@
 //! references), and both escaped text and CDATA are accepted on decode. A document longer than
 //! the configured maximum (default 64 KiB) is refused as soon as that many bytes have arrived
 //! without a terminator.
+//!
+//! ## Flash policy
+//!
+//! [`probe_flash_policy`], [`FLASH_POLICY_REQUEST`] and [`FLASH_POLICY_ANSWER`] let a listener
+//! answer the cross-domain policy request of the retired Flash client, as the 2.x server did;
+//! the codec itself treats such a request as a malformed document.
 
 mod document;
 mod escape;
+mod flash;
+
+pub use flash::{FLASH_POLICY_ANSWER, FLASH_POLICY_REQUEST, PolicyProbe, probe_flash_policy};
 
 use bytes::{BufMut, BytesMut};
 use cim_core::{CodecError, Frame, StreamCodec, WireFormat};

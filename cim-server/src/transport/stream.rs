@@ -36,6 +36,15 @@ impl<C: StreamCodec> StreamTransport<C> {
         }
     }
 
+    /// Wraps `stream` whose first bytes, `read`, were already taken from it (by the listener,
+    /// looking for something to answer before the protocol starts).
+    pub fn with_read(stream: TcpStream, codec: C, read: BytesMut) -> Self {
+        Self {
+            rbuf: read,
+            ..Self::new(stream, codec)
+        }
+    }
+
     fn encode(&mut self, item: &Outbound) -> std::result::Result<(), CodecError> {
         match item {
             Outbound::Frame(frame) => self.codec.encode(frame, &mut self.wbuf),
