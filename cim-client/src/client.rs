@@ -205,15 +205,24 @@ impl Client {
     }
 
     /// Sends a message to account `receiver` (`client_message`); returns the id the server gave
-    /// it. `message.receiver` is set to `receiver`; its sender is the bound account.
+    /// it. `message.receiver` is set to `receiver`; its sender is the bound account. An
+    /// attachment (`file`, `file_type`) is sent only when set.
     pub async fn send_message(&self, receiver: &str, message: Message) -> Result<i64> {
-        let body = SentBody::new(key::CLIENT_MESSAGE)
+        let mut body = SentBody::new(key::CLIENT_MESSAGE)
             .with(send::RECEIVER, receiver)
             .with(send::ACTION, message.action)
             .with(send::TITLE, message.title)
             .with(send::CONTENT, message.content)
             .with(send::FORMAT, message.format)
             .with(send::EXTRA, message.extra);
+        for (k, v) in [
+            (send::FILE, message.file),
+            (send::FILE_TYPE, message.file_type),
+        ] {
+            if !v.is_empty() {
+                body.data.insert(k, v);
+            }
+        }
         let reply = self.request(body).await?;
         if reply.code != code::OK {
             return Err(ClientError::Refused(reply));

@@ -1,6 +1,6 @@
 //! # cim-codec-binary
 //!
-//! CIM's binary protocol (PROTOCOL.md sections 2 and 3), byte-exact with the stock clients:
+//! CIM's binary protocol (docs/protocol.md sections 2 and 3), byte-exact with the stock clients:
 //!
 //! - [`BinaryCodec`], a [`StreamCodec`] for the app TCP port: every frame is
 //!   `[type: u8][len: u16 little-endian][protobuf body]`;
@@ -29,6 +29,11 @@
 //! lower limit. A longer frame is refused with [`CodecError::TooLarge`] on both sides: the
 //! decoder refuses it as soon as the header arrives, before buffering any of it, and the
 //! encoder refuses rather than writing a corrupt length (which CIM's Java encoder does).
+//!
+//! A message's attachment ([`Message::file`](cim_core::Message::file) and `file_type`), which
+//! CIM 4.x's protobuf `Message` lacks, is carried in fields 10 (`file`) and 11 (`fileType`),
+//! both strings, written only when set. Stock clients skip them as unknown fields; a message
+//! without an attachment is encoded exactly as CIM encodes it.
 
 mod proto;
 

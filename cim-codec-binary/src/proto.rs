@@ -4,6 +4,10 @@
 //!
 //! Maps are declared as repeated entries, which is exactly their wire form, so the decoder keeps
 //! the sender's order.
+//!
+//! A message's attachment (`file`, `fileType`), which CIM 4.x's `Message` does not have, goes in
+//! fields 10 and 11, written only when set: a message without one is byte for byte what CIM
+//! writes, and stock clients skip the two fields as unknown (proto3).
 
 use bytes::{Buf, BufMut};
 use cim_core::{CodecError, DataMap, Message, ReplyBody, SentBody};
@@ -29,6 +33,10 @@ struct ProtoMessage {
     format: String,
     #[prost(int64, tag = "9")]
     timestamp: i64,
+    #[prost(string, tag = "10")]
+    file: String,
+    #[prost(string, tag = "11")]
+    file_type: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -81,6 +89,8 @@ pub(crate) fn decode_message(body: impl Buf) -> Result<Message, CodecError> {
         format: p.format,
         extra: p.extra,
         timestamp: p.timestamp,
+        file: p.file,
+        file_type: p.file_type,
     })
 }
 
@@ -181,6 +191,8 @@ pub(crate) fn message_len(m: &Message) -> usize {
         + str_len(7, &m.title)
         + str_len(8, &m.format)
         + int_len(9, m.timestamp)
+        + str_len(10, &m.file)
+        + str_len(11, &m.file_type)
 }
 
 /// Writes a `Message` body; `buf` must have room for [`message_len`] bytes.
@@ -194,6 +206,8 @@ pub(crate) fn put_message(m: &Message, buf: &mut impl BufMut) {
     put_str(7, &m.title, buf);
     put_str(8, &m.format, buf);
     put_int(9, m.timestamp, buf);
+    put_str(10, &m.file, buf);
+    put_str(11, &m.file_type, buf);
 }
 
 /// Encoded length of a `SentBody` body.
@@ -234,7 +248,11 @@ mod tests {
     /// Our hand-written encoder writes what prost's derived encoder writes.
     #[test]
     fn encoder_matches_prost() {
-        let m = cim_core::testing::typical_message();
+        let m = Message {
+            file: "http://files.example/a.png".into(),
+            file_type: "image".into(),
+            ..cim_core::testing::typical_message()
+        };
         let mut ours = Vec::new();
         put_message(&m, &mut ours);
         assert_eq!(ours.len(), message_len(&m));
@@ -248,15 +266,49 @@ mod tests {
             title: m.title.clone(),
             format: m.format.clone(),
             timestamp: m.timestamp,
+            file: m.file.clone(),
+            file_type: m.file_type.clone(),
         }
         .encode_to_vec();
         assert_eq!(ours, theirs);
+        assert_eq!(decode_message(&ours[..]).unwrap(), m);
 
         let r = ReplyBody::ok("k").with("a", "").with("", "b");
         let mut ours = Vec::new();
         put_reply(&r, &mut ours);
         assert_eq!(ours.len(), reply_len(&r));
         assert_eq!(decode_reply(&ours[..]).unwrap(), r);
+    }
+
+    /// The attachment is fields 10 and 11, after everything CIM writes, and only when set.
+    #[test]
+    fn attachment_fields() {
+        let plain = cim_core::testing::typical_message();
+        let with = Message {
+            file: "f".into(),
+            file_type: "image".into(),
+            ..plain.clone()
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        put_message(&plain, &mut a);
+        put_message(&with, &mut b);
+        let mut expected = a.clone();
+        expected.extend_from_slice(b"\x52\x01f\x5a\x05image");
+        assert_eq!(b, expected);
+        // A stock client's decoder (the 4.x fields only) reads the same message from both.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Stock {
+            #[prost(int64, tag = "1")]
+            id: i64,
+            #[prost(string, tag = "3")]
+            content: String,
+            #[prost(int64, tag = "9")]
+            timestamp: i64,
+        }
+        assert_eq!(
+            Stock::decode(&a[..]).unwrap(),
+            Stock::decode(&b[..]).unwrap()
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! # cim-codec-json
 //!
-//! The WebSocket JSON mode of CIM (PROTOCOL.md section 3): every frame is one text message, an
+//! The WebSocket JSON mode of CIM (docs/protocol.md section 3): every frame is one text message, an
 //! envelope `{"type":N,"content":"..."}` whose `content` is the body encoded as a JSON *string*
 //! (double-encoded, as the stock web SDK expects).
 //!
@@ -25,6 +25,10 @@
 //! as an empty string, numbers may stand for strings and numeric strings for numbers, `type`
 //! may be a string, and `content` may be an object instead of a string. The envelope's
 //! `content` of a PING or PONG is ignored.
+//!
+//! A message's attachment, which CIM 4.x's message lacks, is written as the properties `file`
+//! and `fileType` after `timestamp`, and only when set: a message without one is the text CIM
+//! writes, and the stock web SDK hands unknown properties through to the application.
 
 use cim_core::{CodecError, Frame, FrameType, OwnedPacket, Packet, PacketCodec, WireFormat};
 use serde::Deserialize;
@@ -194,6 +198,24 @@ mod tests {
             r#"\"key\":\"client_bind\",\"code\":\"200\",\"message\":\"\",\"data\":{\"k\":\"v\"}"#
         ));
         assert_eq!(JsonCodec.decode_text(&text).unwrap(), Frame::Reply(r));
+    }
+
+    #[test]
+    fn attachment_properties() {
+        let m = Message {
+            id: 7,
+            file: "http://x/a.png".into(),
+            file_type: "image".into(),
+            ..Message::default()
+        };
+        let text = JsonCodec.encode_text(&Frame::Message(m.clone())).unwrap();
+        assert!(
+            text.ends_with(
+                r#"\"timestamp\":0,\"file\":\"http://x/a.png\",\"fileType\":\"image\"}"}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(JsonCodec.decode_text(&text).unwrap(), Frame::Message(m));
     }
 
     #[test]

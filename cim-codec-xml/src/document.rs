@@ -55,6 +55,8 @@ impl Root {
                 "receiver" => m.receiver = text,
                 "format" => m.format = text,
                 "extra" => m.extra = text,
+                "file" => m.file = text,
+                "fileType" => m.file_type = text,
                 "timestamp" => m.timestamp = int(field, &text)?,
                 _ => {}
             },
@@ -76,11 +78,13 @@ impl Root {
     }
 }
 
-/// MINA-era clients bind with `account` and `device`: add the 4.x names beside them.
+/// CIM 2.x clients bind with `account`, `device` and `version`: add the 4.x names beside them
+/// (a 4.x name the client sent itself is kept).
 fn legacy_bind_keys(data: &mut DataMap) {
     for (new, old) in [
         (bind::UID, bind::LEGACY_ACCOUNT),
         (bind::DEVICE_NAME, bind::LEGACY_DEVICE),
+        (bind::APP_VERSION, bind::LEGACY_VERSION),
     ] {
         if !data.contains_key(new)
             && let Some(v) = data.get(old).map(str::to_owned)
@@ -191,6 +195,13 @@ fn element(out: &mut String, name: &str, value: &str) {
     out.push('>');
 }
 
+/// An element only when its value is not empty, as CIM 2.x wrote them.
+fn element_if(out: &mut String, name: &str, value: &str) {
+    if !value.is_empty() {
+        element(out, name, value);
+    }
+}
+
 fn int_element(out: &mut String, name: &str, value: i64) {
     element(out, name, &value.to_string());
 }
@@ -209,6 +220,31 @@ fn data_element(out: &mut String, data: &DataMap) -> Result<(), CodecError> {
     Ok(())
 }
 
+/// Writes a message as CIM 2.x did: `<mid>` (the id) and `<type>` (the action), then the other
+/// 2.x elements in 2.x's order, each only when it has a value. `extra`, which 2.x did not have,
+/// comes last, where a 2.x client skips it.
+fn write_message(m: &Message, out: &mut String) {
+    out.push_str("<message>");
+    int_element(out, "mid", m.id);
+    element_if(out, "type", &m.action);
+    element_if(out, "title", &m.title);
+    if !m.content.is_empty() {
+        out.push_str("<content>");
+        push_cdata(out, &m.content);
+        out.push_str("</content>");
+    }
+    element_if(out, "file", &m.file);
+    element_if(out, "fileType", &m.file_type);
+    element_if(out, "sender", &m.sender);
+    element_if(out, "receiver", &m.receiver);
+    element_if(out, "format", &m.format);
+    if m.timestamp != 0 {
+        int_element(out, "timestamp", m.timestamp);
+    }
+    element_if(out, "extra", &m.extra);
+    out.push_str("</message>");
+}
+
 /// Writes `frame` as a document (without its terminator).
 pub(crate) fn write(frame: &Frame, out: &mut String) -> Result<(), CodecError> {
     match frame {
@@ -223,30 +259,20 @@ pub(crate) fn write(frame: &Frame, out: &mut String) -> Result<(), CodecError> {
             out.push_str("</sent>");
         }
         Frame::Reply(r) => {
+            // As CIM 2.x wrote a reply: key, timestamp, code and data always (its clients look
+            // each of them up), the message only when there is one.
             out.push_str(DECL);
             out.push_str("<reply>");
             element(out, "key", &r.key);
             int_element(out, "timestamp", r.timestamp);
             element(out, "code", &r.code);
-            element(out, "message", &r.message);
+            element_if(out, "message", &r.message);
             data_element(out, &r.data)?;
             out.push_str("</reply>");
         }
         Frame::Message(m) => {
             out.push_str(DECL);
-            out.push_str("<message>");
-            int_element(out, "id", m.id);
-            element(out, "action", &m.action);
-            element(out, "title", &m.title);
-            out.push_str("<content>");
-            push_cdata(out, &m.content);
-            out.push_str("</content>");
-            element(out, "sender", &m.sender);
-            element(out, "receiver", &m.receiver);
-            element(out, "format", &m.format);
-            element(out, "extra", &m.extra);
-            int_element(out, "timestamp", m.timestamp);
-            out.push_str("</message>");
+            write_message(m, out);
         }
     }
     Ok(())

@@ -1,39 +1,81 @@
 //! # cim-codec-xml
 //!
-//! The XML protocol of CIM's MINA era (PROTOCOL.md section 4): each frame is one UTF-8 XML
-//! document followed by the byte `0x08` (`0x00` is accepted too, for Flash clients).
-//! Heartbeats are the bare strings `S_H_RQ` (server) and `C_H_RS` (client); the older
-//! `cmd_server_hb_request` / `cmd_client_hb_response` are accepted on decode.
+//! The XML protocol of CIM's MINA era as CIM 2.x (its last XML release, 2.2.1) spoke it
+//! (docs/protocol.md section 4): each frame is one UTF-8 XML document followed by the byte
+//! `0x08` (`0x00` is accepted too, for Flash clients). Heartbeats are the bare strings `S_H_RQ`
+//! (server) and `C_H_RS` (client); the older `cmd_server_hb_request` /
+//! `cmd_client_hb_response` are accepted on decode.
 //!
 //! ```
 //! use bytes::BytesMut;
 //! use cim_codec_xml::XmlCodec;
-//! use cim_core::{Frame, StreamCodec};
+//! use cim_core::{Frame, Message, StreamCodec};
 //!
 //! let mut codec = XmlCodec::new();
+//! // A CIM 2.x bind, values as plain text (the Android SDK) and in CDATA (the Java SDK).
 //! let mut input = BytesMut::from(
 //!     &b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><sent><key>client_bind</key>\
-//!        <data><account>u1</account><device>Nokia</device></data></sent>\x08C_H_RS\x08"[..],
+//!        <data><account>u1</account><device><![CDATA[Nexus 5]]></device>\
+//!        <version>2.2.1</version></data></sent>\x08C_H_RS\x08"[..],
 //! );
 //! let Some(Frame::Sent(bind)) = codec.decode(&mut input).unwrap() else { panic!() };
-//! assert_eq!(bind.get("uid"), "u1"); // the legacy `account` key, under its 4.x name
-//! assert_eq!(bind.get("deviceName"), "Nokia");
+//! // The 2.x keys, also under their 4.x names.
+//! assert_eq!(bind.get("uid"), "u1");
+//! assert_eq!(bind.get("deviceName"), "Nexus 5");
+//! assert_eq!(bind.get("appVersion"), "2.2.1");
 //! assert_eq!(codec.decode(&mut input).unwrap(), Some(Frame::Pong));
 //!
+//! // A message is written as 2.x wrote it: `mid`, `type`, only the elements with a value.
 //! let mut out = BytesMut::new();
-//! codec.encode(&Frame::Ping, &mut out).unwrap();
-//! assert_eq!(&out[..], b"S_H_RQ\x08");
+//! let m = Message {
+//!     id: 7,
+//!     action: "2".into(),
+//!     content: "hello".into(),
+//!     file: "http://files.example/a.png".into(),
+//!     file_type: "image".into(),
+//!     receiver: "u1".into(),
+//!     ..Message::default()
+//! };
+//! codec.encode(&Frame::Message(m), &mut out).unwrap();
+//! assert_eq!(
+//!     &out[..],
+//!     &b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><message><mid>7</mid><type>2</type>\
+//!        <content><![CDATA[hello]]></content><file>http://files.example/a.png</file>\
+//!        <fileType>image</fileType><receiver>u1</receiver></message>\x08"[..]
+//! );
 //! ```
+//!
+//! ## The 2.x dialect
+//!
+//! - A message is written with the element names CIM 2.x clients decode, in 2.x's order:
+//!   `mid` (the id), `type` (the action), `title`, `content`, `file`, `fileType`, `sender`,
+//!   `receiver`, `format`, `timestamp`. An element whose value is empty (a zero timestamp) is
+//!   left out, so a 2.x client keeps its own defaults (`format` = `txt`); `mid` is always
+//!   written. `extra`, which 2.x did not have, comes after them when set (2.x clients skip
+//!   unknown elements).
+//! - A reply is written as 2.x wrote it: `key`, `timestamp`, `code`, then `message` when set,
+//!   then `data` (always, possibly empty: 2.x clients look it up).
+//! - On decode both spellings are accepted: `mid` or `id`, `type` or `action` (a non-numeric
+//!   `mid`, once a UUID, reads as id 0). A bind's 2.x keys `account`, `device` and `version` are
+//!   copied to `uid`, `deviceName` and `appVersion` (a 4.x key the client sent itself is kept).
 //!
 //! Unlike CIM, values are escaped on encode (content goes in CDATA, with `]]>` split across two
 //! sections; characters XML cannot carry literally, including the terminators, become character
-//! references), and both escaped text and CDATA are accepted on decode. Legacy element names
-//! (`mid` for `id`, `type` for `action`) and bind keys (`account`, `device`) are understood. A
-//! document longer than the configured maximum (default 64 KiB) is refused as soon as that many
-//! bytes have arrived without a terminator.
+//! references), and both escaped text and CDATA are accepted on decode. A document longer than
+//! the configured maximum (default 64 KiB) is refused as soon as that many bytes have arrived
+//! without a terminator.
+//!
+//! ## Flash policy
+//!
+//! [`probe_flash_policy`], [`FLASH_POLICY_REQUEST`] and [`FLASH_POLICY_ANSWER`] let a listener
+//! answer the cross-domain policy request of the retired Flash client, as the 2.x server did;
+//! the codec itself treats such a request as a malformed document.
 
 mod document;
 mod escape;
+mod flash;
+
+pub use flash::{FLASH_POLICY_ANSWER, FLASH_POLICY_REQUEST, PolicyProbe, probe_flash_policy};
 
 use bytes::{BufMut, BytesMut};
 use cim_core::{CodecError, Frame, StreamCodec, WireFormat};
@@ -178,14 +220,15 @@ mod tests {
         String::from_utf8(out[..out.len() - 1].to_vec()).unwrap()
     }
 
+    /// The documents of docs/protocol.md section 4, as CIM 2.x clients and servers wrote them.
     #[test]
     fn protocol_examples_decode() {
         let input = concat!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><sent><key>client_bind</key><timestamp>1487900000000</timestamp><data><uid>u1</uid><channel>android</channel></data></sent>"#,
+            r#"<?xml version="1.0" encoding="UTF-8"?><sent><key>client_bind</key><timestamp>1487900000000</timestamp><data><account>u1</account><channel>android</channel><deviceId>d1</deviceId><device>Nexus 5</device><version>2.2.1</version><osVersion>6.0.1</osVersion></data></sent>"#,
             "\u{8}",
-            r#"<?xml version="1.0" encoding="UTF-8"?><reply><key>client_bind</key><timestamp>1487900000000</timestamp><code>200</code><message>ok</message><data><k>v</k></data></reply>"#,
+            r#"<?xml version="1.0" encoding="UTF-8"?><reply><key>client_bind</key><timestamp>1487900000000</timestamp><code>200</code><data><k>v</k></data></reply>"#,
             "\u{8}",
-            r#"<?xml version="1.0" encoding="UTF-8"?><message><id>1</id><action>2</action><title>t</title><content><![CDATA[hello]]></content><sender>system</sender><receiver>u1</receiver><format>txt</format><extra></extra><timestamp>1487900000000</timestamp></message>"#,
+            r#"<?xml version="1.0" encoding="UTF-8"?><message><mid>1</mid><type>2</type><title>t</title><content><![CDATA[hello]]></content><file>http://files.example/a.png</file><fileType>image</fileType><sender>system</sender><receiver>u1</receiver><format>txt</format><timestamp>1487900000000</timestamp></message>"#,
             "\u{0}",
         );
         let frames = decode_all(input.as_bytes()).unwrap();
@@ -195,28 +238,44 @@ mod tests {
                 Frame::Sent(SentBody {
                     key: "client_bind".into(),
                     timestamp: 1_487_900_000_000,
-                    data: DataMap::from([("uid", "u1"), ("channel", "android")]),
+                    data: DataMap::from([
+                        ("account", "u1"),
+                        ("channel", "android"),
+                        ("deviceId", "d1"),
+                        ("device", "Nexus 5"),
+                        ("version", "2.2.1"),
+                        ("osVersion", "6.0.1"),
+                        ("uid", "u1"),
+                        ("deviceName", "Nexus 5"),
+                        ("appVersion", "2.2.1"),
+                    ]),
                 }),
                 Frame::Reply(ReplyBody {
                     key: "client_bind".into(),
                     code: "200".into(),
-                    message: "ok".into(),
+                    message: String::new(),
                     data: DataMap::from([("k", "v")]),
                     timestamp: 1_487_900_000_000,
                 }),
-                Frame::Message(Message {
-                    id: 1,
-                    action: "2".into(),
-                    title: "t".into(),
-                    content: "hello".into(),
-                    sender: "system".into(),
-                    receiver: "u1".into(),
-                    format: "txt".into(),
-                    extra: String::new(),
-                    timestamp: 1_487_900_000_000,
-                }),
+                Frame::Message(attachment_message()),
             ]
         );
+    }
+
+    fn attachment_message() -> Message {
+        Message {
+            id: 1,
+            action: "2".into(),
+            title: "t".into(),
+            content: "hello".into(),
+            sender: "system".into(),
+            receiver: "u1".into(),
+            format: "txt".into(),
+            timestamp: 1_487_900_000_000,
+            file: "http://files.example/a.png".into(),
+            file_type: "image".into(),
+            ..Message::default()
+        }
     }
 
     #[test]
@@ -230,21 +289,63 @@ mod tests {
             encode(&sent),
             r#"<?xml version="1.0" encoding="UTF-8"?><sent><key>client_bind</key><timestamp>1487900000000</timestamp><data><uid>u1</uid><channel>android</channel></data></sent>"#
         );
-        let msg = Frame::Message(Message {
-            id: 1,
-            action: "2".into(),
-            title: "t".into(),
-            content: "hello".into(),
-            sender: "system".into(),
-            receiver: "u1".into(),
-            format: "txt".into(),
-            extra: String::new(),
+        assert_eq!(
+            encode(&Frame::Message(attachment_message())),
+            r#"<?xml version="1.0" encoding="UTF-8"?><message><mid>1</mid><type>2</type><title>t</title><content><![CDATA[hello]]></content><file>http://files.example/a.png</file><fileType>image</fileType><sender>system</sender><receiver>u1</receiver><format>txt</format><timestamp>1487900000000</timestamp></message>"#
+        );
+        let reply = Frame::Reply(ReplyBody {
             timestamp: 1_487_900_000_000,
+            ..ReplyBody::ok("client_bind")
         });
         assert_eq!(
-            encode(&msg),
-            r#"<?xml version="1.0" encoding="UTF-8"?><message><id>1</id><action>2</action><title>t</title><content><![CDATA[hello]]></content><sender>system</sender><receiver>u1</receiver><format>txt</format><extra></extra><timestamp>1487900000000</timestamp></message>"#
+            encode(&reply),
+            r#"<?xml version="1.0" encoding="UTF-8"?><reply><key>client_bind</key><timestamp>1487900000000</timestamp><code>200</code><data></data></reply>"#
         );
+    }
+
+    /// Only elements with a value are written (a 2.x client keeps its defaults for the rest);
+    /// `mid` always; `extra`, unknown to 2.x, after the ten 2.x elements.
+    #[test]
+    fn empty_elements_are_left_out() {
+        assert_eq!(
+            encode(&Frame::Message(Message::default())),
+            r#"<?xml version="1.0" encoding="UTF-8"?><message><mid>0</mid></message>"#
+        );
+        let kick = Message {
+            id: 9,
+            action: "999".into(),
+            sender: "0".into(),
+            receiver: "u1".into(),
+            content: "Pixel".into(),
+            extra: "x".into(),
+            ..Message::default()
+        };
+        assert_eq!(
+            encode(&Frame::Message(kick)),
+            r#"<?xml version="1.0" encoding="UTF-8"?><message><mid>9</mid><type>999</type><content><![CDATA[Pixel]]></content><sender>0</sender><receiver>u1</receiver><extra>x</extra></message>"#
+        );
+        let reply = Frame::Reply(ReplyBody::new("k", "404").with_message("no handler"));
+        assert_eq!(
+            encode(&reply),
+            r#"<?xml version="1.0" encoding="UTF-8"?><reply><key>k</key><timestamp>0</timestamp><code>404</code><message>no handler</message><data></data></reply>"#
+        );
+    }
+
+    #[test]
+    fn bind_keys_of_2x_and_4x() {
+        let frames = decode_all(
+            b"<sent><key>client_bind</key><data><account>a</account><uid>b</uid>\
+              <version>1</version></data></sent>\x08\
+              <sent><key>other</key><data><version>1</version></data></sent>\x08",
+        )
+        .unwrap();
+        let [Frame::Sent(bind), Frame::Sent(other)] = &frames[..] else {
+            panic!("{frames:?}")
+        };
+        // The client's own 4.x key wins; `version` becomes `appVersion`.
+        assert_eq!((bind.get("uid"), bind.get("appVersion")), ("b", "1"));
+        // Only a bind's keys are renamed.
+        assert_eq!(other.data.get("appVersion"), None);
     }
 
     #[test]
@@ -259,14 +360,15 @@ mod tests {
     }
 
     #[test]
-    fn legacy_names() {
+    fn both_spellings_decode() {
         let frames = decode_all(
             "<message><mid>5c1f2d3e-uuid</mid><type>2</type><content>a &amp; b</content></message>\u{8}\
-             <message><mid>42</mid></message>\u{8}"
+             <message><mid>42</mid></message>\u{8}\
+             <message><id>43</id><action>3</action><file><![CDATA[f]]></file><fileType>voice</fileType></message>\u{8}"
                 .as_bytes(),
         )
         .unwrap();
-        let [Frame::Message(a), Frame::Message(b)] = &frames[..] else {
+        let [Frame::Message(a), Frame::Message(b), Frame::Message(c)] = &frames[..] else {
             panic!("{frames:?}")
         };
         assert_eq!(
@@ -274,6 +376,15 @@ mod tests {
             (0, "2", "a & b")
         );
         assert_eq!(b.id, 42);
+        assert_eq!(
+            (
+                c.id,
+                c.action.as_str(),
+                c.file.as_str(),
+                c.file_type.as_str()
+            ),
+            (43, "3", "f", "voice")
+        );
     }
 
     #[test]

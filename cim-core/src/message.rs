@@ -1,7 +1,8 @@
 //! The three bodies of the CIM protocol: [`Message`], [`SentBody`] and [`ReplyBody`].
 //!
-//! Field names and meanings follow CIM 4.x (PROTOCOL.md section 1). Every string defaults to
-//! `""` and every integer to 0, as in proto3, so a missing field and an empty one are the same.
+//! Field names and meanings follow CIM 4.x (docs/protocol.md section 1), with the two
+//! attachment fields of CIM 2.x (`file`, `fileType`) beside them. Every string defaults to `""`
+//! and every integer to 0, as in proto3, so a missing field and an empty one are the same.
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,20 @@ pub struct Message {
     /// Creation time, milliseconds since the Unix epoch.
     #[serde(deserialize_with = "lenient::int")]
     pub timestamp: i64,
+    /// An attachment, usually its URL (CIM 2.x's `file`: an image, a voice clip). CIM 4.x has no
+    /// such field; docs/protocol.md section 1 says how each wire format carries it.
+    #[serde(
+        deserialize_with = "lenient::string",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub file: String,
+    /// What the attachment is, such as `image` or `voice` (CIM 2.x's `fileType`).
+    #[serde(
+        rename = "fileType",
+        deserialize_with = "lenient::string",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub file_type: String,
 }
 
 impl Message {
@@ -157,6 +172,25 @@ mod tests {
         assert_eq!(m.content, "");
         assert_eq!(m.timestamp, 1_700_000_000_000);
         assert!(serde_json::from_str::<Message>(r#"{"id":"x"}"#).is_err());
+        assert_eq!((m.file.as_str(), m.file_type.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn attachment_fields_in_json() {
+        // Written only when set, so a message without an attachment reads as CIM 4.x wrote it.
+        let plain = serde_json::to_string(&Message::default()).unwrap();
+        assert!(!plain.contains("file"), "{plain}");
+        let m = Message {
+            file: "http://x/a.png".into(),
+            file_type: "image".into(),
+            ..Message::default()
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(
+            text.ends_with(r#""file":"http://x/a.png","fileType":"image"}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), m);
         assert!(serde_json::from_str::<Message>(r#"{"id":1.5}"#).is_err());
     }
 

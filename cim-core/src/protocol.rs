@@ -1,4 +1,4 @@
-//! Reserved names of the CIM protocol (PROTOCOL.md section 5) as constants.
+//! Reserved names of the CIM protocol (docs/protocol.md section 5) as constants.
 
 /// Request keys (`SentBody.key`) with a meaning fixed by the protocol.
 pub mod key {
@@ -47,10 +47,12 @@ pub mod bind {
     /// [`super::key::CLIENT_ACK`], and in return messages stay stored until acknowledged and
     /// are re-sent after a reconnect.
     pub const CLIENT_ACK: &str = "clientAck";
-    /// Legacy (MINA-era) name of [`UID`].
+    /// Legacy (CIM 2.x) name of [`UID`].
     pub const LEGACY_ACCOUNT: &str = "account";
-    /// Legacy (MINA-era) name of [`DEVICE_NAME`].
+    /// Legacy (CIM 2.x) name of [`DEVICE_NAME`].
     pub const LEGACY_DEVICE: &str = "device";
+    /// Legacy (CIM 2.x) name of [`APP_VERSION`].
+    pub const LEGACY_VERSION: &str = "version";
 }
 
 /// Data keys of a `client_message` request and of its reply.
@@ -67,6 +69,10 @@ pub mod send {
     pub const TITLE: &str = "title";
     /// Message extra field.
     pub const EXTRA: &str = "extra";
+    /// The message's attachment (see [`crate::Message::file`]).
+    pub const FILE: &str = "file";
+    /// The attachment's type (see [`crate::Message::file_type`]).
+    pub const FILE_TYPE: &str = "fileType";
     /// Client's correlation id, echoed in the reply.
     pub const REQUEST_ID: &str = "requestId";
     /// The id the server gave the message, in the reply.

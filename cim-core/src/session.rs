@@ -37,8 +37,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// The session described by a `client_bind` request, with the legacy keys `account` and
-    /// `device` accepted for `uid` and `deviceName`. `nid`, `node`, `remote_addr` and
+    /// The session described by a `client_bind` request, with the CIM 2.x keys `account`,
+    /// `device` and `version` accepted for `uid`, `deviceName` and `appVersion`. `nid`, `node`, `remote_addr` and
     /// `bind_time` are left for the caller.
     pub fn from_bind(body: &SentBody) -> Session {
         let pick = |k: &str, legacy: Option<&str>| -> String {
@@ -55,7 +55,7 @@ impl Session {
             channel: pick(bind::CHANNEL, None),
             device_id: pick(bind::DEVICE_ID, None),
             device_name: pick(bind::DEVICE_NAME, Some(bind::LEGACY_DEVICE)),
-            app_version: pick(bind::APP_VERSION, None),
+            app_version: pick(bind::APP_VERSION, Some(bind::LEGACY_VERSION)),
             os_version: pick(bind::OS_VERSION, None),
             language: pick(bind::LANGUAGE, None),
             client_ack: matches!(body.data.get(bind::CLIENT_ACK), Some("true" | "1")),
@@ -82,11 +82,27 @@ mod tests {
             (s.device_id.as_str(), s.device_name.as_str()),
             ("d1", "Pixel")
         );
+        // A CIM 2.x bind.
         let s = Session::from_bind(
             &SentBody::new("client_bind")
                 .with("account", "old")
-                .with("device", "Nokia"),
+                .with("device", "Nokia")
+                .with("version", "2.2.1"),
         );
-        assert_eq!((s.uid.as_str(), s.device_name.as_str()), ("old", "Nokia"));
+        assert_eq!(
+            (
+                s.uid.as_str(),
+                s.device_name.as_str(),
+                s.app_version.as_str()
+            ),
+            ("old", "Nokia", "2.2.1")
+        );
+        // The 4.x name wins when both are sent.
+        let s = Session::from_bind(
+            &SentBody::new("client_bind")
+                .with("version", "old")
+                .with("appVersion", "new"),
+        );
+        assert_eq!(s.app_version, "new");
     }
 }

@@ -52,6 +52,7 @@ impl App {
                 addr: socket_addr(&settings.xml.host, settings.xml.port),
                 protocol: Protocol::Xml {
                     max_document: settings.xml.max_document,
+                    flash_policy: settings.xml.flash_policy,
                 },
                 connection: conn,
             });

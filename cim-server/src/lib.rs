@@ -40,6 +40,7 @@
 
 pub mod app;
 pub mod auth;
+mod flash;
 pub mod http;
 pub mod listener;
 pub mod server;

@@ -30,6 +30,8 @@ pub enum Protocol {
     Xml {
         /// Largest document accepted and sent.
         max_document: usize,
+        /// Answer a Flash client's policy request before anything else.
+        flash_policy: bool,
     },
 }
 
@@ -82,6 +84,7 @@ impl Listener {
             addr,
             protocol: Protocol::Xml {
                 max_document: cim_codec_xml::DEFAULT_MAX_DOCUMENT,
+                flash_policy: false,
             },
             connection: ConnectionConfig::default(),
         }
@@ -110,9 +113,16 @@ fn spawn_connection(
             let codec = BinaryCodec::with_max_body(max_frame);
             spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
         }
-        &Protocol::Xml { max_document } => {
+        &Protocol::Xml {
+            max_document,
+            flash_policy,
+        } => {
             let codec = XmlCodec::with_max_document(max_document);
-            spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
+            if flash_policy {
+                crate::flash::spawn(hub, stream, codec, conf, peer, permit);
+            } else {
+                spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
+            }
         }
         Protocol::WebSocket(settings) => {
             let settings = settings.clone();

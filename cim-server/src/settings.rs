@@ -173,6 +173,9 @@ pub struct XmlSettings {
     pub port: u16,
     /// Largest document, in bytes.
     pub max_document: usize,
+    /// Answer a Flash client's `<policy-file-request/>` with a cross-domain policy, as CIM 2.x
+    /// did (off by default).
+    pub flash_policy: bool,
 }
 
 impl Default for XmlSettings {
@@ -182,6 +185,7 @@ impl Default for XmlSettings {
             host: "127.0.0.1".into(),
             port: 23457,
             max_document: 64 * 1024,
+            flash_policy: false,
         }
     }
 }

@@ -46,6 +46,7 @@ fn typical(i: u64) -> Message {
         format: "txt".into(),
         extra: "ext".into(),
         timestamp: 1_700_000_000_000,
+        ..Message::default()
     }
 }
 

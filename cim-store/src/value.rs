@@ -1,12 +1,19 @@
 //! Stored values: one format-version byte, then the encoding of that version. Only this module
 //! knows the encoding, so it can change (a new version byte) without losing stored data.
+//!
+//! - version 1: bincode 2 (standard configuration) of [`V1`], the CIM 4.x fields;
+//! - version 2 (written today): the same encoding of [`V2`], which adds the attachment
+//!   (`file`, `fileType`) at the end.
+//!
+//! Values of every version this build knows are read; only the newest is written.
 
 use bincode::{Decode, Encode};
 use cim_core::Message;
 
-/// The version written today: bincode 2 (standard configuration) of [`V1`].
 const V1_TAG: u8 = 1;
+const V2_TAG: u8 = 2;
 
+/// Version 1, written before messages carried attachments.
 #[derive(Encode, Decode)]
 struct V1 {
     stored_at: i64,
@@ -19,6 +26,23 @@ struct V1 {
     format: String,
     extra: String,
     timestamp: i64,
+}
+
+/// Version 2: version 1 and the attachment.
+#[derive(Encode, Decode)]
+struct V2 {
+    stored_at: i64,
+    id: i64,
+    action: String,
+    title: String,
+    content: String,
+    sender: String,
+    receiver: String,
+    format: String,
+    extra: String,
+    timestamp: i64,
+    file: String,
+    file_type: String,
 }
 
 /// Why a stored value could not be read.
@@ -35,9 +59,9 @@ pub enum ValueError {
     Corrupt(String),
 }
 
-/// Encodes a message and its storage time.
+/// Encodes a message and its storage time (in the newest version).
 pub fn encode(stored_at: i64, m: &Message) -> Vec<u8> {
-    let v = V1 {
+    let v = V2 {
         stored_at,
         id: m.id,
         action: m.action.clone(),
@@ -48,21 +72,29 @@ pub fn encode(stored_at: i64, m: &Message) -> Vec<u8> {
         format: m.format.clone(),
         extra: m.extra.clone(),
         timestamp: m.timestamp,
+        file: m.file.clone(),
+        file_type: m.file_type.clone(),
     };
-    let mut out = Vec::with_capacity(64 + m.content.len());
-    out.push(V1_TAG);
+    let mut out = Vec::with_capacity(64 + m.content.len() + m.file.len());
+    out.push(V2_TAG);
     // Encoding owned strings and integers into a Vec cannot fail.
     let _ = bincode::encode_into_std_write(&v, &mut out, bincode::config::standard());
     out
 }
 
-/// Decodes a value written by [`encode`] (any version this build knows).
+fn body<T: Decode<()>>(rest: &[u8]) -> Result<T, ValueError> {
+    let (v, _): (T, usize) = bincode::decode_from_slice(rest, bincode::config::standard())
+        .map_err(|e| ValueError::Corrupt(e.to_string()))?;
+    Ok(v)
+}
+
+/// Decodes a value written by [`encode`], now or by an older build (any version this build
+/// knows).
 pub fn decode(bytes: &[u8]) -> Result<(i64, Message), ValueError> {
     let (&tag, rest) = bytes.split_first().ok_or(ValueError::Empty)?;
     match tag {
         V1_TAG => {
-            let (v, _): (V1, usize) = bincode::decode_from_slice(rest, bincode::config::standard())
-                .map_err(|e| ValueError::Corrupt(e.to_string()))?;
+            let v: V1 = body(rest)?;
             Ok((
                 v.stored_at,
                 Message {
@@ -75,6 +107,27 @@ pub fn decode(bytes: &[u8]) -> Result<(i64, Message), ValueError> {
                     format: v.format,
                     extra: v.extra,
                     timestamp: v.timestamp,
+                    file: String::new(),
+                    file_type: String::new(),
+                },
+            ))
+        }
+        V2_TAG => {
+            let v: V2 = body(rest)?;
+            Ok((
+                v.stored_at,
+                Message {
+                    id: v.id,
+                    action: v.action,
+                    title: v.title,
+                    content: v.content,
+                    sender: v.sender,
+                    receiver: v.receiver,
+                    format: v.format,
+                    extra: v.extra,
+                    timestamp: v.timestamp,
+                    file: v.file,
+                    file_type: v.file_type,
                 },
             ))
         }
@@ -88,9 +141,13 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let m = cim_core::testing::typical_message();
+        let m = Message {
+            file: "http://files.example/a.png".into(),
+            file_type: "image".into(),
+            ..cim_core::testing::typical_message()
+        };
         let bytes = encode(42, &m);
-        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[0], 2);
         assert_eq!(decode(&bytes).unwrap(), (42, m));
         assert!(matches!(decode(&[]), Err(ValueError::Empty)));
         assert!(matches!(
@@ -98,5 +155,34 @@ mod tests {
             Err(ValueError::UnknownVersion(9))
         ));
         assert!(matches!(decode(&[1, 0xff]), Err(ValueError::Corrupt(_))));
+        assert!(matches!(decode(&[2, 0xff]), Err(ValueError::Corrupt(_))));
+    }
+
+    /// A value exactly as the version-1 encoder wrote it (before attachments) still reads.
+    #[test]
+    fn version_1_value_still_decodes() {
+        let v1: &[u8] = &[
+            0x01, 0xfd, 0xe8, 0xd3, 0xca, 0x9f, 0x17, 0x03, 0x00, 0x00, 0x54, 0x01, 0x32, 0x01,
+            0x74, 0x05, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x06, 0x73, 0x79, 0x73, 0x74, 0x65, 0x6d,
+            0x02, 0x75, 0x31, 0x03, 0x74, 0x78, 0x74, 0x01, 0x65, 0xfd, 0x00, 0xd0, 0xca, 0x9f,
+            0x17, 0x03, 0x00, 0x00,
+        ];
+        let expected = Message {
+            id: 42,
+            action: "2".into(),
+            title: "t".into(),
+            content: "hello".into(),
+            sender: "system".into(),
+            receiver: "u1".into(),
+            format: "txt".into(),
+            extra: "e".into(),
+            timestamp: 1_700_000_000_000,
+            ..Message::default()
+        };
+        assert_eq!(decode(v1).unwrap(), (1_700_000_000_500, expected.clone()));
+        // Written again, it becomes a version-2 value with the same content.
+        let v2 = encode(1_700_000_000_500, &expected);
+        assert_eq!(v2[0], 2);
+        assert_eq!(decode(&v2).unwrap(), (1_700_000_000_500, expected));
     }
 }

@@ -46,7 +46,10 @@ async fn small_server(
         })
         .listener(Listener {
             addr: loopback(),
-            protocol: Protocol::Xml { max_document: 200 },
+            protocol: Protocol::Xml {
+                max_document: 200,
+                flash_policy: false,
+            },
             connection: conn,
         })
         .event_listener(closes.clone())

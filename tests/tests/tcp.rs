@@ -17,7 +17,7 @@ use cim_core::{Frame, ReplyBody, RequestContext, RequestHandler, Result, SentBod
 use cim_server::WsSettings;
 use common::*;
 
-/// PROTOCOL.md section 2: `SentBody{key="client_bind", timestamp=1700000000000,
+/// docs/protocol.md section 2: `SentBody{key="client_bind", timestamp=1700000000000,
 /// data{uid="10000", channel="android"}}` as a stock client writes it.
 const STOCK_BIND: &[u8] = &[
     0x03, 0x36, 0x00, 0x0a, 0x0b, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x5f, 0x62, 0x69, 0x6e, 0x64,

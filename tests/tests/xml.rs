@@ -1,4 +1,4 @@
-//! The MINA-era XML protocol over TCP.
+//! The MINA-era XML protocol over TCP (CIM 2.x's own clients: tests/tests/xml_2x.rs).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -58,7 +58,7 @@ async fn legacy_client_binds_answers_heartbeats_and_receives() {
     }
     let text = String::from_utf8(raw).unwrap();
     assert!(
-        text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?><message><id>"),
+        text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?><message><mid>"),
         "{text}"
     );
     assert!(

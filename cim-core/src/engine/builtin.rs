@@ -70,6 +70,8 @@ impl RequestHandler for ClientMessage {
             format: take(send::FORMAT),
             title: take(send::TITLE),
             extra: take(send::EXTRA),
+            file: take(send::FILE),
+            file_type: take(send::FILE_TYPE),
             sender: session.uid.clone(),
             receiver,
             ..Message::default()

@@ -1,4 +1,4 @@
-//! The heartbeat and idle rules of a connection (PROTOCOL.md section 6) as a plain state
+//! The heartbeat and idle rules of a connection (docs/protocol.md section 6) as a plain state
 //! machine: it is told the time and answers what to do, so its behaviour is tested without
 //! sleeping. The connection task is a thin driver around it.
 

@@ -25,7 +25,7 @@ pub trait KickPolicy: Send + Sync + 'static {
     fn decide(&self, existing: &Session, incoming: &Session) -> KickDecision;
 }
 
-/// CIM's multi-device rule (PROTOCOL.md section 6): `android` and `ios` conflict with each
+/// CIM's multi-device rule (docs/protocol.md section 6): `android` and `ios` conflict with each
 /// other, as do `windows`, `web` and `mac`; other channels never conflict. A conflicting
 /// connection from the same device is closed silently, from another device it is kicked; `web`
 /// connections from the same device are kept (browser tabs).

@@ -104,7 +104,7 @@ where
     ]
 }
 
-/// Any [`Message`]; the content is sometimes long.
+/// Any [`Message`]; the content is sometimes long, and about half carry an attachment.
 pub fn message() -> impl Strategy<Value = Message> {
     (
         (int(), text(), text(), text(), text()),
@@ -114,20 +114,28 @@ pub fn message() -> impl Strategy<Value = Message> {
             prop_oneof![4 => text(), 1 => long_text()],
             int(),
         ),
+        prop_oneof![
+            1 => Just((String::new(), String::new())),
+            1 => (text(), text()),
+        ],
     )
         .prop_map(
-            |((id, action, title, sender, receiver), (format, extra, content, timestamp))| {
-                Message {
-                    id,
-                    action,
-                    title,
-                    content,
-                    sender,
-                    receiver,
-                    format,
-                    extra,
-                    timestamp,
-                }
+            |(
+                (id, action, title, sender, receiver),
+                (format, extra, content, timestamp),
+                (file, file_type),
+            )| Message {
+                id,
+                action,
+                title,
+                content,
+                sender,
+                receiver,
+                format,
+                extra,
+                timestamp,
+                file,
+                file_type,
             },
         )
 }
@@ -192,6 +200,7 @@ pub fn typical_message() -> Message {
         format: "txt".into(),
         extra: "ext".into(),
         timestamp: 1_700_000_000_000,
+        ..Message::default()
     }
 }
 

@@ -14,6 +14,10 @@ fn msg(id: i64, content: &str) -> Message {
         content: content.into(),
         receiver: "u".into(),
         timestamp: id,
+        // Every stored message carries an attachment, so that the checks of whole messages
+        // below see the two fields survive.
+        file: format!("http://files.example/{id}.png"),
+        file_type: "image".into(),
         ..Message::default()
     }
 }
@@ -71,6 +75,7 @@ where
     assert_eq!(s.count("u").await.unwrap(), 1);
     assert_eq!(s.count("v").await.unwrap(), 1);
     assert_eq!(s.last_seq("u").await.unwrap(), 4);
+    assert_eq!(s.pending("u", 0, 1).await.unwrap()[0].message, msg(4, "m4"));
     let a = s.append("u", &msg(5, "m5")).await.unwrap();
     assert_eq!(a.seq, 5);
     assert_eq!(

@@ -37,6 +37,12 @@ pub struct MessageIn {
     /// Extra.
     #[serde(default)]
     pub extra: String,
+    /// Attachment, usually a URL (CIM 2.x's `file`).
+    #[serde(default)]
+    pub file: String,
+    /// The attachment's type, such as `image` or `voice`.
+    #[serde(default, rename = "fileType")]
+    pub file_type: String,
 }
 
 impl MessageIn {
@@ -49,6 +55,8 @@ impl MessageIn {
             content: self.content,
             format: self.format,
             extra: self.extra,
+            file: self.file,
+            file_type: self.file_type,
             ..Message::default()
         }
     }

@@ -1,4 +1,4 @@
-//! CIM's own HTTP API (PROTOCOL.md section 7), so existing back-ends keep working.
+//! CIM's own HTTP API (docs/protocol.md section 7), so existing back-ends keep working.
 
 use std::sync::Arc;
 
@@ -18,7 +18,8 @@ fn cim_error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// `POST /api/message/send` with form or query fields `sender`, `receiver`, `action` (required),
-/// `title`, `content`, `format`, `extra`: answers `{"code":200,"data":<message id>}`.
+/// `title`, `content`, `format`, `extra`, and the attachment `file`, `fileType`: answers
+/// `{"code":200,"data":<message id>}`.
 pub async fn send(
     State(st): State<Arc<HttpState>>,
     RawQuery(query): RawQuery,
@@ -62,6 +63,8 @@ pub async fn send(
         content: get("content"),
         format: get("format"),
         extra: get("extra"),
+        file: get("file"),
+        file_type: get("fileType"),
         ..Message::default()
     };
     match st.hub.send(message).await {

@@ -39,6 +39,15 @@ impl<S, C: StreamCodec> StreamTransport<S, C> {
         }
     }
 
+    /// Wraps `stream` whose first bytes, `read`, were already taken from it (by the listener,
+    /// looking for something to answer before the protocol starts).
+    pub fn with_read(stream: S, codec: C, read: BytesMut) -> Self {
+        Self {
+            rbuf: read,
+            ..Self::new(stream, codec)
+        }
+    }
+
     /// The stream, for what the transport does not do itself (peer certificates, say).
     pub fn get_ref(&self) -> &S {
         &self.stream
