@@ -13,7 +13,7 @@ use crate::auth::{TokenAuthenticator, TokenHandshake, TokenSigner};
 use crate::http::{self, HttpConfig, HttpState};
 use crate::listener::{Listener, Protocol};
 use crate::server::{RunningServer, Server, ServerError};
-use crate::settings::{DurabilitySetting, Settings, StoreBackend, socket_addr};
+use crate::settings::{DurabilitySetting, Settings, StoreBackend};
 use cim_core::engine::{MemoryStore, MessageStore};
 use cim_store::{Durability, RedbStore, SledStore};
 
@@ -27,13 +27,14 @@ pub struct App {
 impl App {
     /// Opens every configured listener and starts serving.
     pub async fn start(settings: &Settings) -> Result<App, ServerError> {
+        let addrs = settings.resolve().await?;
         let conn = settings.connection_config();
         let mut builder = Server::builder()
             .node(settings.node.clone(), settings.node_id)
             .max_connections(settings.max_connections);
         if settings.tcp.enabled {
             builder = builder.listener(Listener {
-                addr: socket_addr(&settings.tcp.host, settings.tcp.port),
+                addr: addrs.tcp,
                 protocol: Protocol::Binary {
                     max_frame: settings.tcp.max_frame,
                 },
@@ -42,16 +43,16 @@ impl App {
         }
         if settings.websocket.enabled {
             builder = builder.listener(Listener {
-                addr: socket_addr(&settings.websocket.host, settings.websocket.port),
+                addr: addrs.websocket,
                 protocol: Protocol::WebSocket(settings.ws_settings()),
                 connection: conn,
             });
         }
         if settings.xml.enabled {
             builder = builder.listener(Listener {
-                addr: socket_addr(&settings.xml.host, settings.xml.port),
+                addr: addrs.xml,
                 protocol: Protocol::Xml {
-                    max_document: settings.xml.max_document,
+                    max_document: settings.xml.max_frame,
                     flash_policy: settings.xml.flash_policy,
                 },
                 connection: conn,
@@ -69,7 +70,7 @@ impl App {
         }
         // Open the HTTP socket first, so a taken port fails start-up before anything runs.
         let http_socket = if settings.http.enabled {
-            let addr = socket_addr(&settings.http.host, settings.http.port);
+            let addr = addrs.http;
             let socket = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -85,7 +86,7 @@ impl App {
         let http = match http_socket {
             Some(socket) => {
                 let addr = socket.local_addr().map_err(|source| ServerError::Bind {
-                    addr: socket_addr(&settings.http.host, settings.http.port),
+                    addr: addrs.http,
                     protocol: "http",
                     source,
                 })?;

@@ -53,10 +53,23 @@ enum Command {
     },
 }
 
-fn init_logs(settings: &Settings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+/// The log filter: `RUST_LOG` when set, else `log.level`; either one invalid is an error that
+/// names it and its value.
+fn log_filter(settings: &Settings) -> anyhow::Result<EnvFilter> {
+    match std::env::var("RUST_LOG") {
+        Ok(var) => EnvFilter::try_new(&var)
+            .map_err(|e| anyhow::anyhow!("RUST_LOG = {var:?} is not a log filter: {e}")),
+        Err(_) => EnvFilter::try_new(&settings.log.level).map_err(|e| {
+            anyhow::anyhow!(
+                "configuration: `log.level` = {:?}: not a log filter (such as `info` or \
+                 `cim_core=debug,info`): {e}",
+                settings.log.level
+            )
+        }),
+    }
+}
+
+fn init_logs(settings: &Settings, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -91,6 +104,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'stati
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref(), std::env::vars())?;
+    let filter = log_filter(&settings)?;
     if args.print_config {
         print!("{}", settings.to_toml());
         return Ok(());
@@ -112,7 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    init_logs(&settings);
+    init_logs(&settings, filter);
     let signal = shutdown_signal()?;
     let app = App::start(&settings).await?;
     for (protocol, addr) in app.addrs() {

@@ -30,6 +30,9 @@ pub enum ServerError {
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A setting is unusable (its message names the key and the value).
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
     /// The session manager or the router could not start (a cluster backend unreachable, say).
     #[error("cannot start: {0}")]
     Start(#[source] cim_core::Error),

@@ -433,6 +433,47 @@ fn bad_configuration_stops_startup_naming_the_key() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Every configuration error is printed once, names the key and the value (and the values
+/// allowed, for a choice); the command-line client's `CIM_API_KEY` in the environment does not
+/// stop the server; a public listener without bind tokens is refused unless anonymous binds are
+/// allowed in so many words.
+#[test]
+fn config_errors_are_named_once_and_foreign_variables_left_alone() {
+    let (code, _, err) = run_once(
+        &["--print-config"],
+        &[("CIM_STORE__DURABILITY", "sometimes")],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("store.durability") && err.contains("expected one of always, interval, os"),
+        "{err}"
+    );
+    assert_eq!(err.matches("sometimes").count(), 1, "printed once: {err}");
+    let (code, _, err) = run_once(&["--print-config"], &[("CIM_LOG__LEVEL", "not a filter[")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("`log.level`") && err.contains("not a filter["),
+        "{err}"
+    );
+    let (code, _, err) = run_once(&["--print-config"], &[("RUST_LOG", "x[")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("RUST_LOG"), "{err}");
+    let (code, out, err) = run_once(
+        &["--print-config"],
+        &[("CIM_API_KEY", "the client's"), ("CIM_LOG", "debug")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[tcp]"), "{out}");
+    let (code, _, err) = run_once(&[], &[("CIM_TCP__HOST", "0.0.0.0")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("`tcp.host`")
+            && err.contains("auth.token_secret")
+            && err.contains("auth.allow_anonymous"),
+        "{err}"
+    );
+}
+
 #[test]
 fn print_config_shows_the_effective_values() {
     let (code, out, err) = run_once(

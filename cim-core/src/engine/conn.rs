@@ -75,8 +75,9 @@ impl fmt::Display for CloseRequest {
     }
 }
 
-/// What a full outbound queue does to its connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a full outbound queue does to its connection. In configuration: `"close"` or `"keep"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum SlowConsumer {
     /// Close it (after writing what is queued). Messages that did not fit are stored, when the
     /// server has a store, and delivered on the next bind.
@@ -85,6 +86,26 @@ pub enum SlowConsumer {
     /// Keep it: refuse pushes (which are then stored) until the queue is written out, then
     /// deliver what was stored, in order. Without a store, refused messages are lost.
     Keep,
+}
+
+impl std::str::FromStr for SlowConsumer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "close" => Ok(SlowConsumer::Close),
+            "keep" => Ok(SlowConsumer::Keep),
+            other => Err(format!("{other:?}: expected one of close, keep")),
+        }
+    }
+}
+
+impl TryFrom<String> for SlowConsumer {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 #[derive(Debug, Default)]

@@ -27,7 +27,7 @@ const WRITE_BUFFER: usize = 16 * 1024;
 
 /// How a WebSocket listener frames CIM packets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum WsMode {
     /// Per connection, from the first data message: a binary one picks the binary codec
     /// (protobuf), a text one the text codec (JSON).
@@ -37,6 +37,27 @@ pub enum WsMode {
     Protobuf,
     /// Every packet through the text codec: text messages with a JSON envelope.
     Json,
+}
+
+impl std::str::FromStr for WsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(WsMode::Auto),
+            "protobuf" => Ok(WsMode::Protobuf),
+            "json" => Ok(WsMode::Json),
+            other => Err(format!("{other:?}: expected one of auto, protobuf, json")),
+        }
+    }
+}
+
+impl TryFrom<String> for WsMode {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
 }
 
 /// The packet codecs of a WebSocket listener: one for the binary mode (protobuf by default)

@@ -1,0 +1,610 @@
+//! [`Settings`]: the server's configuration — built-in defaults, then an optional TOML file,
+//! then `CIM_`-prefixed environment variables (`CIM_TCP__PORT=5000` sets `tcp.port`).
+//!
+//! Values are typed as they are read: hosts are addresses or names ([`Host`]), modes and
+//! policies are the engine's own enums. Names are resolved, and the checks that depend on where
+//! a listener really listens are made, by [`Settings::resolve`] at start-up.
+
+mod host;
+mod listener;
+mod sections;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cim_core::engine::{ConnectionConfig, Timers};
+use serde::{Deserialize, Serialize};
+
+pub use host::Host;
+use listener::Kind;
+pub use listener::ListenerSettings;
+pub use sections::{
+    AuthSettings, ConnectionSettings, DurabilitySetting, HttpSettings, LogFormat, LogSettings,
+    ShutdownSettings, StoreBackend, StoreSettings,
+};
+
+use crate::transport::WsSettings;
+
+/// Why the configuration is unusable. Every message names the key and the value, once.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or the environment could not be read or parsed.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// A value is out of range or inconsistent.
+    #[error("configuration: `{key}` = {value}: {reason}")]
+    Invalid {
+        /// The key, dotted (`tcp.port`).
+        key: String,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(
+    key: impl Into<String>,
+    value: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The sections of the configuration, as `CIM_<SECTION>__<KEY>` variables name them.
+const SECTIONS: &[&str] = &[
+    "tcp",
+    "websocket",
+    "xml",
+    "connection",
+    "store",
+    "auth",
+    "http",
+    "log",
+    "shutdown",
+];
+
+/// The keys outside any section, as `CIM_<KEY>` variables name them.
+const TOP_KEYS: &[&str] = &["node", "node_id", "max_connections"];
+
+/// Everything the server binary reads from configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// This node's name, shown in sessions.
+    pub node: String,
+    /// This node's number (0-1023), part of every message id.
+    pub node_id: u16,
+    /// Connections accepted at once, over all listeners.
+    pub max_connections: usize,
+    /// CIM's binary protocol over TCP.
+    pub tcp: ListenerSettings,
+    /// WebSocket, protobuf or JSON.
+    pub websocket: ListenerSettings,
+    /// The MINA-era XML protocol over TCP.
+    pub xml: ListenerSettings,
+    /// Timers and queue limits of every long connection.
+    pub connection: ConnectionSettings,
+    /// Offline messages.
+    pub store: StoreSettings,
+    /// Bind tokens.
+    pub auth: AuthSettings,
+    /// The HTTP API.
+    pub http: HttpSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            node: "node-0".into(),
+            node_id: 0,
+            max_connections: 100_000,
+            tcp: ListenerSettings::tcp(),
+            websocket: ListenerSettings::websocket(),
+            xml: ListenerSettings::xml(),
+            connection: ConnectionSettings::default(),
+            store: StoreSettings::default(),
+            auth: AuthSettings::default(),
+            http: HttpSettings::default(),
+            log: LogSettings::default(),
+            shutdown: ShutdownSettings::default(),
+        }
+    }
+}
+
+/// Where the listeners listen, names resolved: what [`Settings::resolve`] gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addrs {
+    /// The TCP listener's address.
+    pub tcp: SocketAddr,
+    /// The WebSocket listener's.
+    pub websocket: SocketAddr,
+    /// The XML listener's.
+    pub xml: SocketAddr,
+    /// The HTTP API's.
+    pub http: SocketAddr,
+}
+
+fn load_error(e: impl std::fmt::Display) -> SettingsError {
+    SettingsError::Load(e.to_string())
+}
+
+/// The `CIM_*` variables of `env` that name a key of the server: `CIM_<SECTION>__<KEY>` for a
+/// section of [`SECTIONS`], `CIM_<KEY>` for one of [`TOP_KEYS`]. Other `CIM_` variables (such
+/// as the command-line client's `CIM_API_KEY`) are not the server's and are left alone, but a
+/// `CIM_<X>__<KEY>` with an unknown section is a mistake and is refused.
+fn server_vars(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<config::Map<String, String>, SettingsError> {
+    let mut vars = config::Map::new();
+    for (k, v) in env {
+        let Some(rest) = k.strip_prefix("CIM_") else {
+            continue;
+        };
+        let name = rest.to_ascii_lowercase();
+        let known = match name.split_once("__") {
+            Some((section, _)) if SECTIONS.contains(&section) => true,
+            Some((section, _)) => {
+                return Err(SettingsError::Load(format!(
+                    "{k}: `{section}` is not a section of the configuration (sections: {})",
+                    SECTIONS.join(", ")
+                )));
+            }
+            None => TOP_KEYS.contains(&name.as_str()),
+        };
+        if known {
+            vars.insert(k, v);
+        }
+    }
+    Ok(vars)
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given; it must exist), then the server's `CIM_*` variables of
+    /// `env` (see [`server_vars`]).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let defaults = config::Config::try_from(&Settings::default()).map_err(load_error)?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(PathBuf::from(path)).format(config::FileFormat::Toml),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("CIM")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(server_vars(env)?)),
+        );
+        let merged = builder.build().map_err(load_error)?;
+        // The path of a value that does not fit is kept, so the message names its key.
+        let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if key.is_empty() || key == "." || inner.contains(&key) {
+                SettingsError::Load(inner)
+            } else {
+                SettingsError::Load(format!("`{key}`: {inner}"))
+            }
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges and consistency (the checks that need resolved addresses are
+    /// [`resolve`](Self::resolve)'s).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.tcp.validate(Kind::Tcp)?;
+        self.websocket.validate(Kind::WebSocket)?;
+        self.xml.validate(Kind::Xml)?;
+        if self.websocket.require_token && self.auth.token_secret.is_empty() {
+            return Err(invalid(
+                "websocket.require_token",
+                true,
+                "needs auth.token_secret",
+            ));
+        }
+        let c = &self.connection;
+        for (key, v) in [
+            ("connection.write_idle_ms", c.write_idle_ms),
+            ("connection.read_idle_ms", c.read_idle_ms),
+            ("connection.bind_timeout_ms", c.bind_timeout_ms),
+            ("connection.write_timeout_ms", c.write_timeout_ms),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, v, "must be more than 0"));
+            }
+        }
+        if self.store.max_per_account == 0 {
+            return Err(invalid("store.max_per_account", 0, "must be at least 1"));
+        }
+        if self.store.durability == DurabilitySetting::Interval && self.store.flush_interval_ms == 0
+        {
+            return Err(invalid("store.flush_interval_ms", 0, "must be more than 0"));
+        }
+        if self.store.expire_every_secs == 0 {
+            return Err(invalid("store.expire_every_secs", 0, "must be more than 0"));
+        }
+        if c.queue_capacity == 0 {
+            return Err(invalid(
+                "connection.queue_capacity",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
+            return Err(invalid(
+                "max_connections",
+                self.max_connections,
+                "must be 1 to 4294967295",
+            ));
+        }
+        if self.node_id > 1023 {
+            return Err(invalid("node_id", self.node_id, "must be 0 to 1023"));
+        }
+        if self.http.max_batch == 0 {
+            return Err(invalid("http.max_batch", 0, "must be at least 1"));
+        }
+        if !(1024..=65536).contains(&self.http.max_head) {
+            return Err(invalid(
+                "http.max_head",
+                self.http.max_head,
+                "must be 1024 to 65536",
+            ));
+        }
+        if !(1..=10_000).contains(&self.http.max_headers) {
+            return Err(invalid(
+                "http.max_headers",
+                self.http.max_headers,
+                "must be 1 to 10000",
+            ));
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > u32::MAX as usize {
+            return Err(invalid(
+                "http.max_connections",
+                self.http.max_connections,
+                "must be 1 to 4294967295",
+            ));
+        }
+        if !(1..=65535).contains(&self.auth.max_uid_bytes) {
+            return Err(invalid(
+                "auth.max_uid_bytes",
+                self.auth.max_uid_bytes,
+                "must be 1 to 65535",
+            ));
+        }
+        if !self.auth.token_secret.is_empty() && self.auth.token_secret.len() < 16 {
+            return Err(invalid(
+                "auth.token_secret",
+                "(hidden)",
+                "must be at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves every enabled listener's host and makes the checks that depend on where they
+    /// listen: the HTTP API off loopback needs `http.api_key`; a long-connection listener off
+    /// loopback needs `auth.token_secret`, or `auth.allow_anonymous = true` to let anyone bind
+    /// as anyone.
+    pub async fn resolve(&self) -> Result<Addrs, SettingsError> {
+        async fn one(key: &str, l: &ListenerSettings) -> Result<SocketAddr, SettingsError> {
+            if !l.enabled {
+                return Ok(SocketAddr::new(
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    l.port,
+                ));
+            }
+            l.host
+                .resolve(l.port)
+                .await
+                .map_err(|reason| invalid(key, format!("{:?}", l.host.to_string()), reason))
+        }
+        let addrs = Addrs {
+            tcp: one("tcp.host", &self.tcp).await?,
+            websocket: one("websocket.host", &self.websocket).await?,
+            xml: one("xml.host", &self.xml).await?,
+            http: if self.http.enabled {
+                self.http.host.resolve(self.http.port).await.map_err(|r| {
+                    invalid("http.host", format!("{:?}", self.http.host.to_string()), r)
+                })?
+            } else {
+                SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.http.port)
+            },
+        };
+        if self.http.enabled && self.http.api_key.is_empty() && !addrs.http.ip().is_loopback() {
+            return Err(invalid(
+                "http.api_key",
+                "\"\"",
+                format!(
+                    "required when the HTTP API listens off loopback (http.host = {}, {})",
+                    self.http.host,
+                    addrs.http.ip()
+                ),
+            ));
+        }
+        if self.auth.token_secret.is_empty() && !self.auth.allow_anonymous {
+            for (key, l, addr) in [
+                ("tcp.host", &self.tcp, addrs.tcp),
+                ("websocket.host", &self.websocket, addrs.websocket),
+                ("xml.host", &self.xml, addrs.xml),
+            ] {
+                if l.enabled && !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        key,
+                        l.host.to_string(),
+                        format!(
+                            "listens off loopback ({}) but auth.token_secret is empty, so anyone \
+                             could bind as any account and take its stored messages: set \
+                             auth.token_secret, or auth.allow_anonymous = true to allow it",
+                            addr.ip()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// The settings as TOML, secrets masked.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        for secret in [&mut shown.auth.token_secret, &mut shown.http.api_key] {
+            if !secret.is_empty() {
+                *secret = "********".into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// The connection settings shared by every listener.
+    pub fn connection_config(&self) -> ConnectionConfig {
+        let c = &self.connection;
+        ConnectionConfig {
+            timers: Timers {
+                write_idle: Duration::from_millis(c.write_idle_ms),
+                read_idle: Duration::from_millis(c.read_idle_ms),
+                max_pong_timeout: c.max_pong_timeout,
+                bind_timeout: Duration::from_millis(c.bind_timeout_ms),
+            },
+            queue_capacity: c.queue_capacity,
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
+            slow_consumer: c.slow_consumer,
+            ..ConnectionConfig::default()
+        }
+    }
+
+    /// The WebSocket listener's settings.
+    pub fn ws_settings(&self) -> WsSettings {
+        WsSettings {
+            path: self.websocket.path.clone(),
+            mode: self.websocket.mode,
+            max_message: self.websocket.max_frame,
+            ..WsSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(
+            (s.tcp.port, s.websocket.port, s.http.port),
+            (23456, 34567, 8080)
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("cim-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cim.toml");
+        std::fs::write(&file, "[tcp]\nport = 1111\n[websocket]\nmode = \"json\"\n").unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[("CIM_TCP__PORT", "2222"), ("OTHER", "x")]),
+        )
+        .unwrap();
+        assert_eq!(s.tcp.port, 2222);
+        assert_eq!(s.websocket.mode, crate::transport::WsMode::Json);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key_and_value() {
+        let e = Settings::load(None, env(&[("CIM_TCP__PORT", "abc")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tcp.port") && e.contains("abc"), "{e}");
+        let e = Settings::load(None, env(&[("CIM_TCP__MAX_FRAME", "70000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tcp.max_frame") && e.contains("70000"), "{e}");
+        let e = Settings::load(None, env(&[("CIM_WEBSOCKET__MODE", "xml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`websocket.mode`")
+                && e.contains("\"xml\"")
+                && e.contains("expected one of auto, protobuf, json"),
+            "{e}"
+        );
+        let e = Settings::load(None, env(&[("CIM_STORE__DURABILITY", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`store.durability`") && e.contains("always, interval, os"),
+            "{e}"
+        );
+        let e = Settings::load(None, env(&[("CIM_TCP__HOST", "not a host")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`tcp.host`") && e.contains("not a host"), "{e}");
+        let e = Settings::load(None, env(&[("CIM_TCP__PATH", "/x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`tcp.path`") && e.contains("only the websocket"),
+            "{e}"
+        );
+    }
+
+    /// The server's environment is its own `CIM_<SECTION>__<KEY>` and `CIM_<KEY>` variables:
+    /// the command-line client's `CIM_API_KEY` (or any `CIM_` variable that names no key of the
+    /// server) is left alone, while a section that does not exist is a mistake, named.
+    #[test]
+    fn only_the_servers_own_variables_are_read() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("CIM_API_KEY", "for the cli"),
+                ("CIM_LOG", "debug"),
+                ("CIM_SOMETHING_ELSE", "x"),
+                ("CIM_NODE", "n7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.node, "n7");
+        let e = Settings::load(None, env(&[("CIM_TPC__PORT", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CIM_TPC__PORT") && e.contains("`tpc`"), "{e}");
+        // A key that does not exist in a section that does is still an error.
+        let e = Settings::load(None, env(&[("CIM_TCP__PROT", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prot"), "{e}");
+    }
+
+    /// Hosts are resolved at start-up, and where a listener really listens decides what it
+    /// needs: the HTTP API off loopback an API key, a long-connection listener off loopback a
+    /// token secret (or anonymous binds allowed in so many words).
+    #[tokio::test]
+    async fn off_loopback_needs_a_key_and_a_secret() {
+        let s = Settings::load(None, env(&[("CIM_TCP__HOST", "localhost")])).unwrap();
+        let addrs = s.resolve().await.unwrap();
+        assert!(addrs.tcp.ip().is_loopback() && addrs.tcp.port() == 23456);
+        let s = Settings::load(None, env(&[("CIM_HTTP__HOST", "0.0.0.0")])).unwrap();
+        let e = s.resolve().await.unwrap_err().to_string();
+        assert!(e.contains("`http.api_key`"), "{e}");
+        let s = Settings::load(None, env(&[("CIM_TCP__HOST", "0.0.0.0")])).unwrap();
+        let e = s.resolve().await.unwrap_err().to_string();
+        assert!(
+            e.contains("`tcp.host`")
+                && e.contains("auth.token_secret")
+                && e.contains("auth.allow_anonymous"),
+            "{e}"
+        );
+        for extra in [
+            ("CIM_AUTH__TOKEN_SECRET", "0123456789abcdef"),
+            ("CIM_AUTH__ALLOW_ANONYMOUS", "true"),
+        ] {
+            let s =
+                Settings::load(None, env(&[("CIM_WEBSOCKET__HOST", "0.0.0.0"), extra])).unwrap();
+            s.resolve().await.unwrap();
+        }
+        // A listener that is off needs nothing.
+        let s = Settings::load(
+            None,
+            env(&[("CIM_XML__HOST", "0.0.0.0"), ("CIM_XML__ENABLED", "false")]),
+        )
+        .unwrap();
+        s.resolve().await.unwrap();
+    }
+
+    #[test]
+    fn http_and_uid_limits_refuse_zero_naming_the_key() {
+        for (var, key) in [
+            ("CIM_HTTP__BODY_TIMEOUT_MS", "http.body_timeout_ms"),
+            ("CIM_HTTP__MAX_CONNECTIONS", "http.max_connections"),
+            ("CIM_HTTP__MAX_HEAD", "http.max_head"),
+            ("CIM_HTTP__MAX_HEADERS", "http.max_headers"),
+            ("CIM_AUTH__MAX_UID_BYTES", "auth.max_uid_bytes"),
+        ] {
+            let e = Settings::load(None, env(&[(var, "0")]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}` = 0")), "{e}");
+        }
+        for (var, key, bad, good) in [
+            ("CIM_HTTP__MAX_HEAD", "http.max_head", "65537", "65536"),
+            ("CIM_HTTP__MAX_HEAD", "http.max_head", "1023", "1024"),
+            (
+                "CIM_HTTP__MAX_CONNECTIONS",
+                "http.max_connections",
+                "4294967296",
+                "4294967295",
+            ),
+            (
+                "CIM_HTTP__MAX_HEADERS",
+                "http.max_headers",
+                "10001",
+                "10000",
+            ),
+            (
+                "CIM_AUTH__MAX_UID_BYTES",
+                "auth.max_uid_bytes",
+                "65536",
+                "65535",
+            ),
+        ] {
+            let e = Settings::load(None, env(&[(var, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}` = {bad}")), "{e}");
+            Settings::load(None, env(&[(var, good)])).unwrap();
+        }
+    }
+
+    /// The sample in the repository documents every key with its default value.
+    #[test]
+    fn sample_file_is_the_defaults() {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cim.toml");
+        let s = Settings::load(Some(&sample), env(&[])).unwrap();
+        assert_eq!(s, Settings::default());
+        let text = std::fs::read_to_string(&sample).unwrap();
+        let printed = Settings::default().to_toml();
+        for line in printed.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap();
+            assert!(
+                text.contains(&format!("{key} =")),
+                "cim.toml does not mention {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn print_masks_secrets() {
+        let mut s = Settings::default();
+        s.http.api_key = "topsecret".into();
+        let t = s.to_toml();
+        assert!(!t.contains("topsecret") && t.contains("api_key"), "{t}");
+    }
+}

@@ -1,0 +1,260 @@
+//! The sections of [`Settings`](super::Settings) other than the listeners.
+
+use std::path::PathBuf;
+
+use cim_core::engine::{ConnectionConfig, SlowConsumer, Timers};
+use serde::{Deserialize, Serialize};
+
+use super::host::Host;
+
+/// `[connection]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Nothing written for this long: PING a bound connection, close an unbound one.
+    pub write_idle_ms: u64,
+    /// Nothing read for this long after `max_pong_timeout` PINGs: close.
+    pub read_idle_ms: u64,
+    /// Unanswered PINGs tolerated.
+    pub max_pong_timeout: u32,
+    /// Time allowed to bind after connecting.
+    pub bind_timeout_ms: u64,
+    /// Outbound queue length per connection; a connection whose queue fills is closed.
+    pub queue_capacity: usize,
+    /// Time a write may stall before the connection is closed.
+    pub write_timeout_ms: u64,
+    /// A connection whose queue fills: `close` it, or `keep` it and deliver what did not fit
+    /// (stored meanwhile) once it catches up.
+    pub slow_consumer: SlowConsumer,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        let t = Timers::default();
+        let c = ConnectionConfig::default();
+        Self {
+            write_idle_ms: t.write_idle.as_millis() as u64,
+            read_idle_ms: t.read_idle.as_millis() as u64,
+            max_pong_timeout: t.max_pong_timeout,
+            bind_timeout_ms: t.bind_timeout.as_millis() as u64,
+            queue_capacity: c.queue_capacity,
+            write_timeout_ms: c.write_timeout.as_millis() as u64,
+            slow_consumer: SlowConsumer::Close,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `redb` (on disk under `path`, the default), `sled` (on disk under `path`) or `memory`
+    /// (lost at exit).
+    pub backend: StoreBackend,
+    /// Directory of the database.
+    pub path: PathBuf,
+    /// `always` (fsynced before a send is answered), `interval` (every `flush_interval_ms`) or
+    /// `os` (left to the operating system).
+    pub durability: DurabilitySetting,
+    /// Flush period for `interval`.
+    pub flush_interval_ms: u64,
+    /// Messages kept per account; the oldest are dropped beyond it.
+    pub max_per_account: usize,
+    /// Messages older than this are deleted (0: kept until delivered).
+    pub max_age_secs: u64,
+    /// How often the expiry runs.
+    pub expire_every_secs: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Redb,
+            path: PathBuf::from("./data"),
+            durability: DurabilitySetting::Always,
+            flush_interval_ms: 100,
+            max_per_account: 10_000,
+            max_age_secs: 7 * 24 * 3600,
+            expire_every_secs: 60,
+        }
+    }
+}
+
+/// `store.backend`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum StoreBackend {
+    /// redb, on disk, with a write-ahead log under `always`.
+    Redb,
+    /// sled, on disk.
+    Sled,
+    /// In memory.
+    Memory,
+}
+
+impl TryFrom<String> for StoreBackend {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "redb" => Ok(StoreBackend::Redb),
+            "sled" => Ok(StoreBackend::Sled),
+            "memory" => Ok(StoreBackend::Memory),
+            other => Err(format!("{other:?}: expected one of redb, sled, memory")),
+        }
+    }
+}
+
+/// `store.durability`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum DurabilitySetting {
+    /// fsync before answering (group commit).
+    Always,
+    /// fsync every `flush_interval_ms`.
+    Interval,
+    /// Leave it to the OS.
+    Os,
+}
+
+impl TryFrom<String> for DurabilitySetting {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "always" => Ok(DurabilitySetting::Always),
+            "interval" => Ok(DurabilitySetting::Interval),
+            "os" => Ok(DurabilitySetting::Os),
+            other => Err(format!("{other:?}: expected one of always, interval, os")),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// When set, every `client_bind` must carry a `token` minted with this secret for its uid.
+    pub token_secret: String,
+    /// Lifetime of tokens minted by `cim-server token` and the API, in seconds.
+    pub token_ttl_secs: u64,
+    /// Longest account id, in bytes (ids must also be non-empty, without control characters).
+    pub max_uid_bytes: usize,
+    /// Let clients bind as any account without a token on a listener that is not on a
+    /// loopback address. Off: such a configuration is refused at start-up unless
+    /// `token_secret` is set.
+    pub allow_anonymous: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            token_secret: String::new(),
+            token_ttl_secs: 86_400,
+            max_uid_bytes: cim_core::DEFAULT_MAX_UID_BYTES,
+            allow_anonymous: false,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Whether to serve the HTTP API.
+    pub enabled: bool,
+    /// Address or host name to listen on (a name is resolved at start-up).
+    pub host: Host,
+    /// Port (0 picks a free one).
+    pub port: u16,
+    /// Key required in `X-API-Key` (or `Authorization: Bearer`); required when `host` is not a
+    /// loopback address.
+    pub api_key: String,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// Time allowed for a request's headers, and for an idle keep-alive connection.
+    pub header_timeout_ms: u64,
+    /// Time allowed for a request's body to arrive once its headers have.
+    pub body_timeout_ms: u64,
+    /// Largest request head (request line and header fields), in bytes, at most 65536.
+    pub max_head: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
+    /// HTTP connections open at once; more are answered `503` and closed.
+    pub max_connections: usize,
+    /// Messages accepted in one batch request.
+    pub max_batch: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            host: Host::LOOPBACK,
+            port: 8080,
+            api_key: String::new(),
+            max_body: 1024 * 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_head: 16 * 1024,
+            max_headers: 100,
+            max_connections: 1024,
+            max_batch: 1000,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `cim_core=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `log.format`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?}: expected one of text, json")),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Time allowed, after SIGINT or SIGTERM, for connections to flush and close.
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { grace_ms: 10_000 }
+    }
+}
