@@ -115,6 +115,10 @@ struct ConnArgs {
     /// The channel to bind on.
     #[arg(long, default_value = "cli")]
     channel: String,
+    /// The device id to bind with (default: one of this process's own, so two `cim`
+    /// processes are two devices to the multi-device rule).
+    #[arg(long)]
+    device_id: Option<String>,
 }
 
 impl ConnArgs {
@@ -122,6 +126,10 @@ impl ConnArgs {
         let endpoint: Endpoint = self.server.parse()?;
         let mut bind = BindInfo::new(uid);
         bind.channel.clone_from(&self.channel);
+        bind.device_id = self
+            .device_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-cim-{}", bind.device_id, std::process::id()));
         bind.token.clone_from(&self.token);
         let mut cfg = ClientConfig::new(endpoint, bind);
         cfg.connect_timeout = Duration::from_secs(5);
@@ -312,10 +320,13 @@ async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
         match event {
             Event::Message(m) => {
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&m).context("encoding a message")?
-                    );
+                    // The id as a string, as the HTTP API gives it: JSON readers such as jq
+                    // and JavaScript round integers above 2^53.
+                    let mut v = serde_json::to_value(&m).context("encoding a message")?;
+                    if let Some(id) = v.get_mut("id") {
+                        *id = serde_json::Value::String(m.id.to_string());
+                    }
+                    println!("{v}");
                 } else {
                     let title = if m.title.is_empty() {
                         String::new()
@@ -330,7 +341,7 @@ async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
             Event::ConnectFailed { reason, retry_in } => {
                 eprintln!("cim: connect failed ({reason}); retrying in {retry_in:.1?}");
             }
-            Event::Closed { reason } => eprintln!("cim: connection closed: {reason}"),
+            Event::Closed { reason, .. } => eprintln!("cim: connection closed: {reason}"),
             Event::Kicked(m) => {
                 client.destroy().await;
                 bail!("{uid} was bound on another device ({})", m.content);

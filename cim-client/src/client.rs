@@ -47,6 +47,8 @@ pub enum Event {
     Closed {
         /// Why.
         reason: String,
+        /// The delay before the client reconnects; `None` when it does not by itself.
+        retry_in: Option<Duration>,
     },
 }
 
@@ -398,6 +400,8 @@ struct Task {
 impl Task {
     async fn run(mut self) {
         let mut attempt = 0u32;
+        // Bound connections in a row that the server closed before `stable_after`.
+        let mut flaps = 0u32;
         let mut wake = Wake::Connect;
         loop {
             match wake {
@@ -407,6 +411,7 @@ impl Task {
                     // nobody.
                     let _ = self.events.try_send(Event::Closed {
                         reason: "destroyed".into(),
+                        retry_in: None,
                     });
                     let _ = done.send(());
                     return;
@@ -443,12 +448,35 @@ impl Task {
             let rebound = std::mem::replace(&mut self.bound_before, true);
             self.shared.connected.store(true, Ordering::Release);
             self.emit(Event::Connected { rebound }).await;
+            let bound_at = tokio::time::Instant::now();
             let end = self.session(conn).await;
             self.shared.connected.store(false, Ordering::Release);
             wake = match end {
                 End::Lost(reason) => {
-                    self.emit(Event::Closed { reason }).await;
-                    let delay = self.config.backoff.delay(0);
+                    // Closed soon after binding, again and again: something takes the account
+                    // over (a second client of this device); back off as after failures.
+                    let lasted = bound_at.elapsed();
+                    flaps = if lasted < self.config.stable_after {
+                        flaps.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    let reason = if flaps > 0 {
+                        format!(
+                            "{reason}: closed {} ms after binding, {flaps} time(s) in a row \
+                             (another connection of this account and device may be taking it \
+                             over); reconnecting with back-off",
+                            lasted.as_millis()
+                        )
+                    } else {
+                        reason
+                    };
+                    let delay = self.config.backoff.delay(flaps);
+                    self.emit(Event::Closed {
+                        reason,
+                        retry_in: Some(delay),
+                    })
+                    .await;
                     self.wait(Some(delay)).await
                 }
                 End::Stopped(done) => {
@@ -457,6 +485,7 @@ impl Task {
                     let _ = done.send(());
                     self.emit(Event::Closed {
                         reason: "stopped".into(),
+                        retry_in: None,
                     })
                     .await;
                     self.stay_down().await
@@ -517,6 +546,7 @@ impl Task {
         self.emit(why).await;
         self.emit(Event::Closed {
             reason: reason.to_owned(),
+            retry_in: None,
         })
         .await;
         self.stay_down().await

@@ -193,6 +193,11 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// Largest frame or WebSocket message accepted (default 64 KiB).
     pub max_frame: usize,
+    /// A bound connection the server closes sooner than this is not counted as a success: the
+    /// next reconnect backs off further, as after a failed connect (default 10 s). Two clients
+    /// of one account and one device take the account from each other this way, and would
+    /// otherwise do it several times a second.
+    pub stable_after: Duration,
 }
 
 impl ClientConfig {
@@ -207,6 +212,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(10),
             event_capacity: 1024,
             max_frame: 65_536,
+            stable_after: Duration::from_secs(10),
         }
     }
 }

@@ -51,8 +51,8 @@ pub const HEADER_LEN: usize = 3;
 const PING_BODY: &[u8] = b"PING";
 const PONG_BODY: &[u8] = b"PONG";
 
-/// The body length of `frame`.
-fn body_len(frame: &Frame) -> usize {
+/// The body length of `frame`: what the TCP frame's length field says, without encoding it.
+pub fn body_len(frame: &Frame) -> usize {
     match frame {
         Frame::Ping => PING_BODY.len(),
         Frame::Pong => PONG_BODY.len(),

@@ -100,6 +100,8 @@ pub mod code {
     pub const FORBIDDEN: &str = "403";
     /// No handler for the request key.
     pub const NOT_FOUND: &str = "404";
+    /// A message larger than the server's connections can be sent.
+    pub const TOO_LARGE: &str = "413";
     /// The server failed.
     pub const SERVER_ERROR: &str = "500";
     /// The server cannot take the request now (overloaded, store unavailable).

@@ -31,7 +31,8 @@ impl App {
         let conn = settings.connection_config();
         let mut builder = Server::builder()
             .node(settings.node.clone(), settings.node_id)
-            .max_connections(settings.max_connections);
+            .max_connections(settings.max_connections)
+            .max_uid_bytes(settings.auth.max_uid_bytes);
         if settings.tcp.enabled {
             builder = builder.listener(Listener {
                 addr: addrs.tcp,

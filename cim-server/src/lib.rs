@@ -41,8 +41,10 @@
 pub mod app;
 pub mod auth;
 mod flash;
+pub mod gate;
 pub mod http;
 pub mod listener;
+mod refusal;
 pub mod server;
 pub mod settings;
 pub mod transport;

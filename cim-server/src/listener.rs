@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use crate::refusal::{RefusalLog, refuse_busy};
 use crate::transport::ws::HandshakeCheck;
 use crate::transport::{StreamTransport, WsSettings, WsTransport, ws};
 
@@ -168,10 +169,17 @@ pub(crate) async fn accept_loop(
     hub: Arc<Hub>,
     slots: Arc<Semaphore>,
     check: Option<Arc<dyn HandshakeCheck>>,
+    refusals: Arc<std::sync::Mutex<RefusalLog>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let local = socket.local_addr().ok();
     let protocol = Arc::new(listener.protocol);
+    // A WebSocket client is told why, as HTTP; a stream client is closed (its protocol has no
+    // way to say it).
+    let busy: &[u8] = match *protocol {
+        Protocol::WebSocket(_) => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nmax_connections reached; retry\r\n",
+        _ => b"",
+    };
     loop {
         let accepted = tokio::select! {
             res = socket.accept() => res,
@@ -189,8 +197,12 @@ pub(crate) async fn accept_loop(
         let permit: OwnedSemaphorePermit = match Arc::clone(&slots).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                warn!(%peer, "connection limit reached; connection refused");
-                drop(stream);
+                debug!(%peer, "connection limit reached; connection refused");
+                refuse_busy(stream, busy);
+                refusals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .refused();
                 continue;
             }
         };

@@ -72,6 +72,8 @@ fn log_filter(settings: &Settings) -> anyhow::Result<EnvFilter> {
 fn init_logs(settings: &Settings, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours for a terminal only: a pipe or a file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match settings.log.format {
         LogFormat::Text => builder.init(),

@@ -4,14 +4,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cim_core::engine::{BindAuthenticator, EventListener, HubBuilder, KickPolicy, Router};
+use cim_core::engine::{
+    Admission, BindAuthenticator, EventListener, HubBuilder, KickPolicy, Router,
+};
 use cim_core::{Hub, RequestHandler, SessionManager};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::gate::ListenerLimits;
 use crate::listener::{Listener, accept_loop};
+use crate::refusal::RefusalLog;
 use crate::transport::ws::HandshakeCheck;
 
 /// Why a server could not start.
@@ -49,6 +53,7 @@ impl Server {
             listeners: Vec::new(),
             max_connections: 100_000,
             handshake: None,
+            admission: false,
         }
     }
 }
@@ -59,12 +64,29 @@ pub struct ServerBuilder {
     listeners: Vec<Listener>,
     max_connections: usize,
     handshake: Option<Arc<dyn HandshakeCheck>>,
+    /// Whether an admission check of the caller's replaces the listeners' limits.
+    admission: bool,
 }
 
 impl ServerBuilder {
     /// Checks every WebSocket upgrade with `check`.
     pub fn handshake_check(mut self, check: Arc<dyn HandshakeCheck>) -> Self {
         self.handshake = Some(check);
+        self
+    }
+
+    /// Checks every message with `admission` before it is routed or stored, instead of the
+    /// default check: the limits of this server's listeners (see
+    /// [`ListenerLimits`](crate::gate::ListenerLimits)).
+    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.hub = self.hub.admission(admission);
+        self.admission = true;
+        self
+    }
+
+    /// The longest account id a bind may use, in bytes (default 128).
+    pub fn max_uid_bytes(mut self, max: usize) -> Self {
+        self.hub = self.hub.max_uid_bytes(max);
         self
     }
 
@@ -143,7 +165,11 @@ impl ServerBuilder {
                     self.max_connections
                 ))
             })?;
-        let hub = Arc::new(self.hub.build());
+        let mut hub = self.hub;
+        if !self.admission {
+            hub = hub.admission(Arc::new(ListenerLimits::of(&self.listeners)));
+        }
+        let hub = Arc::new(hub.build());
         let slots = Arc::new(Semaphore::new(max as usize));
         let (stop, stop_rx) = watch::channel(false);
         let mut bound = Vec::new();
@@ -164,6 +190,11 @@ impl ServerBuilder {
         hub.start().await.map_err(ServerError::Start)?;
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
+        // One count of refusals for every listener, as the limit is theirs together.
+        let refusals = Arc::new(std::sync::Mutex::new(RefusalLog::new(
+            "connections refused: max_connections reached",
+            max as usize,
+        )));
         for (socket, addr, listener) in bound {
             info!(protocol = listener.protocol.name(), %addr, "listening");
             addrs.push((listener.protocol.name(), addr));
@@ -173,6 +204,7 @@ impl ServerBuilder {
                 Arc::clone(&hub),
                 Arc::clone(&slots),
                 self.handshake.clone(),
+                Arc::clone(&refusals),
                 stop_rx.clone(),
             )));
         }

@@ -182,7 +182,8 @@ async fn stop_resume_and_destroy() {
     assert_eq!(
         next(&mut events).await,
         Event::Closed {
-            reason: "stopped".into()
+            reason: "stopped".into(),
+            retry_in: None,
         }
     );
     assert!(!client.is_connected());
@@ -216,7 +217,8 @@ async fn stop_resume_and_destroy() {
     assert_eq!(
         next(&mut events).await,
         Event::Closed {
-            reason: "destroyed".into()
+            reason: "destroyed".into(),
+            retry_in: None,
         }
     );
     assert_eq!(events.recv().await, None, "the events end");

@@ -13,7 +13,7 @@ use crate::engine::local_router::LocalRouter;
 use crate::engine::policy::{AllowAll, BindAuthenticator, CimKickPolicy, KickPolicy};
 use crate::engine::registry::Registry;
 use crate::engine::router::Router;
-use crate::engine::services::Services;
+use crate::engine::services::{Admission, Services};
 use crate::engine::sessions::SessionManager;
 use crate::engine::store::MessageStore;
 
@@ -36,6 +36,8 @@ pub struct HubBuilder {
     authenticator: Arc<dyn BindAuthenticator>,
     kick_policy: Arc<dyn KickPolicy>,
     listeners: Vec<Arc<dyn EventListener>>,
+    admission: Option<Arc<dyn Admission>>,
+    max_uid_bytes: usize,
 }
 
 impl Default for HubBuilder {
@@ -53,6 +55,8 @@ impl Default for HubBuilder {
             authenticator: Arc::new(AllowAll),
             kick_policy: Arc::new(CimKickPolicy),
             listeners: Vec::new(),
+            admission: None,
+            max_uid_bytes: crate::DEFAULT_MAX_UID_BYTES,
         }
     }
 }
@@ -106,6 +110,20 @@ impl HubBuilder {
         self
     }
 
+    /// Checks every message with `admission` before it is routed or stored (a server refuses
+    /// what its listeners could not carry; default: no check).
+    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// The longest account id a bind may use, in bytes (default 128; see
+    /// [`check_uid`](crate::check_uid)).
+    pub fn max_uid_bytes(mut self, max: usize) -> Self {
+        self.max_uid_bytes = max;
+        self
+    }
+
     /// Adds an event listener.
     pub fn listener(mut self, listener: Arc<dyn EventListener>) -> Self {
         self.listeners.push(listener);
@@ -128,7 +146,9 @@ impl HubBuilder {
                 router,
                 self.store,
                 MessageIds::new(self.node_number),
+                self.admission,
             ),
+            max_uid_bytes: self.max_uid_bytes,
             handlers: self.handlers,
             authenticator: self.authenticator,
             kick_policy: self.kick_policy,

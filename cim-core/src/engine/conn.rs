@@ -56,6 +56,8 @@ pub enum PushError {
 pub enum CloseRequest {
     /// Its account bound elsewhere and the kick policy closed this one.
     Kicked,
+    /// An operator kicked its account (the HTTP API, a handler).
+    KickedByOperator,
     /// Its queue overflowed (slow consumer).
     Overflow,
     /// An operator or the API closed it.
@@ -68,6 +70,7 @@ impl fmt::Display for CloseRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseRequest::Kicked => f.write_str("kicked by a newer bind"),
+            CloseRequest::KickedByOperator => f.write_str("kicked by an operator"),
             CloseRequest::Overflow => f.write_str("outbound queue overflow (slow consumer)"),
             CloseRequest::Closed(why) => write!(f, "closed: {why}"),
             CloseRequest::Shutdown => f.write_str("server shutting down"),

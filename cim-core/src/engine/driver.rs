@@ -179,13 +179,13 @@ impl<T: Transport> Conn<T> {
         loop {
             let close = rx.drain(&mut self.out, self.max_batch);
             let drained = self.out.len();
-            if let Some(replayed) = self.replayed.take() {
-                self.out.retain(|o| match o {
-                    Outbound::Message(m) => !replayed.contains(&m.message().id),
-                    Outbound::Frame(_) => true,
-                });
-            }
+            let uncarried = handover::sort_out(&mut self.out, self.replayed.take(), |m| {
+                self.transport.can_carry(m)
+            });
             self.write_out().await?;
+            if !uncarried.is_empty() {
+                handover::keep_undelivered(&self.hub, self.session.as_deref(), uncarried).await;
+            }
             if let Some(req) = close {
                 return Err(End::requested(&req));
             }
@@ -304,7 +304,9 @@ impl<T: Transport> Conn<T> {
             return Ok(());
         };
         while let Some(batch) = replay
-            .next_batch(self.replayed.get_or_insert_default())
+            .next_batch(self.replayed.get_or_insert_default(), |m| {
+                self.transport.can_carry(m)
+            })
             .await
         {
             self.out.extend(batch);

@@ -52,6 +52,9 @@ pub(crate) async fn bind(
     if session.uid.is_empty() {
         return Err(refuse(code::BAD_REQUEST, "uid is required"));
     }
+    if let Err(e) = crate::check_uid(&session.uid, hub.max_uid_bytes) {
+        return Err(refuse(code::BAD_REQUEST, format!("uid {e}")));
+    }
     if let Err(e) = hub.authenticator().authenticate(body, &session).await {
         let mut refusal = refuse(code::UNAUTHORIZED, e.0.clone());
         refusal.close = Some(format!("bind refused: {e}"));
@@ -178,10 +181,13 @@ impl Replay {
 
     /// The next page as items for the connection to write, each id noted in `replayed` (so
     /// that a copy also pushed to the queue meanwhile is skipped there); `None` at the end.
-    /// [`batch_written`](Self::batch_written) says it was written.
+    /// A message the connection cannot carry (`carry` says no: too large for its listener) is
+    /// not written and is stored again at the end of the account's queue, for a connection that
+    /// can — never deleted unsent. [`batch_written`](Self::batch_written) says it was written.
     pub(crate) async fn next_batch(
         &mut self,
         replayed: &mut HashSet<i64>,
+        mut carry: impl FnMut(&SharedMessage) -> bool,
     ) -> Option<Vec<Outbound>> {
         let page = match self.next_page(usize::MAX).await {
             Ok(page) => page?,
@@ -191,15 +197,30 @@ impl Replay {
             }
         };
         self.pending = page.last().map(|p| p.seq);
-        self.total += page.len();
-        Some(
-            page.into_iter()
-                .map(|p| {
-                    replayed.insert(p.message.id);
-                    Outbound::Message(Arc::new(SharedMessage::new(p.message)))
-                })
-                .collect(),
-        )
+        let mut batch = Vec::with_capacity(page.len());
+        for p in page {
+            let message = Arc::new(SharedMessage::new(p.message));
+            if carry(&message) {
+                replayed.insert(message.message().id);
+                batch.push(Outbound::Message(message));
+                continue;
+            }
+            let id = message.message().id;
+            match self.store.append(&self.uid, message.message()).await {
+                Ok(_) => warn!(
+                    id,
+                    "a stored message this connection cannot carry is kept for another"
+                ),
+                Err(e) => {
+                    // Not kept elsewhere: this page must not be deleted.
+                    warn!(id, error = %e, "keeping a stored message this connection cannot carry failed");
+                    self.pending = None;
+                    self.done = true;
+                }
+            }
+        }
+        self.total += batch.len();
+        Some(batch)
     }
 
     /// The batch [`next_batch`](Self::next_batch) gave reached the connection.
@@ -219,6 +240,34 @@ impl Replay {
             warn!(error = %e, "deleting delivered messages failed; they may be sent again");
         }
     }
+}
+
+/// Takes out of `out`, a batch to write, the copies of messages the bind's replay wrote already
+/// (ids in `replayed`), and the messages the connection cannot carry (`carry` says no: too
+/// large for its listener), which it returns to be kept for the account
+/// ([`keep_undelivered`]) rather than lost.
+#[allow(clippy::box_collection)] // as the connection keeps it: one pointer when unused
+pub(crate) fn sort_out(
+    out: &mut Vec<Outbound>,
+    replayed: Option<Box<HashSet<i64>>>,
+    mut carry: impl FnMut(&SharedMessage) -> bool,
+) -> Vec<Outbound> {
+    let mut uncarried = Vec::new();
+    out.retain(|o| match o {
+        Outbound::Message(m)
+            if replayed
+                .as_ref()
+                .is_some_and(|r| r.contains(&m.message().id)) =>
+        {
+            false
+        }
+        Outbound::Message(m) if !carry(m) => {
+            uncarried.push(o.clone());
+            false
+        }
+        _ => true,
+    });
+    uncarried
 }
 
 /// Cleans up after a connection that ended for `reason`: forgets its session, keeps what was
@@ -261,7 +310,11 @@ pub(crate) async fn release(
 /// stores them unless another connection of the account is live (it got them). Messages of a
 /// client with receipts are stored already; kick notices and messages to other accounts are
 /// not kept.
-async fn keep_undelivered(hub: &Hub, session: Option<&Session>, undelivered: Vec<Outbound>) {
+pub(crate) async fn keep_undelivered(
+    hub: &Hub,
+    session: Option<&Session>,
+    undelivered: Vec<Outbound>,
+) {
     let messages: Vec<Arc<SharedMessage>> = undelivered
         .into_iter()
         .filter_map(|o| match o {

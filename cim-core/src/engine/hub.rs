@@ -30,6 +30,8 @@ pub struct Hub {
     pub(crate) handlers: HashMap<String, Arc<dyn RequestHandler>>,
     pub(crate) authenticator: Arc<dyn BindAuthenticator>,
     pub(crate) kick_policy: Arc<dyn KickPolicy>,
+    /// The longest account id a bind may use, in bytes.
+    pub(crate) max_uid_bytes: usize,
     pub(crate) listeners: Vec<Arc<dyn EventListener>>,
     /// Whether any listener wants [`EventListener::on_delivered`] (asked once, at build).
     pub(crate) wants_delivered: bool,

@@ -107,6 +107,9 @@ pub struct LocalSessionManager {
     tags: RwLock<TagMap>,
 }
 
+/// Who an operator's kick names as the new device (the kick notice's content).
+pub const OPERATOR: &str = "admin";
+
 /// The notice a kicked connection gets: action `999`, sender `"0"`, content = the new
 /// device's name.
 pub fn kick_notice(uid: &str, new_device_name: &str) -> Message {
@@ -378,11 +381,11 @@ impl SessionManager for LocalSessionManager {
         let n = entries.len();
         for e in entries {
             self.untag(e.handle.id(), &e.tags);
-            let notice = kick_notice(uid, "");
+            let notice = kick_notice(uid, OPERATOR);
             let _ = e
                 .handle
                 .push(Outbound::Message(Arc::new(SharedMessage::new(notice))));
-            e.handle.close(CloseRequest::Kicked);
+            e.handle.close(CloseRequest::KickedByOperator);
         }
         Ok(n)
     }

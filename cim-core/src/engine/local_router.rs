@@ -130,7 +130,14 @@ impl Router for LocalRouter {
         let Some(store) = &self.store else {
             return Ok(0);
         };
-        if messages.is_empty() || !self.sessions.sessions(&session.uid).await?.is_empty() {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let others = self.sessions.sessions(&session.uid).await?;
+        if others
+            .iter()
+            .any(|s| s.nid != session.nid || s.node != session.node)
+        {
             return Ok(0);
         }
         // Every message is tried, whatever happens to the others.

@@ -47,13 +47,13 @@ pub use handler::{EventContext, EventListener, RequestContext, RequestHandler};
 pub use heartbeat::{Heartbeat, IdleReason, TimerAction, Timers};
 pub use hub::Hub;
 pub use ids::MessageIds;
-pub use local::{LocalSessionManager, kick_notice};
+pub use local::{LocalSessionManager, OPERATOR, kick_notice};
 pub use local_router::LocalRouter;
 pub use policy::{
     AllowAll, AuthError, BindAuthenticator, CimKickPolicy, KeepAll, KickDecision, KickPolicy,
 };
 pub use router::{Router, Sent};
-pub use services::Services;
+pub use services::{Admission, Services};
 pub use sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
 pub use shared::SharedMessage;
 pub use store::{Appended, MemoryStore, MessageStore, Seq, Stored};

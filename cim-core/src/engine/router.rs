@@ -57,8 +57,9 @@ pub trait Router: Send + Sync + 'static {
     /// and before its stored messages are written. `0` without a store.
     async fn replay_boundary(&self, uid: &str) -> Result<Seq>;
 
-    /// Messages still queued for a connection of `session` when it ended: stores them unless
-    /// another live connection of the account took them. Returns how many were stored.
+    /// Messages `session`'s connection did not write — still queued when it ended, or too large
+    /// for its listener: stores them unless another live connection of the account (not this
+    /// one) took them. Returns how many were stored.
     async fn keep_undelivered(
         &self,
         session: &Session,

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::debug;
+
 use crate::engine::ids::MessageIds;
 use crate::engine::router::{Router, Sent};
 use crate::engine::sessions::SessionManager;
@@ -11,6 +13,15 @@ use crate::engine::shared::SharedMessage;
 use crate::engine::store::MessageStore;
 use crate::error::Result;
 use crate::message::Message;
+
+/// Checks a message before it is routed or stored. A server refuses at the door what its
+/// connections could not be sent — a message too large for one of its listeners would be
+/// accepted, then skipped on every delivery and never arrive — with an
+/// [`Error::Reply`](crate::Error::Reply) of code `413` that names the limit.
+pub trait Admission: Send + Sync + 'static {
+    /// `Ok` when the message may be sent; the refusal otherwise.
+    fn admit(&self, message: &Message) -> Result<()>;
+}
 
 /// The node's shared services. Part of every [`Hub`](crate::engine::Hub), and what a
 /// [`RequestContext`](crate::engine::RequestContext) or an
@@ -22,6 +33,7 @@ pub struct Services {
     router: Arc<dyn Router>,
     store: Option<Arc<dyn MessageStore>>,
     ids: Arc<MessageIds>,
+    admission: Option<Arc<dyn Admission>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -40,6 +52,7 @@ impl Services {
         router: Arc<dyn Router>,
         store: Option<Arc<dyn MessageStore>>,
         ids: MessageIds,
+        admission: Option<Arc<dyn Admission>>,
     ) -> Self {
         Self {
             node: node.into(),
@@ -47,6 +60,7 @@ impl Services {
             router,
             store,
             ids: Arc::new(ids),
+            admission,
         }
     }
 
@@ -75,6 +89,14 @@ impl Services {
         self.ids.next()
     }
 
+    /// Refuses what [`Admission`] refuses; `Ok` without one.
+    pub fn admit(&self, message: &Message) -> Result<()> {
+        match &self.admission {
+            Some(a) => a.admit(message),
+            None => Ok(()),
+        }
+    }
+
     /// Gives `message` an id and a timestamp where it has none, and wraps it for fan-out.
     pub fn stamp(&self, mut message: Message) -> Arc<SharedMessage> {
         if message.id == 0 {
@@ -89,17 +111,38 @@ impl Services {
     /// Sends `message` to every live connection of its receiver, or stores it (see
     /// [`Router`]): returns once it is queued to a connection or stored as durably as the
     /// store's policy says; a store failure is an [`Error::Unavailable`](crate::Error::Unavailable).
+    /// A message the server's connections could not be sent is refused first (see
+    /// [`Admission`]).
     pub async fn send(&self, message: Message) -> Result<Sent> {
-        self.router.send(self.stamp(message)).await
+        self.admit(&message)?;
+        let sent = self.router.send(self.stamp(message)).await?;
+        debug!(
+            id = sent.id,
+            delivered = sent.delivered,
+            stored = sent.stored,
+            "sent"
+        );
+        Ok(sent)
     }
 
     /// Sends `message` to every live connection tagged `tag`.
     pub async fn send_to_tag(&self, tag: &str, message: Message) -> Result<Sent> {
-        self.router.send_tag(tag, self.stamp(message)).await
+        self.admit(&message)?;
+        let sent = self.router.send_tag(tag, self.stamp(message)).await?;
+        debug!(
+            id = sent.id,
+            tag,
+            delivered = sent.delivered,
+            "sent to a tag"
+        );
+        Ok(sent)
     }
 
     /// Sends `message` to every live connection.
     pub async fn broadcast(&self, message: Message) -> Result<Sent> {
-        self.router.broadcast(self.stamp(message)).await
+        self.admit(&message)?;
+        let sent = self.router.broadcast(self.stamp(message)).await?;
+        debug!(id = sent.id, delivered = sent.delivered, "broadcast");
+        Ok(sent)
     }
 }

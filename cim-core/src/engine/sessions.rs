@@ -122,7 +122,8 @@ pub trait SessionManager: Send + Sync + 'static {
     /// A page of the live sessions.
     async fn online(&self, page: &Page) -> Result<OnlinePage>;
 
-    /// Sends the kick notice to every connection of `uid` and closes them; returns how many.
+    /// An operator's kick: sends every connection of `uid` the kick notice with content
+    /// [`OPERATOR`](crate::engine::OPERATOR) and closes them; returns how many.
     async fn kick(&self, uid: &str) -> Result<usize>;
 
     /// Number of live sessions.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::engine::conn::{CloseRequest, Outbound, SlowConsumer};
 use crate::engine::heartbeat::Timers;
+use crate::engine::shared::SharedMessage;
 use crate::error::Result;
 use crate::frame::Frame;
 
@@ -22,6 +23,13 @@ pub trait Transport: Send + 'static {
     /// Closes the connection for `why` (a WebSocket close frame with the matching status, a
     /// TCP shutdown).
     fn close(&mut self, why: Closing) -> impl Future<Output = ()> + Send;
+
+    /// Whether this transport can write `message` (its encoding fits the listener's limit). The
+    /// replay of stored messages asks before it writes one, so that a stored message is never
+    /// deleted without having been sent. The default says yes.
+    fn can_carry(&mut self, _message: &SharedMessage) -> bool {
+        true
+    }
 
     /// A whole frame already read into this transport's buffer, without any I/O; `Ok(None)`
     /// when there is none. The driver handles a burst of requests this way and answers them

@@ -397,8 +397,8 @@ async fn kick_account(nodes: &[Node]) {
     assert!(a.sessions.sessions("x").await.unwrap().is_empty());
     for r in [&r1, &r2] {
         let (queued, close) = expect(r, 1, true).await;
-        assert_eq!(queued.len(), 1);
-        assert_eq!(close, Some(CloseRequest::Kicked));
+        assert_eq!(queued, [crate::engine::OPERATOR]);
+        assert_eq!(close, Some(CloseRequest::KickedByOperator));
     }
 }
 
@@ -459,8 +459,17 @@ async fn boundary_and_undelivered(nodes: &[Node]) {
     let last = b.store.last_seq("bd").await.unwrap();
     let (s, _r) = bind(a, "bd", "android", "p").await;
     assert_eq!(a.router.replay_boundary("bd").await.unwrap(), last);
-    // Still queued when the connection ended: kept while nobody else is live...
+    // Not written by a live connection (too large for its listener): kept, as no other
+    // connection of the account took it.
     b.store.clear("bd").await.unwrap();
+    let kept = a
+        .router
+        .keep_undelivered(&s, vec![msg("bd", "too large here")])
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    b.store.clear("bd").await.unwrap();
+    // Still queued when the connection ended: kept while nobody else is live...
     a.sessions.unbind(&s).await.unwrap();
     let kept = a
         .router

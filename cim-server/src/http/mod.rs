@@ -18,7 +18,6 @@ mod error;
 mod framed_io;
 mod framing;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +32,9 @@ use cim_core::Hub;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
-use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 pub use error::ApiError;
 
@@ -45,6 +43,7 @@ use framed_io::FramedIo;
 use framing::HeadLimits;
 
 use crate::auth::TokenSigner;
+use crate::refusal::{RefusalLog, refuse_busy};
 
 /// What the HTTP handlers share.
 pub struct HttpState {
@@ -156,46 +155,6 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         .with_state(state)
 }
 
-/// How often refusals over `max_connections` are logged at most (with their count).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Counts refused connections and logs the count at most once per [`REFUSAL_LOG_EVERY`], so a
-/// flood of connections writes a few log lines, not one per connection.
-struct RefusalLog {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl RefusalLog {
-    fn refused(&mut self, limit: usize) {
-        self.unlogged += 1;
-        let now = Instant::now();
-        if self
-            .last
-            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
-        {
-            warn!(
-                refused = self.unlogged,
-                limit, "HTTP connections refused with 503: http.max_connections reached"
-            );
-            self.unlogged = 0;
-            self.last = Some(now);
-        }
-    }
-}
-
-/// Answers a connection over the limit and closes it, without a task: what has arrived of its
-/// request is read (so the close is less likely to reset the connection before the client
-/// reads the answer), the answer is written to the empty send buffer, and the socket closed.
-fn refuse_busy(stream: TcpStream, answer: &[u8]) {
-    let Ok(mut stream) = stream.into_std() else {
-        return;
-    };
-    let mut arrived = [0u8; 4096];
-    let _ = stream.read(&mut arrived);
-    let _ = stream.write(answer);
-}
-
 type HttpConnection = http1::Connection<TokioIo<FramedIo>, TowerToHyperService<Router>>;
 
 /// Drives one connection to its end; shuts it down gracefully when its framer refuses a head
@@ -264,10 +223,10 @@ pub async fn serve(
             "too many HTTP connections: the limit is {max_connections} (http.max_connections)"
         ),
     );
-    let mut refusals = RefusalLog {
-        last: None,
-        unlogged: 0,
-    };
+    let mut refusals = RefusalLog::new(
+        "HTTP connections refused with 503: http.max_connections reached",
+        max_connections,
+    );
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             res = socket.accept() => match res {
@@ -282,7 +241,7 @@ pub async fn serve(
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             refuse_busy(stream, &busy);
-            refusals.refused(max_connections);
+            refusals.refused();
             continue;
         };
         let (io, refused) = FramedIo::new(stream, limits, config.header_timeout);

@@ -130,6 +130,16 @@ where
         }
     }
 
+    fn can_carry(&mut self, message: &SharedMessage) -> bool {
+        match self.shared_encoding(message) {
+            Some(encoded) => encoded.is_ok(),
+            None => self
+                .codec
+                .encode(message.frame(), &mut BytesMut::new())
+                .is_ok(),
+        }
+    }
+
     fn recv_buffered(&mut self) -> Result<Option<Frame>> {
         if self.rbuf.is_empty() {
             return Ok(None);

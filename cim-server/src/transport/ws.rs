@@ -333,6 +333,8 @@ pub struct WsTransport<S> {
     fixed: WsMode,
     /// The mode in use: fixed, or detected from the first data message.
     text: Option<bool>,
+    /// The largest message sent, as the listener's limit says for both directions.
+    max_message: usize,
     /// The close status the peer is owed, when something more precise than the engine's
     /// reason is known (a message too large).
     status: Option<CloseCode>,
@@ -351,6 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<S> {
             codecs: settings.codecs.clone(),
             fixed: settings.mode,
             text,
+            max_message: settings.max_message,
             status: None,
         }
     }
@@ -377,16 +380,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<S> {
     }
 
     fn encode(&self, item: &Outbound) -> std::result::Result<Message, CodecError> {
+        match item {
+            Outbound::Frame(frame) => self.codec().encode(frame).map(packet_message),
+            Outbound::Message(shared) => self.encode_shared(shared),
+        }
+    }
+
+    /// A pushed message, from its encoding shared with every connection of the same format.
+    fn encode_shared(
+        &self,
+        shared: &cim_core::engine::SharedMessage,
+    ) -> std::result::Result<Message, CodecError> {
         let codec = self.codec();
-        let shared = match item {
-            Outbound::Frame(frame) => {
-                return Ok(match codec.encode(frame)? {
-                    OwnedPacket::Binary(b) => Message::Binary(b),
-                    OwnedPacket::Text(t) => Message::Text(t.into()),
-                });
-            }
-            Outbound::Message(shared) => shared,
-        };
         let Some(format) = codec.wire_format() else {
             return codec.encode(shared.frame()).map(packet_message);
         };
@@ -431,7 +436,20 @@ fn ws_error(e: tungstenite::Error) -> Option<Error> {
     }
 }
 
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Binary(b) => b.len(),
+        Message::Text(t) => t.len(),
+        _ => 0,
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<S> {
+    fn can_carry(&mut self, message: &cim_core::engine::SharedMessage) -> bool {
+        self.encode_shared(message)
+            .is_ok_and(|m| message_len(&m) <= self.max_message)
+    }
+
     async fn recv(&mut self) -> Result<Option<Frame>> {
         loop {
             let msg = match self.ws.next().await {

@@ -89,12 +89,16 @@ impl ServerProcess {
     pub fn start(env: &[(&str, &str)]) -> ServerProcess {
         let data = (!env.iter().any(|(k, _)| *k == "CIM_STORE__PATH"))
             .then(|| tempfile::tempdir().unwrap());
+        let log = env
+            .iter()
+            .find(|(k, _)| *k == "RUST_LOG")
+            .map_or("info", |(_, v)| v);
         let mut cmd = Command::new(server_binary());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(free_ports())
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log)
             .envs(data.iter().map(|d| ("CIM_STORE__PATH", d.path())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
