@@ -1,0 +1,207 @@
+//! Tests of the parent module.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_need_nothing() {
+    let s = Settings::load(None, env(&[])).unwrap();
+    assert_eq!(s, Settings::default());
+    assert_eq!(
+        (s.tcp.port, s.websocket.port, s.http.port),
+        (23456, 34567, 8080)
+    );
+}
+
+#[test]
+fn environment_overrides_file() {
+    let dir = std::env::temp_dir().join(format!("cim-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cim.toml");
+    std::fs::write(&file, "[tcp]\nport = 1111\n[websocket]\nmode = \"json\"\n").unwrap();
+    let s = Settings::load(
+        Some(&file),
+        env(&[("CIM_TCP__PORT", "2222"), ("OTHER", "x")]),
+    )
+    .unwrap();
+    assert_eq!(s.tcp.port, 2222);
+    assert_eq!(s.websocket.mode, crate::transport::WsMode::Json);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn errors_name_the_key_and_value() {
+    let e = Settings::load(None, env(&[("CIM_TCP__PORT", "abc")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tcp.port") && e.contains("abc"), "{e}");
+    let e = Settings::load(None, env(&[("CIM_TCP__MAX_FRAME", "70000")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tcp.max_frame") && e.contains("70000"), "{e}");
+    let e = Settings::load(None, env(&[("CIM_WEBSOCKET__MODE", "xml")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`websocket.mode`")
+            && e.contains("\"xml\"")
+            && e.contains("expected one of auto, protobuf, json"),
+        "{e}"
+    );
+    let e = Settings::load(None, env(&[("CIM_STORE__DURABILITY", "sometimes")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`store.durability`") && e.contains("always, interval, os"),
+        "{e}"
+    );
+    let e = Settings::load(None, env(&[("CIM_TCP__HOST", "not a host")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`tcp.host`") && e.contains("not a host"), "{e}");
+    let e = Settings::load(None, env(&[("CIM_TCP__PATH", "/x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`tcp.path`") && e.contains("only the websocket"),
+        "{e}"
+    );
+}
+
+/// The server's environment is its own `CIM_<SECTION>__<KEY>` and `CIM_<KEY>` variables:
+/// the command-line client's `CIM_API_KEY` (or any `CIM_` variable that names no key of the
+/// server) is left alone, while a section that does not exist is a mistake, named.
+#[test]
+fn only_the_servers_own_variables_are_read() {
+    let s = Settings::load(
+        None,
+        env(&[
+            ("CIM_API_KEY", "for the cli"),
+            ("CIM_LOG", "debug"),
+            ("CIM_SOMETHING_ELSE", "x"),
+            ("CIM_NODE", "n7"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.node, "n7");
+    let e = Settings::load(None, env(&[("CIM_TPC__PORT", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("CIM_TPC__PORT") && e.contains("`tpc`"), "{e}");
+    // A key that does not exist in a section that does is still an error.
+    let e = Settings::load(None, env(&[("CIM_TCP__PROT", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("prot"), "{e}");
+}
+
+/// Hosts are resolved at start-up, and where a listener really listens decides what it
+/// needs: the HTTP API off loopback an API key, a long-connection listener off loopback a
+/// token secret (or anonymous binds allowed in so many words).
+#[tokio::test]
+async fn off_loopback_needs_a_key_and_a_secret() {
+    let s = Settings::load(None, env(&[("CIM_TCP__HOST", "localhost")])).unwrap();
+    let addrs = s.resolve().await.unwrap();
+    assert!(addrs.tcp.ip().is_loopback() && addrs.tcp.port() == 23456);
+    let s = Settings::load(None, env(&[("CIM_HTTP__HOST", "0.0.0.0")])).unwrap();
+    let e = s.resolve().await.unwrap_err().to_string();
+    assert!(e.contains("`http.api_key`"), "{e}");
+    let s = Settings::load(None, env(&[("CIM_TCP__HOST", "0.0.0.0")])).unwrap();
+    let e = s.resolve().await.unwrap_err().to_string();
+    assert!(
+        e.contains("`tcp.host`")
+            && e.contains("auth.token_secret")
+            && e.contains("auth.allow_anonymous"),
+        "{e}"
+    );
+    for extra in [
+        ("CIM_AUTH__TOKEN_SECRET", "0123456789abcdef"),
+        ("CIM_AUTH__ALLOW_ANONYMOUS", "true"),
+    ] {
+        let s =
+            Settings::load(None, env(&[("CIM_WEBSOCKET__HOST", "0.0.0.0"), extra])).unwrap();
+        s.resolve().await.unwrap();
+    }
+    // A listener that is off needs nothing.
+    let s = Settings::load(
+        None,
+        env(&[("CIM_XML__HOST", "0.0.0.0"), ("CIM_XML__ENABLED", "false")]),
+    )
+    .unwrap();
+    s.resolve().await.unwrap();
+}
+
+#[test]
+fn http_and_uid_limits_refuse_zero_naming_the_key() {
+    for (var, key) in [
+        ("CIM_HTTP__BODY_TIMEOUT_MS", "http.body_timeout_ms"),
+        ("CIM_HTTP__MAX_CONNECTIONS", "http.max_connections"),
+        ("CIM_HTTP__MAX_HEAD", "http.max_head"),
+        ("CIM_HTTP__MAX_HEADERS", "http.max_headers"),
+        ("CIM_AUTH__MAX_UID_BYTES", "auth.max_uid_bytes"),
+    ] {
+        let e = Settings::load(None, env(&[(var, "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("`{key}` = 0")), "{e}");
+    }
+    for (var, key, bad, good) in [
+        ("CIM_HTTP__MAX_HEAD", "http.max_head", "65537", "65536"),
+        ("CIM_HTTP__MAX_HEAD", "http.max_head", "1023", "1024"),
+        (
+            "CIM_HTTP__MAX_CONNECTIONS",
+            "http.max_connections",
+            "4294967296",
+            "4294967295",
+        ),
+        (
+            "CIM_HTTP__MAX_HEADERS",
+            "http.max_headers",
+            "10001",
+            "10000",
+        ),
+        (
+            "CIM_AUTH__MAX_UID_BYTES",
+            "auth.max_uid_bytes",
+            "65536",
+            "65535",
+        ),
+    ] {
+        let e = Settings::load(None, env(&[(var, bad)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("`{key}` = {bad}")), "{e}");
+        Settings::load(None, env(&[(var, good)])).unwrap();
+    }
+}
+
+/// The sample in the repository documents every key with its default value.
+#[test]
+fn sample_file_is_the_defaults() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cim.toml");
+    let s = Settings::load(Some(&sample), env(&[])).unwrap();
+    assert_eq!(s, Settings::default());
+    let text = std::fs::read_to_string(&sample).unwrap();
+    let printed = Settings::default().to_toml();
+    for line in printed.lines().filter(|l| l.contains(" = ")) {
+        let key = line.split(" = ").next().unwrap();
+        assert!(
+            text.contains(&format!("{key} =")),
+            "cim.toml does not mention {key}"
+        );
+    }
+}
+
+#[test]
+fn print_masks_secrets() {
+    let mut s = Settings::default();
+    s.http.api_key = "topsecret".into();
+    let t = s.to_toml();
+    assert!(!t.contains("topsecret") && t.contains("api_key"), "{t}");
+}
