@@ -1,5 +1,7 @@
 //! [`Session`]: what the server knows about a bound connection.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::message::SentBody;
@@ -29,6 +31,10 @@ pub struct Session {
     pub language: String,
     /// Peer address, as `ip:port`.
     pub remote_addr: String,
+    /// The protocol of the listener that accepted the connection (`tcp`, `websocket`, `xml`;
+    /// a name of the server's choosing).
+    #[serde(default)]
+    pub protocol: Cow<'static, str>,
     /// Bind time, milliseconds since the Unix epoch.
     pub bind_time: i64,
     /// Whether the client acknowledges messages (the receipts extension).

@@ -210,7 +210,10 @@ pub(crate) async fn accept_loop(
         spawn_connection(
             Arc::clone(&hub),
             &protocol,
-            listener.connection,
+            ConnectionConfig {
+                protocol: protocol.name(),
+                ..listener.connection
+            },
             check.clone(),
             stream,
             peer,

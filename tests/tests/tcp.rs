@@ -314,3 +314,26 @@ async fn client_closed_reaches_handlers_and_listeners_on_every_disconnect() {
     c.send(Frame::Sent(SentBody::new("client_closed"))).await;
     assert_eq!(c.reply().await.code, "403");
 }
+
+/// A session names the protocol of the listener that accepted its connection.
+#[tokio::test]
+async fn sessions_name_their_protocol() {
+    let (server, _) = start().await;
+    let _t = bound_tcp(&server, "proto").await;
+    let mut x = xml(&server).await;
+    x.bind("proto", "app", "xml-dev").await;
+    let (mut ws, _) = ws_connect(&server, "/", None).await;
+    ws_send_binary(&mut ws, &Frame::Sent(bind_body("proto", "web", "ws-tab"))).await;
+    assert!(matches!(ws_next(&mut ws).await, Some(Frame::Reply(r)) if r.code == "200"));
+    let mut protocols: Vec<String> = server
+        .hub()
+        .sessions()
+        .sessions("proto")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.protocol.into_owned())
+        .collect();
+    protocols.sort();
+    assert_eq!(protocols, ["tcp", "websocket", "xml"]);
+}

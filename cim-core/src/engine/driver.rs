@@ -32,9 +32,11 @@ struct Conn<T> {
     session: Option<Arc<Session>>,
     heartbeat: Heartbeat,
     remote: SocketAddr,
-    /// From the listener's [`ConnectionConfig`] (the rest is used at the start only).
-    write_timeout: Duration,
-    max_batch: usize,
+    /// From the listener's [`ConnectionConfig`] (the rest is used at the start only), packed:
+    /// every connection's task holds them.
+    write_timeout_ms: u32,
+    max_batch: u32,
+    protocol: &'static str,
     out: Vec<Outbound>,
     /// Ids of stored messages written during the bind hand-over: the same messages may also sit
     /// in the queue (pushed while the hand-over ran), and are skipped there once.
@@ -68,8 +70,9 @@ pub fn serve_connection<T: Transport>(
         session: None,
         heartbeat: Heartbeat::new(config.timers, Instant::now()),
         remote,
-        write_timeout: config.write_timeout,
-        max_batch: config.max_batch,
+        write_timeout_ms: u32::try_from(config.write_timeout.as_millis()).unwrap_or(u32::MAX),
+        max_batch: u32::try_from(config.max_batch.max(1)).unwrap_or(u32::MAX),
+        protocol: config.protocol,
         out: Vec::new(),
         replayed: None,
     };
@@ -135,6 +138,10 @@ impl<T: Transport> Conn<T> {
         info_span!("conn", id = self.handle.id().0, peer = %self.remote, uid)
     }
 
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.write_timeout_ms))
+    }
+
     /// Sets the heartbeat's next deadline in the node's shared timer, and returns it.
     fn arm(&self) -> Instant {
         let at = self.heartbeat.next_deadline();
@@ -149,11 +156,12 @@ impl<T: Transport> Conn<T> {
         }
         // Most writes complete at once: only one that has to wait gets a deadline (a timer
         // costs every write a clock read and a reference to the runtime's timer).
+        let stall = self.write_timeout();
         let res = {
             let mut send = std::pin::pin!(self.transport.send(&self.out));
             match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
                 Poll::Ready(done) => Ok(done),
-                Poll::Pending => timeout(self.write_timeout, send).await,
+                Poll::Pending => timeout(stall, send).await,
             }
         };
         if res.as_ref().is_ok_and(Result::is_ok) {
@@ -169,7 +177,7 @@ impl<T: Transport> Conn<T> {
             Ok(Err(e)) => Err(End::normal(format!("write failed: {e}"))),
             Err(_) => Err(End::normal(format!(
                 "write stalled for {:?} (slow reader)",
-                self.write_timeout
+                stall
             ))),
         }
     }
@@ -177,7 +185,7 @@ impl<T: Transport> Conn<T> {
     /// Writes what others queued, batch by batch; ends the connection on a close request.
     async fn flush(&mut self, rx: &OutboundReceiver) -> Result<(), End> {
         loop {
-            let close = rx.drain(&mut self.out, self.max_batch);
+            let close = rx.drain(&mut self.out, self.max_batch as usize);
             let drained = self.out.len();
             let uncarried = handover::sort_out(&mut self.out, self.replayed.take(), |m| {
                 self.transport.can_carry(m)
@@ -189,7 +197,7 @@ impl<T: Transport> Conn<T> {
             if let Some(req) = close {
                 return Err(End::requested(&req));
             }
-            if drained < self.max_batch {
+            if drained < self.max_batch as usize {
                 // Caught up after an overflow: what was refused meanwhile is in the store.
                 if rx.overflowed() && rx.recover_overflow() {
                     Box::pin(self.replay_stored()).await?;
@@ -242,7 +250,7 @@ impl<T: Transport> Conn<T> {
         // handled; see `on_frames`).
         self.out
             .push(Outbound::Frame(Box::new(Frame::Reply(reply))));
-        if self.out.len() >= self.max_batch {
+        if self.out.len() >= self.max_batch as usize {
             self.write_out().await?;
         }
         Ok(())
@@ -270,7 +278,7 @@ impl<T: Transport> Conn<T> {
         let bound = handover::bind(
             &self.hub,
             &self.handle,
-            self.remote,
+            (self.remote, self.protocol),
             self.session.as_deref(),
             &body,
         )

@@ -38,13 +38,13 @@ fn refuse(status: &'static str, message: impl Into<String>) -> Refusal {
     }
 }
 
-/// Checks the bind `body` of the connection `handle` (at `remote`, bound now as `current`, if at
-/// all) and registers it: the account's other connections are kicked or closed as the hub's
+/// Checks the bind `body` of the connection `handle` (at `remote`, speaking `protocol`, bound now
+/// as `current`, if at all) and registers it: the account's other connections are kicked or closed as the hub's
 /// kick policy says, and the event listeners are told. Returns the new session.
 pub(crate) async fn bind(
     hub: &Arc<Hub>,
     handle: &ConnectionHandle,
-    remote: SocketAddr,
+    (remote, protocol): (SocketAddr, &'static str),
     current: Option<&Session>,
     body: &SentBody,
 ) -> Result<(Arc<Session>, BindOutcome), Refusal> {
@@ -63,6 +63,7 @@ pub(crate) async fn bind(
     session.nid = handle.id().0;
     session.node = hub.node().to_owned();
     session.remote_addr = remote.to_string();
+    session.protocol = protocol.into();
     session.bind_time = crate::now_ms();
     if let Some(old) = current
         && old.uid != session.uid

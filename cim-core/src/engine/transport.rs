@@ -103,6 +103,8 @@ pub struct ConnectionConfig {
     pub max_batch: usize,
     /// What a full queue does to the connection (default: close it).
     pub slow_consumer: SlowConsumer,
+    /// The listener's protocol, shown in its connections' sessions (default `"tcp"`).
+    pub protocol: &'static str,
 }
 
 impl Default for ConnectionConfig {
@@ -113,6 +115,7 @@ impl Default for ConnectionConfig {
             write_timeout: Duration::from_secs(15),
             max_batch: 256,
             slow_consumer: SlowConsumer::Close,
+            protocol: "tcp",
         }
     }
 }

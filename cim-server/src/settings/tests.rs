@@ -124,8 +124,7 @@ async fn off_loopback_needs_a_key_and_a_secret() {
         ("CIM_AUTH__TOKEN_SECRET", "0123456789abcdef"),
         ("CIM_AUTH__ALLOW_ANONYMOUS", "true"),
     ] {
-        let s =
-            Settings::load(None, env(&[("CIM_WEBSOCKET__HOST", "0.0.0.0"), extra])).unwrap();
+        let s = Settings::load(None, env(&[("CIM_WEBSOCKET__HOST", "0.0.0.0"), extra])).unwrap();
         s.resolve().await.unwrap();
     }
     // A listener that is off needs nothing.
