@@ -20,7 +20,8 @@ pub trait Transport: Send + 'static {
     fn send(&mut self, items: &[Outbound]) -> impl Future<Output = Result<()>> + Send;
 
     /// Closes the connection for `why` (a WebSocket close frame with the matching status, a
-    /// TCP shutdown).
+    /// TCP shutdown). It may wait for the peer (a WebSocket close handshake); the engine bounds
+    /// it in time.
     fn close(&mut self, why: Closing) -> impl Future<Output = ()> + Send;
 
     /// A whole frame already read into this transport's buffer, without any I/O; `Ok(None)`

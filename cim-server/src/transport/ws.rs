@@ -365,14 +365,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<S> {
 
     /// Sends the `client_handshake` / `401` refusal and closes (1008). In automatic mode the
     /// client's first message (its bind, for the stock SDKs) is awaited for up to `wait`, so
-    /// the refusal goes out in the mode the client speaks.
+    /// the refusal goes out in the mode the client speaks; the refusal and the close handshake
+    /// then get up to `wait` again.
     pub async fn refuse(mut self, wait: Duration) {
         if self.text.is_none() {
             let _ = timeout(wait, self.recv()).await;
         }
         let refusal = Outbound::Frame(Box::new(Frame::Reply(cim_core::handshake_refused())));
-        let _ = self.send(std::slice::from_ref(&refusal)).await;
-        self.close(Closing::Refused).await;
+        let _ = timeout(wait, async {
+            let _ = self.send(std::slice::from_ref(&refusal)).await;
+            self.close(Closing::Refused).await;
+        })
+        .await;
     }
 
     /// The codec of the mode in use (binary until something is detected).
