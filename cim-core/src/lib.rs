@@ -4,7 +4,9 @@
 //! the data model ([`Message`], [`SentBody`], [`ReplyBody`], [`Frame`], [`Session`]), the
 //! reserved names of the protocol ([`protocol`]), the rule for account ids ([`check_uid`]), and
 //! the codec seams ([`StreamCodec`], [`PacketCodec`], [`CodecError`]) that the `cim-codec-*`
-//! crates implement.
+//! crates implement. With the `engine` feature, the connection engine ([`engine`]), whose
+//! message ids ([`engine::ids`]) JavaScript reads exactly: at most 2^53 − 1, unique across 256
+//! nodes, increasing per node across restarts.
 //!
 //! ```
 //! use cim_core::{protocol::{bind, key}, Frame, ReplyBody, SentBody, Session};

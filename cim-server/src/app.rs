@@ -14,7 +14,7 @@ use crate::http::{self, HttpConfig, HttpState};
 use crate::listener::{Listener, Protocol};
 use crate::server::{RunningServer, Server, ServerError};
 use crate::settings::{DurabilitySetting, Settings, StoreBackend};
-use cim_core::engine::{MemoryStore, MessageStore};
+use cim_core::engine::{MemoryStore, MessageIds, MessageStore};
 use cim_store::{Durability, RedbStore, SledStore};
 
 /// A running reference server: long-connection listeners and the HTTP API.
@@ -29,8 +29,13 @@ impl App {
     pub async fn start(settings: &Settings) -> Result<App, ServerError> {
         let addrs = settings.resolve().await?;
         let conn = settings.connection_config();
+        let node = settings.node_number().ok_or_else(|| {
+            ServerError::Config(format!("node_id = {} must be 0 to 255", settings.node_id))
+        })?;
+        let store = open_store(settings)?;
         let mut builder = Server::builder()
-            .node(settings.node.clone(), settings.node_id)
+            .node(settings.node.clone(), node)
+            .message_ids(message_ids(settings, node)?)
             .max_connections(settings.max_connections)
             .max_uid_bytes(settings.auth.max_uid_bytes);
         if settings.tcp.enabled {
@@ -59,7 +64,6 @@ impl App {
                 connection: conn,
             });
         }
-        let store = open_store(settings)?;
         builder = builder.store(Arc::clone(&store));
         let signer = (!settings.auth.token_secret.is_empty())
             .then(|| TokenSigner::new(&settings.auth.token_secret));
@@ -175,6 +179,18 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError>
             SledStore::open(&s.path, durability, s.max_per_account).map_err(|e| failed(&e))?,
         ),
     })
+}
+
+/// The node's message ids: with a store on disk, their high-water mark lives in the store's
+/// directory, so ids keep increasing across restarts; with the memory store they start from the
+/// clock.
+fn message_ids(settings: &Settings, node: u8) -> Result<MessageIds, ServerError> {
+    let s = &settings.store;
+    match s.backend {
+        StoreBackend::Memory => Ok(MessageIds::new(node)),
+        StoreBackend::Redb | StoreBackend::Sled => MessageIds::open(node, &s.path)
+            .map_err(|e| ServerError::Config(format!("store.path = {:?}: {e}", s.path))),
+    }
 }
 
 /// Deletes stored messages older than `max_age`, every `every`.

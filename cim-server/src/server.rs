@@ -140,9 +140,16 @@ impl ServerBuilder {
         self
     }
 
-    /// Names and numbers this node.
-    pub fn node(mut self, name: impl Into<String>, number: u16) -> Self {
+    /// Names and numbers this node (0 to 255, the low bits of every message id).
+    pub fn node(mut self, name: impl Into<String>, number: u8) -> Self {
         self.hub = self.hub.node(name, number);
+        self
+    }
+
+    /// Gives message ids from `ids` (one with a high-water mark, say) instead of ones made for
+    /// the node's number.
+    pub fn message_ids(mut self, ids: cim_core::engine::MessageIds) -> Self {
+        self.hub = self.hub.message_ids(ids);
         self
     }
 

@@ -17,6 +17,8 @@ use common::*;
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
 
 fn short_write_idle() -> ConnectionConfig {
     ConnectionConfig {
@@ -288,4 +290,37 @@ async fn a_refused_bind_is_closed_with_1008() {
     ws_send_binary(&mut ws, &Frame::Sent(bind_body("nobody", "web", "tab"))).await;
     assert!(matches!(ws_next(&mut ws).await, Some(Frame::Reply(r)) if r.code == "401"));
     assert_eq!(close_code(&mut ws).await, Some(1008));
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_its_own_status() {
+    let (server, closes) = start().await;
+    let (mut ws, _) = ws_connect(&server, "/", None).await;
+    ws_send_binary(&mut ws, &Frame::Sent(bind_body("leaving", "web", "tab"))).await;
+    assert!(matches!(ws_next(&mut ws).await, Some(Frame::Reply(r)) if r.code == "200"));
+    ws.send(WsMessage::Close(Some(CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "done here".into(),
+    })))
+    .await
+    .unwrap();
+    // The close handshake completes: the server answers with a close frame echoing the status
+    // before it ends the connection.
+    assert_eq!(close_code(&mut ws).await, Some(4000));
+    closes.wait_for("closed by peer").await;
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_is_closed_with_1007() {
+    let (server, closes) = start().await;
+    let mut witness = bound_tcp(&server, "witness").await;
+    let (mut ws, _) = ws_connect(&server, "/", None).await;
+    // "κόσμε" followed by a lone surrogate's encoding, which UTF-8 forbids.
+    let mut text = "κόσμε".as_bytes().to_vec();
+    text.extend_from_slice(&[0xed, 0xa0, 0x80]);
+    let frame = WsFrame::message(text, OpCode::Data(OpData::Text), true);
+    ws.send(WsMessage::Frame(frame)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1007));
+    closes.wait_for("protocol error").await;
+    assert_receives(&server, &mut witness, "witness", "still served").await;
 }

@@ -28,7 +28,8 @@ impl Hub {
 /// Builds a [`Hub`].
 pub struct HubBuilder {
     node: String,
-    node_number: u16,
+    node_number: u8,
+    ids: Option<MessageIds>,
     sessions: Option<Arc<dyn SessionManager>>,
     router: Option<Arc<dyn Router>>,
     store: Option<Arc<dyn MessageStore>>,
@@ -45,6 +46,7 @@ impl Default for HubBuilder {
         Self {
             node: "node-0".into(),
             node_number: 0,
+            ids: None,
             sessions: None,
             router: None,
             store: None,
@@ -62,10 +64,19 @@ impl Default for HubBuilder {
 }
 
 impl HubBuilder {
-    /// Names this node (shown in sessions) and numbers it (in message ids; 0 to 1023).
-    pub fn node(mut self, name: impl Into<String>, number: u16) -> Self {
+    /// Names this node (shown in sessions) and numbers it (the low bits of every message id,
+    /// so nodes of a cluster never give the same id; see [`MessageIds`]).
+    pub fn node(mut self, name: impl Into<String>, number: u8) -> Self {
         self.node = name.into();
         self.node_number = number;
+        self
+    }
+
+    /// Gives message ids from `ids` instead of a [`MessageIds::new`] for the node's number: one
+    /// opened with a high-water mark ([`MessageIds::open`]), so that ids keep increasing across
+    /// restarts. Its node number is the one it was made with.
+    pub fn message_ids(mut self, ids: MessageIds) -> Self {
+        self.ids = Some(ids);
         self
     }
 
@@ -145,7 +156,8 @@ impl HubBuilder {
                 sessions,
                 router,
                 self.store,
-                MessageIds::new(self.node_number),
+                self.ids
+                    .unwrap_or_else(|| MessageIds::new(self.node_number)),
                 self.admission,
             ),
             max_uid_bytes: self.max_uid_bytes,

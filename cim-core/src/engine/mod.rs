@@ -24,7 +24,7 @@ mod handler;
 mod handover;
 mod heartbeat;
 mod hub;
-mod ids;
+pub mod ids;
 mod local;
 mod local_router;
 mod locks;

@@ -21,7 +21,8 @@ pub trait Transport: Send + 'static {
     fn send(&mut self, items: &[Outbound]) -> impl Future<Output = Result<()>> + Send;
 
     /// Closes the connection for `why` (a WebSocket close frame with the matching status, a
-    /// TCP shutdown).
+    /// TCP shutdown). It may wait for the peer (a WebSocket close handshake); the engine bounds
+    /// it in time.
     fn close(&mut self, why: Closing) -> impl Future<Output = ()> + Send;
 
     /// Whether this transport can write `message` (its encoding fits the listener's limit). The

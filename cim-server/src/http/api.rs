@@ -62,7 +62,7 @@ impl MessageIn {
     }
 }
 
-/// The result of one send. Ids are strings: they exceed JavaScript's exact integers.
+/// The result of one send. Ids are strings (at most 2^53 − 1, so exact as JavaScript numbers too).
 #[derive(Debug, Serialize)]
 pub struct SentOut {
     /// The message id.

@@ -78,7 +78,7 @@ const TOP_KEYS: &[&str] = &["node", "node_id", "max_connections"];
 pub struct Settings {
     /// This node's name, shown in sessions.
     pub node: String,
-    /// This node's number (0-1023), part of every message id.
+    /// This node's number (0-255), the low bits of every message id.
     pub node_id: u16,
     /// Connections accepted at once, over all listeners.
     pub max_connections: usize,
@@ -254,8 +254,8 @@ impl Settings {
                 "must be 1 to 4294967295",
             ));
         }
-        if self.node_id > 1023 {
-            return Err(invalid("node_id", self.node_id, "must be 0 to 1023"));
+        if self.node_number().is_none() {
+            return Err(invalid("node_id", self.node_id, "must be 0 to 255"));
         }
         if self.http.max_batch == 0 {
             return Err(invalid("http.max_batch", 0, "must be at least 1"));
@@ -370,6 +370,11 @@ impl Settings {
             }
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// `node_id` as a node number of message ids, `None` past 255 (the ids hold 8 bits of it).
+    pub fn node_number(&self) -> Option<u8> {
+        u8::try_from(self.node_id).ok()
     }
 
     /// The connection settings shared by every listener.

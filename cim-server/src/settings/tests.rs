@@ -171,6 +171,8 @@ fn http_and_uid_limits_refuse_zero_naming_the_key() {
             "65536",
             "65535",
         ),
+        // Message ids hold 8 bits of the node number.
+        ("CIM_NODE_ID", "node_id", "256", "255"),
     ] {
         let e = Settings::load(None, env(&[(var, bad)]))
             .unwrap_err()

@@ -1,6 +1,14 @@
 //! WebSocket: the upgrade handshake (done here, so that any request path under the configured
 //! prefix is taken, offered subprotocols are answered and non-upgrade requests get `403`), and
 //! [`WsTransport`], which carries CIM packets in protobuf or JSON mode.
+//!
+//! Framing, fragmentation, masking, control frames and UTF-8 checks are tungstenite's; the close
+//! handshake is completed here. A peer's close is answered with a close frame echoing its status
+//! (1002 for a status that may not be sent), one of ours is followed by waiting for the peer's
+//! answer, and either way the server then closes the TCP connection first and waits briefly for
+//! the peer to close its side. A peer that breaks the protocol is closed with 1002, text that is
+//! not UTF-8 with 1007, a message over the limit with 1009. `scripts/autobahn` runs the Autobahn
+//! test suite against this transport (permessage-deflate is not negotiated).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -360,14 +368,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<S> {
 
     /// Sends the `client_handshake` / `401` refusal and closes (1008). In automatic mode the
     /// client's first message (its bind, for the stock SDKs) is awaited for up to `wait`, so
-    /// the refusal goes out in the mode the client speaks.
+    /// the refusal goes out in the mode the client speaks; the refusal and the close handshake
+    /// then get up to `wait` again.
     pub async fn refuse(mut self, wait: Duration) {
         if self.text.is_none() {
             let _ = timeout(wait, self.recv()).await;
         }
         let refusal = Outbound::Frame(Box::new(Frame::Reply(cim_core::handshake_refused())));
-        let _ = self.send(std::slice::from_ref(&refusal)).await;
-        self.close(Closing::Refused).await;
+        let _ = timeout(wait, async {
+            let _ = self.send(std::slice::from_ref(&refusal)).await;
+            self.close(Closing::Refused).await;
+        })
+        .await;
     }
 
     /// The codec of the mode in use (binary until something is detected).
@@ -455,9 +467,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
             let msg = match self.ws.next().await {
                 None => return Ok(None),
                 Some(Err(e)) => {
-                    if matches!(e, tungstenite::Error::Capacity(_)) {
-                        self.status = Some(CloseCode::Size);
-                    }
+                    self.status = failure_status(&e);
                     return ws_error(e).map_or(Ok(None), Err);
                 }
                 Some(Ok(msg)) => msg,
@@ -465,7 +475,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
             return match msg {
                 Message::Binary(b) => self.decode(Packet::Binary(&b)).map(Some),
                 Message::Text(t) => self.decode(Packet::Text(t.as_str())).map(Some),
-                Message::Close(_) => Ok(None),
+                // The peer closed: the WebSocket layer has queued the answering close frame
+                // (echoing the peer's status), which the next read writes before it reports
+                // the end; so read on rather than end here.
+                Message::Close(_) => continue,
                 // Control frames are the WebSocket layer's business, not heartbeats.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
@@ -500,6 +513,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
             code,
             reason: Utf8Bytes::default(),
         };
+        // Our close frame; refused by the WebSocket layer (and not needed) when the peer
+        // closed first, since its close has been answered already.
         let _ = self.ws.close(Some(frame)).await;
+        // The peer's answering close frame: read (and drop) whatever it still sends before it.
+        // This ends at once when the stream has ended already (the peer closed first, or it
+        // broke the protocol, after which the layer reads no more).
+        while let Some(Ok(_)) = self.ws.next().await {}
+        // The server closes the TCP connection first (RFC 6455, section 7.1.1), then waits
+        // for the peer to close its side, dropping what arrives meanwhile: a socket closed
+        // with unread bytes, or that bytes reach after it closed, would answer with a reset,
+        // which can destroy the close frame before the peer has read it. The engine bounds
+        // the whole close in time.
+        let stream = self.ws.get_mut();
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 512];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    }
+}
+
+/// The close status a failed read owes the peer, when it is more precise than the engine's
+/// protocol-error status (1002): 1007 for text that is not UTF-8, 1009 for a message or frame
+/// over the limit.
+fn failure_status(e: &tungstenite::Error) -> Option<CloseCode> {
+    match e {
+        tungstenite::Error::Utf8(_) => Some(CloseCode::Invalid),
+        tungstenite::Error::Capacity(_) => Some(CloseCode::Size),
+        _ => None,
     }
 }
