@@ -111,12 +111,16 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    /// A replay for `session`'s account, or `None` when the hub keeps no messages.
+    /// A replay for `session`'s account, or `None` when the hub keeps no messages or none is
+    /// stored for the account.
     pub(crate) async fn start(services: &Services, session: &Session) -> Result<Option<Replay>> {
         let Some(store) = services.store() else {
             return Ok(None);
         };
         let boundary = services.router().replay_boundary(&session.uid).await?;
+        if boundary == 0 {
+            return Ok(None);
+        }
         Ok(Some(Replay {
             store: Arc::clone(store),
             uid: session.uid.clone(),
@@ -126,7 +130,7 @@ impl Replay {
             written: None,
             pending: None,
             total: 0,
-            done: boundary == 0,
+            done: false,
         }))
     }
 
