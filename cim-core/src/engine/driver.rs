@@ -312,9 +312,7 @@ impl<T: Transport> Conn<T> {
             return Ok(());
         };
         while let Some(batch) = replay
-            .next_batch(self.replayed.get_or_insert_default(), |m| {
-                self.transport.can_carry(m)
-            })
+            .next_batch(&mut self.replayed, |m| self.transport.can_carry(m))
             .await
         {
             self.out.extend(batch);

@@ -189,9 +189,10 @@ impl Replay {
     /// A message the connection cannot carry (`carry` says no: too large for its listener) is
     /// not written and is stored again at the end of the account's queue, for a connection that
     /// can — never deleted unsent. [`batch_written`](Self::batch_written) says it was written.
+    #[allow(clippy::box_collection)] // as the connection keeps it: one pointer when unused
     pub(crate) async fn next_batch(
         &mut self,
-        replayed: &mut HashSet<i64>,
+        replayed: &mut Option<Box<HashSet<i64>>>,
         mut carry: impl FnMut(&SharedMessage) -> bool,
     ) -> Option<Vec<Outbound>> {
         let page = match self.next_page(usize::MAX).await {
@@ -206,7 +207,9 @@ impl Replay {
         for p in page {
             let message = Arc::new(SharedMessage::new(p.message));
             if carry(&message) {
-                replayed.insert(message.message().id);
+                replayed
+                    .get_or_insert_default()
+                    .insert(message.message().id);
                 batch.push(Outbound::Message(message));
                 continue;
             }
