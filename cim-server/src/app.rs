@@ -38,6 +38,7 @@ impl App {
                     max_frame: settings.tcp.max_frame,
                 },
                 connection: conn,
+                max_data_entries: settings.connection.max_data_entries,
             });
         }
         if settings.websocket.enabled {
@@ -45,6 +46,7 @@ impl App {
                 addr: socket_addr(&settings.websocket.host, settings.websocket.port),
                 protocol: Protocol::WebSocket(settings.ws_settings()),
                 connection: conn,
+                max_data_entries: settings.connection.max_data_entries,
             });
         }
         if settings.xml.enabled {
@@ -54,6 +56,7 @@ impl App {
                     max_document: settings.xml.max_document,
                 },
                 connection: conn,
+                max_data_entries: settings.connection.max_data_entries,
             });
         }
         let store = open_store(settings)?;

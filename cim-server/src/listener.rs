@@ -53,6 +53,10 @@ pub struct Listener {
     pub protocol: Protocol,
     /// Timers and queue limits of its connections.
     pub connection: ConnectionConfig,
+    /// Entries accepted in one decoded `data` map (default
+    /// [`DataMap::DEFAULT_MAX_ENTRIES`](cim_core::DataMap::DEFAULT_MAX_ENTRIES)); a frame with
+    /// more closes its connection.
+    pub max_data_entries: usize,
 }
 
 impl Listener {
@@ -64,6 +68,7 @@ impl Listener {
                 max_frame: cim_codec_binary::MAX_BODY,
             },
             connection: ConnectionConfig::default(),
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         }
     }
 
@@ -73,6 +78,7 @@ impl Listener {
             addr,
             protocol: Protocol::WebSocket(WsSettings::default()),
             connection: ConnectionConfig::default(),
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         }
     }
 
@@ -84,6 +90,7 @@ impl Listener {
                 max_document: cim_codec_xml::DEFAULT_MAX_DOCUMENT,
             },
             connection: ConnectionConfig::default(),
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         }
     }
 
@@ -92,13 +99,21 @@ impl Listener {
         self.connection = connection;
         self
     }
+
+    /// Sets the limit of entries in one decoded `data` map.
+    pub fn with_max_data_entries(mut self, max: usize) -> Self {
+        self.max_data_entries = max;
+        self
+    }
 }
 
 /// Starts the task of one accepted connection. Each protocol gets a task of its own shape, so
 /// that a TCP connection's task is not as large as a WebSocket one's.
+#[allow(clippy::too_many_arguments)]
 fn spawn_connection(
     hub: Arc<Hub>,
     protocol: &Protocol,
+    max_entries: usize,
     conf: ConnectionConfig,
     check: Option<Arc<dyn HandshakeCheck>>,
     stream: TcpStream,
@@ -107,11 +122,11 @@ fn spawn_connection(
 ) {
     match protocol {
         &Protocol::Binary { max_frame } => {
-            let codec = BinaryCodec::with_max_body(max_frame);
+            let codec = BinaryCodec::with_max_body(max_frame).with_max_entries(max_entries);
             spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
         }
         &Protocol::Xml { max_document } => {
-            let codec = XmlCodec::with_max_document(max_document);
+            let codec = XmlCodec::with_max_document(max_document).with_max_entries(max_entries);
             spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
         }
         Protocol::WebSocket(settings) => {
@@ -120,7 +135,8 @@ fn spawn_connection(
                 // The handshake's future is boxed: it is done before the connection idles.
                 match Box::pin(ws::accept(stream, &settings)).await {
                     Ok(Some((socket, request))) => {
-                        let transport = WsTransport::new(socket, settings.mode);
+                        let transport = WsTransport::new(socket, settings.mode)
+                            .with_max_data_entries(max_entries);
                         if let Some(Err(why)) = check.as_ref().map(|c| c.check(&request)) {
                             info!(%peer, reason = %why, "websocket handshake refused");
                             transport.refuse(settings.handshake_timeout).await;
@@ -188,6 +204,7 @@ pub(crate) async fn accept_loop(
         spawn_connection(
             Arc::clone(&hub),
             &protocol,
+            listener.max_data_entries,
             listener.connection,
             check.clone(),
             stream,

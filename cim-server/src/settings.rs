@@ -205,6 +205,9 @@ pub struct ConnectionSettings {
     /// A connection whose queue fills: `close` it, or `keep` it and deliver what did not fit
     /// (stored meanwhile) once it catches up.
     pub slow_consumer: SlowConsumerSetting,
+    /// Entries accepted in the `data` map of one request or reply; a frame with more closes
+    /// its connection.
+    pub max_data_entries: usize,
 }
 
 /// `connection.slow_consumer`
@@ -229,6 +232,7 @@ impl Default for ConnectionSettings {
             queue_capacity: c.queue_capacity,
             write_timeout_ms: c.write_timeout.as_millis() as u64,
             slow_consumer: SlowConsumerSetting::Close,
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         }
     }
 }
@@ -494,6 +498,13 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if c.max_data_entries == 0 {
+            return Err(invalid(
+                "connection.max_data_entries",
+                0,
+                "must be at least 1",
+            ));
+        }
         if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
             return Err(invalid(
                 "max_connections",
@@ -638,6 +649,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("websocket.mode") || e.contains("xml"), "{e}");
+        let e = Settings::load(None, env(&[("CIM_CONNECTION__MAX_DATA_ENTRIES", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("connection.max_data_entries") && e.contains('0'),
+            "{e}"
+        );
+        let s = Settings::load(None, env(&[("CIM_CONNECTION__MAX_DATA_ENTRIES", "1")])).unwrap();
+        assert_eq!(s.connection.max_data_entries, 1);
     }
 
     /// The sample in the repository documents every key with its default value.

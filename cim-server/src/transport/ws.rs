@@ -260,6 +260,8 @@ pub struct WsTransport {
     ws: WebSocketStream<TcpStream>,
     fixed: WsMode,
     mode: Option<Resolved>,
+    binary: WsBinaryCodec,
+    json: JsonCodec,
 }
 
 impl WsTransport {
@@ -274,7 +276,16 @@ impl WsTransport {
             ws,
             fixed: mode,
             mode: resolved,
+            binary: WsBinaryCodec::new(),
+            json: JsonCodec::new(),
         }
+    }
+
+    /// Refuses `data` maps of more than `max` entries (see [`JsonCodec::with_max_entries`]).
+    pub fn with_max_data_entries(mut self, max: usize) -> Self {
+        self.binary = self.binary.with_max_entries(max);
+        self.json = self.json.with_max_entries(max);
+        self
     }
 
     /// Sends the `client_handshake` / `401` refusal and closes. In automatic mode the client's
@@ -347,8 +358,8 @@ impl Transport for WsTransport {
                         self.mode = Some(Resolved::Protobuf);
                     }
                     match self.mode() {
-                        Resolved::Protobuf => WsBinaryCodec.decode(Packet::Binary(&b))?,
-                        Resolved::Json => JsonCodec.decode(Packet::Binary(&b))?,
+                        Resolved::Protobuf => self.binary.decode(Packet::Binary(&b))?,
+                        Resolved::Json => self.json.decode(Packet::Binary(&b))?,
                     }
                 }
                 Message::Text(t) => {
@@ -356,7 +367,7 @@ impl Transport for WsTransport {
                         self.mode = Some(Resolved::Json);
                     }
                     match self.mode() {
-                        Resolved::Json => JsonCodec.decode(Packet::Text(t.as_str()))?,
+                        Resolved::Json => self.json.decode(Packet::Text(t.as_str()))?,
                         Resolved::Protobuf => {
                             return Err(CodecError::WrongPacketKind { expected: "binary" }.into());
                         }
