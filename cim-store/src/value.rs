@@ -56,6 +56,18 @@ pub fn encode(stored_at: i64, m: &Message) -> Vec<u8> {
     out
 }
 
+/// The storage time of a value written by [`encode`], read without decoding the message (it is
+/// the first field); `None` if the value is not one this build can read.
+pub fn stored_at(bytes: &[u8]) -> Option<i64> {
+    let (&tag, rest) = bytes.split_first()?;
+    match tag {
+        V1_TAG => bincode::decode_from_slice::<i64, _>(rest, bincode::config::standard())
+            .ok()
+            .map(|(at, _)| at),
+        _ => None,
+    }
+}
+
 /// Decodes a value written by [`encode`] (any version this build knows).
 pub fn decode(bytes: &[u8]) -> Result<(i64, Message), ValueError> {
     let (&tag, rest) = bytes.split_first().ok_or(ValueError::Empty)?;
@@ -92,6 +104,11 @@ mod tests {
         let bytes = encode(42, &m);
         assert_eq!(bytes[0], 1);
         assert_eq!(decode(&bytes).unwrap(), (42, m));
+        for at in [0, 42, -1, i64::MIN, i64::MAX, 1_700_000_000_000] {
+            assert_eq!(stored_at(&encode(at, &Message::default())), Some(at));
+        }
+        assert_eq!(stored_at(&[]), None);
+        assert_eq!(stored_at(&[9, 1]), None);
         assert!(matches!(decode(&[]), Err(ValueError::Empty)));
         assert!(matches!(
             decode(&[9, 1, 2]),
