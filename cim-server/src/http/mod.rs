@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+pub use compat::{FormError, parse_send_form};
 pub use error::ApiError;
 
 use crate::auth::TokenSigner;
