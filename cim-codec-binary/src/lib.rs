@@ -34,12 +34,16 @@
 //! CIM 4.x's protobuf `Message` lacks, is carried in fields 10 (`file`) and 11 (`fileType`),
 //! both strings, written only when set. Stock clients skip them as unknown fields; a message
 //! without an attachment is encoded exactly as CIM encodes it.
+//!
+//! A `data` map of more than [`DataMap::DEFAULT_MAX_ENTRIES`] entries is refused with
+//! [`CodecError::TooManyEntries`]; `with_max_entries` on either codec sets another limit.
 
 mod proto;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cim_core::{
-    CodecError, Frame, FrameType, OwnedPacket, Packet, PacketCodec, StreamCodec, WireFormat,
+    CodecError, DataMap, Frame, FrameType, OwnedPacket, Packet, PacketCodec, StreamCodec,
+    WireFormat,
 };
 
 /// The largest body the 16-bit length field can carry.
@@ -73,14 +77,15 @@ fn put_body(frame: &Frame, dst: &mut impl BufMut) {
     }
 }
 
-/// Decodes the body of a frame of type `ty`. Heartbeat bodies are ignored.
-fn decode_body(ty: FrameType, body: impl Buf) -> Result<Frame, CodecError> {
+/// Decodes the body of a frame of type `ty`, taking `data` maps of up to `max_entries` entries.
+/// Heartbeat bodies are ignored.
+fn decode_body(ty: FrameType, body: impl Buf, max_entries: usize) -> Result<Frame, CodecError> {
     Ok(match ty {
         FrameType::Pong => Frame::Pong,
         FrameType::Ping => Frame::Ping,
         FrameType::Message => Frame::Message(proto::decode_message(body)?),
-        FrameType::Sent => Frame::Sent(proto::decode_sent(body)?),
-        FrameType::Reply => Frame::Reply(proto::decode_reply(body)?),
+        FrameType::Sent => Frame::Sent(proto::decode_sent(body, max_entries)?),
+        FrameType::Reply => Frame::Reply(proto::decode_reply(body, max_entries)?),
     })
 }
 
@@ -89,37 +94,66 @@ fn frame_type(byte: u8) -> Result<FrameType, CodecError> {
 }
 
 /// The TCP framing `[type: u8][len: u16 LE][body]`.
+///
+/// Its two limits are kept as `u32`s: every TCP connection holds a codec, and the pair then
+/// takes one word.
 #[derive(Clone, Debug)]
 pub struct BinaryCodec {
-    max_body: usize,
+    max_body: u32,
+    max_entries: u32,
+}
+
+/// `n` as a `u32` limit, the largest when it does not fit (a limit that large is no limit).
+const fn limit(n: usize) -> u32 {
+    if n > u32::MAX as usize {
+        u32::MAX
+    } else {
+        n as u32
+    }
 }
 
 impl BinaryCodec {
-    /// A codec that takes bodies up to [`MAX_BODY`] bytes.
+    /// A codec that takes bodies up to [`MAX_BODY`] bytes and maps of up to
+    /// [`DataMap::DEFAULT_MAX_ENTRIES`] entries.
     pub const fn new() -> Self {
-        Self { max_body: MAX_BODY }
+        Self {
+            max_body: MAX_BODY as u32,
+            max_entries: limit(DataMap::DEFAULT_MAX_ENTRIES),
+        }
     }
 
     /// Limits bodies, in both directions, to `max` bytes (at most [`MAX_BODY`]).
     pub fn with_max_body(max: usize) -> Self {
         Self {
-            max_body: max.min(MAX_BODY),
+            max_body: limit(max.min(MAX_BODY)),
+            ..Self::new()
         }
+    }
+
+    /// Refuses, on decode, `data` maps of more than `max` entries.
+    pub fn with_max_entries(mut self, max: usize) -> Self {
+        self.max_entries = limit(max);
+        self
     }
 
     /// The body limit in bytes.
     pub fn max_body(&self) -> usize {
-        self.max_body
+        self.max_body as usize
+    }
+
+    /// The limit of entries in a decoded `data` map.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries as usize
     }
 
     /// Appends the encoding of `frame` to `dst` (header and body together, so one write carries
     /// both, as the stock Android client needs).
     pub fn encode_frame(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         let len = body_len(frame);
-        if len > self.max_body {
+        if len > self.max_body() {
             return Err(CodecError::TooLarge {
                 len,
-                max: self.max_body,
+                max: self.max_body(),
             });
         }
         dst.reserve(HEADER_LEN + len);
@@ -155,10 +189,10 @@ impl StreamCodec for BinaryCodec {
             return Ok(None);
         };
         let len = usize::from(u16::from_le_bytes([lo, hi]));
-        if len > self.max_body {
+        if len > self.max_body() {
             return Err(CodecError::TooLarge {
                 len,
-                max: self.max_body,
+                max: self.max_body(),
             });
         }
         let total = HEADER_LEN + len;
@@ -170,7 +204,7 @@ impl StreamCodec for BinaryCodec {
         // buffer (a reference count, an allocation the first time), and prost reads a `&[u8]`
         // with far less work per field than a `BytesMut`.
         let frame = match src.get(HEADER_LEN..total) {
-            Some(body) => decode_body(ty, body),
+            Some(body) => decode_body(ty, body, self.max_entries()),
             None => return Ok(None),
         };
         src.advance(total);
@@ -187,10 +221,41 @@ impl StreamCodec for BinaryCodec {
 }
 
 /// WebSocket protobuf mode: one binary message `[type: u8][body]` per frame.
-#[derive(Clone, Debug, Default)]
-pub struct WsBinaryCodec;
+#[derive(Clone, Copy, Debug)]
+pub struct WsBinaryCodec {
+    max_entries: usize,
+}
+
+/// The codec with the default limits, usable as a value as when the codec had no settings:
+/// `WsBinaryCodec.decode_payload(..)`.
+#[allow(non_upper_case_globals)]
+pub const WsBinaryCodec: WsBinaryCodec = WsBinaryCodec::new();
+
+impl Default for WsBinaryCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl WsBinaryCodec {
+    /// A codec that takes maps of up to [`DataMap::DEFAULT_MAX_ENTRIES`] entries.
+    pub const fn new() -> Self {
+        Self {
+            max_entries: DataMap::DEFAULT_MAX_ENTRIES,
+        }
+    }
+
+    /// Refuses, on decode, `data` maps of more than `max` entries.
+    pub const fn with_max_entries(mut self, max: usize) -> Self {
+        self.max_entries = max;
+        self
+    }
+
+    /// The limit of entries in a decoded `data` map.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
     /// Encodes `frame` as the payload of one binary WebSocket message.
     pub fn encode_payload(&self, frame: &Frame) -> Bytes {
         let len = body_len(frame);
@@ -205,7 +270,7 @@ impl WsBinaryCodec {
         let Some((&type_byte, body)) = payload.split_first() else {
             return Err(CodecError::malformed("packet", "empty binary message"));
         };
-        decode_body(frame_type(type_byte)?, body)
+        decode_body(frame_type(type_byte)?, body, self.max_entries)
     }
 }
 
@@ -390,6 +455,115 @@ mod tests {
         // Invalid UTF-8 in a string field.
         let mut src = BytesMut::from(&[3u8, 3, 0, 0x0a, 1, 0xff][..]);
         assert!(BinaryCodec::new().decode(&mut src).is_err());
+    }
+
+    /// A request whose map has `n` distinct entries.
+    fn wide_request(n: usize) -> Frame {
+        Frame::Sent(SentBody {
+            key: "k".into(),
+            timestamp: 0,
+            data: (0..n).map(|i| (format!("{i:x}"), "v")).collect(),
+        })
+    }
+
+    fn tcp_wire(frame: &Frame) -> BytesMut {
+        let mut wire = BytesMut::new();
+        BinaryCodec::new().encode(frame, &mut wire).unwrap();
+        wire
+    }
+
+    fn ws_wire(frame: &Frame) -> Bytes {
+        WsBinaryCodec.encode_payload(frame)
+    }
+
+    #[test]
+    fn map_limit_at_the_edge_tcp() {
+        let mut codec = BinaryCodec::new().with_max_entries(40);
+        assert_eq!(codec.max_entries(), 40);
+        let mut src = tcp_wire(&wide_request(40));
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(wide_request(40)));
+        let mut src = tcp_wire(&wide_request(41));
+        assert_eq!(
+            codec.decode(&mut src),
+            Err(CodecError::TooManyEntries { max: 40 })
+        );
+        assert_eq!(
+            CodecError::TooManyEntries { max: 40 }.to_string(),
+            "data map exceeds the limit of 40 entries"
+        );
+        // The default: 256.
+        let mut src = tcp_wire(&wide_request(256));
+        assert!(BinaryCodec::new().decode(&mut src).unwrap().is_some());
+        let mut src = tcp_wire(&wide_request(257));
+        assert_eq!(
+            BinaryCodec::new().decode(&mut src),
+            Err(CodecError::TooManyEntries { max: 256 })
+        );
+        // Replies too, and a repeated key counts once.
+        let reply = |n: usize| {
+            let mut r = ReplyBody::ok("k");
+            r.data = (0..n).map(|i| (i.to_string(), "v")).collect();
+            Frame::Reply(r)
+        };
+        let mut src = tcp_wire(&reply(41));
+        assert_eq!(
+            codec.decode(&mut src),
+            Err(CodecError::TooManyEntries { max: 40 })
+        );
+        // Entry 41 repeats key "0" (field 5, length 6: key "0", value "w"): the last one wins.
+        let mut packet = ws_wire(&reply(40)).to_vec();
+        packet.extend_from_slice(&[0x2a, 6, 0x0a, 1, b'0', 0x12, 1, b'w']);
+        let limited = WsBinaryCodec::new().with_max_entries(40);
+        let Ok(Frame::Reply(r)) = limited.decode(Packet::Binary(&packet)) else {
+            panic!("a repeated key was counted twice")
+        };
+        assert_eq!((r.data.len(), r.data.get("0")), (40, Some("w")));
+    }
+
+    #[test]
+    fn map_limit_at_the_edge_ws() {
+        let codec = WsBinaryCodec::new().with_max_entries(40);
+        assert_eq!(
+            codec.decode(Packet::Binary(&ws_wire(&wide_request(40)))),
+            Ok(wide_request(40))
+        );
+        assert_eq!(
+            codec.decode(Packet::Binary(&ws_wire(&wide_request(41)))),
+            Err(CodecError::TooManyEntries { max: 40 })
+        );
+        assert_eq!(WsBinaryCodec.max_entries(), DataMap::DEFAULT_MAX_ENTRIES);
+        assert_eq!(
+            WsBinaryCodec.decode(Packet::Binary(&ws_wire(&wide_request(257)))),
+            Err(CodecError::TooManyEntries { max: 256 })
+        );
+    }
+
+    /// Decoding a frame of n entries makes O(n) key comparisons: a frame of 4 000 entries (the
+    /// most a 64 KB body holds with these keys) costs at most two per entry beyond the scan of
+    /// the first 16, where inserting one by one into a scanned list cost n²/2 (8 million).
+    #[test]
+    fn decoding_a_wide_map_is_linear() {
+        let n = 4000;
+        let mut src = tcp_wire(&wide_request(n));
+        let ws = ws_wire(&wide_request(2 * n));
+        let mut codec = BinaryCodec::new().with_max_entries(usize::MAX);
+        let before = cim_core::testing::key_comparisons();
+        assert!(codec.decode(&mut src).unwrap().is_some());
+        let cost = cim_core::testing::key_comparisons() - before;
+        assert!(
+            cost <= 2 * n as u64 + 120,
+            "{cost} comparisons for {n} entries"
+        );
+
+        let before = cim_core::testing::key_comparisons();
+        let packet = WsBinaryCodec::new().with_max_entries(usize::MAX);
+        assert!(packet.decode(Packet::Binary(&ws)).is_ok());
+        let cost = cim_core::testing::key_comparisons() - before;
+        assert!(
+            cost <= 4 * n as u64 + 120,
+            "{cost} comparisons for {} entries",
+            2 * n
+        );
     }
 
     #[test]

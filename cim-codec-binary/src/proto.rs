@@ -71,8 +71,9 @@ struct ProtoReplyBody {
     data: Vec<Entry>,
 }
 
-fn entries_to_map(entries: Vec<Entry>) -> DataMap {
-    entries.into_iter().map(|e| (e.key, e.value)).collect()
+/// The map of decoded entries, refused as soon as it would have more than `max` entries.
+fn entries_to_map(entries: Vec<Entry>, max: usize) -> Result<DataMap, CodecError> {
+    DataMap::from_entries_within(entries.into_iter().map(|e| (e.key, e.value)), max)
 }
 
 /// Decodes a protobuf `Message` body.
@@ -94,26 +95,26 @@ pub(crate) fn decode_message(body: impl Buf) -> Result<Message, CodecError> {
     })
 }
 
-/// Decodes a protobuf `SentBody` body.
-pub(crate) fn decode_sent(body: impl Buf) -> Result<SentBody, CodecError> {
+/// Decodes a protobuf `SentBody` body whose map has at most `max_entries` entries.
+pub(crate) fn decode_sent(body: impl Buf, max_entries: usize) -> Result<SentBody, CodecError> {
     let p = <ProtoSentBody as prost::Message>::decode(body)
         .map_err(|e| CodecError::malformed("request body", e))?;
     Ok(SentBody {
         key: p.key,
         timestamp: p.timestamp,
-        data: entries_to_map(p.data),
+        data: entries_to_map(p.data, max_entries)?,
     })
 }
 
-/// Decodes a protobuf `ReplyBody` body.
-pub(crate) fn decode_reply(body: impl Buf) -> Result<ReplyBody, CodecError> {
+/// Decodes a protobuf `ReplyBody` body whose map has at most `max_entries` entries.
+pub(crate) fn decode_reply(body: impl Buf, max_entries: usize) -> Result<ReplyBody, CodecError> {
     let p = <ProtoReplyBody as prost::Message>::decode(body)
         .map_err(|e| CodecError::malformed("reply body", e))?;
     Ok(ReplyBody {
         key: p.key,
         code: p.code,
         message: p.message,
-        data: entries_to_map(p.data),
+        data: entries_to_map(p.data, max_entries)?,
         timestamp: p.timestamp,
     })
 }
@@ -277,7 +278,7 @@ mod tests {
         let mut ours = Vec::new();
         put_reply(&r, &mut ours);
         assert_eq!(ours.len(), reply_len(&r));
-        assert_eq!(decode_reply(&ours[..]).unwrap(), r);
+        assert_eq!(decode_reply(&ours[..], 16).unwrap(), r);
     }
 
     /// The attachment is fields 10 and 11, after everything CIM writes, and only when set.

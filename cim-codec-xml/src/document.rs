@@ -103,8 +103,8 @@ fn int(field: &str, text: &str) -> Result<i64, CodecError> {
         .map_err(|_| malformed(format_args!("<{field}> is not an integer: {t:?}")))
 }
 
-/// Parses one document (without its terminator).
-pub(crate) fn parse(doc: &str) -> Result<Frame, CodecError> {
+/// Parses one document (without its terminator) whose `data` has at most `max_entries` entries.
+pub(crate) fn parse(doc: &str, max_entries: usize) -> Result<Frame, CodecError> {
     let mut reader = Reader::from_str(doc);
     reader.config_mut().expand_empty_elements = true;
 
@@ -159,6 +159,7 @@ pub(crate) fn parse(doc: &str) -> Result<Frame, CodecError> {
                             (data_key.take(), root.as_mut().and_then(Root::data))
                         {
                             data.insert(k, std::mem::take(&mut text));
+                            data.check_entries(max_entries)?;
                         }
                     }
                     _ => {}

@@ -63,7 +63,10 @@
 //! sections; characters XML cannot carry literally, including the terminators, become character
 //! references), and both escaped text and CDATA are accepted on decode. A document longer than
 //! the configured maximum (default 64 KiB) is refused as soon as that many bytes have arrived
-//! without a terminator.
+//! without a terminator. A `data` map of more than [`DataMap::DEFAULT_MAX_ENTRIES`] entries is
+//! refused with [`CodecError::TooManyEntries`] as soon as the entry too many has been read
+//! ([`XmlCodec::with_max_entries`] sets another limit; the names a legacy bind adds beside
+//! `account` and `device` are not counted).
 //!
 //! ## Flash policy
 //!
@@ -78,7 +81,7 @@ mod flash;
 pub use flash::{FLASH_POLICY_ANSWER, FLASH_POLICY_REQUEST, PolicyProbe, probe_flash_policy};
 
 use bytes::{BufMut, BytesMut};
-use cim_core::{CodecError, Frame, StreamCodec, WireFormat};
+use cim_core::{CodecError, DataMap, Frame, StreamCodec, WireFormat};
 
 /// Terminator written after every document.
 pub const TERMINATOR: u8 = 0x08;
@@ -97,6 +100,7 @@ const LEGACY_CLIENT_HEARTBEAT: &str = "cmd_client_hb_response";
 #[derive(Clone, Debug)]
 pub struct XmlCodec {
     max_document: usize,
+    max_entries: usize,
     /// Bytes at the front of the buffer already searched for a terminator.
     scanned: usize,
 }
@@ -112,13 +116,25 @@ impl XmlCodec {
     pub const fn with_max_document(max: usize) -> Self {
         Self {
             max_document: max,
+            max_entries: DataMap::DEFAULT_MAX_ENTRIES,
             scanned: 0,
         }
+    }
+
+    /// Refuses, on decode, `data` maps of more than `max` entries.
+    pub const fn with_max_entries(mut self, max: usize) -> Self {
+        self.max_entries = max;
+        self
     }
 
     /// The maximum document size in bytes.
     pub fn max_document(&self) -> usize {
         self.max_document
+    }
+
+    /// The limit of entries in a decoded `data` map.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
     }
 
     /// Encodes `frame` as a document and its terminator.
@@ -144,15 +160,16 @@ impl Default for XmlCodec {
     }
 }
 
-/// Decodes one document's bytes (terminator removed). `None` for an empty document.
-fn decode_document(bytes: &[u8]) -> Result<Option<Frame>, CodecError> {
+/// Decodes one document's bytes (terminator removed), whose maps have at most `max_entries`
+/// entries. `None` for an empty document.
+fn decode_document(bytes: &[u8], max_entries: usize) -> Result<Option<Frame>, CodecError> {
     let text = std::str::from_utf8(bytes).map_err(|e| CodecError::malformed("XML document", e))?;
     let text = text.trim();
     Ok(Some(match text {
         "" => return Ok(None),
         SERVER_HEARTBEAT | LEGACY_SERVER_HEARTBEAT => Frame::Ping,
         CLIENT_HEARTBEAT | LEGACY_CLIENT_HEARTBEAT => Frame::Pong,
-        doc => document::parse(doc)?,
+        doc => document::parse(doc, max_entries)?,
     }))
 }
 
@@ -183,7 +200,9 @@ impl StreamCodec for XmlCodec {
             }
             let doc = src.split_to(end + 1);
             // Empty documents (stray terminators) are skipped.
-            if let Some(frame) = decode_document(doc.get(..end).unwrap_or_default())? {
+            if let Some(frame) =
+                decode_document(doc.get(..end).unwrap_or_default(), self.max_entries)?
+            {
                 return Ok(Some(frame));
             }
         }
@@ -459,6 +478,86 @@ mod tests {
             XmlCodec::with_max_document(100).encode(&big, &mut BytesMut::new()),
             Err(CodecError::TooLarge { .. })
         ));
+    }
+
+    /// A request whose map has `n` distinct entries, as a terminated document.
+    fn wide_request(n: usize) -> (Frame, Vec<u8>) {
+        let frame = Frame::Sent(SentBody {
+            key: "k".into(),
+            timestamp: 0,
+            data: (0..n).map(|i| (format!("k{i:x}"), "v")).collect(),
+        });
+        let mut wire = BytesMut::new();
+        XmlCodec::with_max_document(1 << 20)
+            .encode(&frame, &mut wire)
+            .unwrap();
+        (frame, wire.to_vec())
+    }
+
+    #[test]
+    fn map_limit_at_the_edge() {
+        let mut codec = XmlCodec::new().with_max_entries(40);
+        assert_eq!(codec.max_entries(), 40);
+        let (frame, wire) = wide_request(40);
+        assert_eq!(
+            codec.decode(&mut BytesMut::from(&wire[..])),
+            Ok(Some(frame))
+        );
+        let (_, wire) = wide_request(41);
+        assert_eq!(
+            codec.decode(&mut BytesMut::from(&wire[..])),
+            Err(CodecError::TooManyEntries { max: 40 })
+        );
+        // The default, 256, for replies too.
+        let mut codec = XmlCodec::new();
+        assert!(
+            codec
+                .decode(&mut BytesMut::from(&wide_request(256).1[..]))
+                .is_ok()
+        );
+        assert_eq!(
+            codec.decode(&mut BytesMut::from(&wide_request(257).1[..])),
+            Err(CodecError::TooManyEntries { max: 256 })
+        );
+        let entries: String = (0..41).map(|i| format!("<k{i}>v</k{i}>")).collect();
+        let reply = format!("<reply><key>k</key><data>{entries}</data></reply>\u{8}");
+        assert_eq!(
+            XmlCodec::new()
+                .with_max_entries(40)
+                .decode(&mut BytesMut::from(reply.as_bytes())),
+            Err(CodecError::TooManyEntries { max: 40 })
+        );
+        // A repeated key is one entry, its last value.
+        let entries: String = (0..40).map(|i| format!("<k{i}>v</k{i}>")).collect();
+        let sent = format!("<sent><key>k</key><data>{entries}<k0>w</k0></data></sent>\u{8}");
+        let Ok(Some(Frame::Sent(s))) = XmlCodec::new()
+            .with_max_entries(40)
+            .decode(&mut BytesMut::from(sent.as_bytes()))
+        else {
+            panic!("a repeated key was counted twice")
+        };
+        assert_eq!((s.data.len(), s.get("k0")), (40, "w"));
+    }
+
+    /// Decoding a document of n entries makes O(n) key comparisons (n²/2 when each insert
+    /// scanned the list: 32 million for these 8 000).
+    #[test]
+    fn decoding_a_wide_map_is_linear() {
+        let n = 8000;
+        let (_, wire) = wide_request(n);
+        let mut codec = XmlCodec::with_max_document(1 << 20).with_max_entries(usize::MAX);
+        let before = cim_core::testing::key_comparisons();
+        assert!(
+            codec
+                .decode(&mut BytesMut::from(&wire[..]))
+                .unwrap()
+                .is_some()
+        );
+        let cost = cim_core::testing::key_comparisons() - before;
+        assert!(
+            cost <= 2 * n as u64 + 120,
+            "{cost} comparisons for {n} entries"
+        );
     }
 
     #[test]

@@ -160,6 +160,13 @@ pub enum CodecError {
         /// The kind the codec takes.
         expected: &'static str,
     },
+    /// A `data` map with more entries than the codec accepts (see
+    /// [`DataMap::DEFAULT_MAX_ENTRIES`](crate::DataMap::DEFAULT_MAX_ENTRIES)).
+    #[error("data map exceeds the limit of {max} entries")]
+    TooManyEntries {
+        /// The limit.
+        max: usize,
+    },
     /// The frame cannot be represented in this codec.
     #[error("cannot encode: {0}")]
     Unencodable(String),

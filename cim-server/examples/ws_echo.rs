@@ -113,9 +113,9 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     };
     let server = Server::builder()
         .listener(Listener {
-            addr,
             protocol: Protocol::WebSocket(settings),
             connection,
+            ..Listener::websocket(addr)
         })
         .handler(TEXT, Echo)
         .handler(BINARY, Echo)

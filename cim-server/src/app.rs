@@ -45,6 +45,7 @@ impl App {
                     max_frame: settings.tcp.max_frame,
                 },
                 connection: conn,
+                max_data_entries: settings.connection.max_data_entries,
             });
         }
         if settings.websocket.enabled {
@@ -52,6 +53,7 @@ impl App {
                 addr: addrs.websocket,
                 protocol: Protocol::WebSocket(settings.ws_settings()),
                 connection: conn,
+                max_data_entries: settings.connection.max_data_entries,
             });
         }
         if settings.xml.enabled {
@@ -62,6 +64,7 @@ impl App {
                     flash_policy: settings.xml.flash_policy,
                 },
                 connection: conn,
+                max_data_entries: settings.connection.max_data_entries,
             });
         }
         builder = builder.store(Arc::clone(&store));

@@ -56,6 +56,11 @@ pub struct Listener {
     pub protocol: Protocol,
     /// Timers and queue limits of its connections.
     pub connection: ConnectionConfig,
+    /// Entries accepted in one decoded `data` map by the codecs the listener makes (default
+    /// [`DataMap::DEFAULT_MAX_ENTRIES`](cim_core::DataMap::DEFAULT_MAX_ENTRIES)); a frame with
+    /// more closes its connection. (A WebSocket listener's codecs of its own,
+    /// [`WsCodecs::Custom`](crate::WsCodecs::Custom), keep their own limits.)
+    pub max_data_entries: usize,
 }
 
 impl Listener {
@@ -67,6 +72,7 @@ impl Listener {
                 max_frame: cim_codec_binary::MAX_BODY,
             },
             connection: ConnectionConfig::default(),
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         }
     }
 
@@ -76,6 +82,7 @@ impl Listener {
             addr,
             protocol: Protocol::WebSocket(WsSettings::default()),
             connection: ConnectionConfig::default(),
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         }
     }
 
@@ -88,6 +95,7 @@ impl Listener {
                 flash_policy: false,
             },
             connection: ConnectionConfig::default(),
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         }
     }
 
@@ -96,13 +104,21 @@ impl Listener {
         self.connection = connection;
         self
     }
+
+    /// Sets the limit of entries in one decoded `data` map.
+    pub fn with_max_data_entries(mut self, max: usize) -> Self {
+        self.max_data_entries = max;
+        self
+    }
 }
 
 /// Starts the task of one accepted connection. Each protocol gets a task of its own shape, so
 /// that a TCP connection's task is not as large as a WebSocket one's.
+#[allow(clippy::too_many_arguments)]
 fn spawn_connection(
     hub: Arc<Hub>,
     protocol: &Protocol,
+    max_entries: usize,
     conf: ConnectionConfig,
     check: Option<Arc<dyn HandshakeCheck>>,
     stream: TcpStream,
@@ -111,14 +127,14 @@ fn spawn_connection(
 ) {
     match protocol {
         &Protocol::Binary { max_frame } => {
-            let codec = BinaryCodec::with_max_body(max_frame);
+            let codec = BinaryCodec::with_max_body(max_frame).with_max_entries(max_entries);
             spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
         }
         &Protocol::Xml {
             max_document,
             flash_policy,
         } => {
-            let codec = XmlCodec::with_max_document(max_document);
+            let codec = XmlCodec::with_max_document(max_document).with_max_entries(max_entries);
             if flash_policy {
                 crate::flash::spawn(hub, stream, codec, conf, peer, permit);
             } else {
@@ -173,7 +189,14 @@ pub(crate) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let local = socket.local_addr().ok();
-    let protocol = Arc::new(listener.protocol);
+    // A WebSocket listener's codecs are made once, with the listener's limit of entries.
+    let protocol = Arc::new(match listener.protocol {
+        Protocol::WebSocket(ws) => Protocol::WebSocket(WsSettings {
+            codecs: ws.codecs.resolve(listener.max_data_entries),
+            ..ws
+        }),
+        other => other,
+    });
     // A WebSocket client is told why, as HTTP; a stream client is closed (its protocol has no
     // way to say it).
     let busy: &[u8] = match *protocol {
@@ -210,6 +233,7 @@ pub(crate) async fn accept_loop(
         spawn_connection(
             Arc::clone(&hub),
             &protocol,
+            listener.max_data_entries,
             ConnectionConfig {
                 protocol: protocol.name(),
                 ..listener.connection

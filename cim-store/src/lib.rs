@@ -5,7 +5,10 @@
 //!
 //! - [`RedbStore`] (the server's default): redb, one writer thread that commits queued
 //!   operations in batches, and under [`Durability::Always`] a write-ahead log so that concurrent
-//!   appends share one `fdatasync`. Its file stays small under an append-and-delete churn.
+//!   appends share one `fdatasync`; the log holds every delete too (acks, the cap's drops,
+//!   expiry), so a crash undoes nothing that was answered. Expiry reads an index ordered by
+//!   storage time, so it costs what expires; reads run on the runtime's blocking threads. Its
+//!   file stays small under an append-and-delete churn.
 //! - [`SledStore`]: sled 0.34. Kept for those who ask for it; it keeps dead space after deletes
 //!   (see `BENCHMARKS.md`).
 //!

@@ -88,6 +88,19 @@ fn body<T: Decode<()>>(rest: &[u8]) -> Result<T, ValueError> {
     Ok(v)
 }
 
+/// The storage time of a value written by [`encode`], read without decoding the message (it is
+/// the first field); `None` if the value is not one this build can read.
+pub fn stored_at(bytes: &[u8]) -> Option<i64> {
+    let (&tag, rest) = bytes.split_first()?;
+    match tag {
+        // Every version begins with the storage time.
+        V1_TAG | V2_TAG => bincode::decode_from_slice::<i64, _>(rest, bincode::config::standard())
+            .ok()
+            .map(|(at, _)| at),
+        _ => None,
+    }
+}
+
 /// Decodes a value written by [`encode`], now or by an older build (any version this build
 /// knows).
 pub fn decode(bytes: &[u8]) -> Result<(i64, Message), ValueError> {
@@ -149,6 +162,11 @@ mod tests {
         let bytes = encode(42, &m);
         assert_eq!(bytes[0], 2);
         assert_eq!(decode(&bytes).unwrap(), (42, m));
+        for at in [0, 42, -1, i64::MIN, i64::MAX, 1_700_000_000_000] {
+            assert_eq!(stored_at(&encode(at, &Message::default())), Some(at));
+        }
+        assert_eq!(stored_at(&[]), None);
+        assert_eq!(stored_at(&[9, 1]), None);
         assert!(matches!(decode(&[]), Err(ValueError::Empty)));
         assert!(matches!(
             decode(&[9, 1, 2]),

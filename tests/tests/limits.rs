@@ -35,6 +35,7 @@ async fn small_server(
             addr: loopback(),
             protocol: Protocol::Binary { max_frame: 100 },
             connection: conn,
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         })
         .listener(Listener {
             addr: loopback(),
@@ -43,6 +44,7 @@ async fn small_server(
                 ..WsSettings::default()
             }),
             connection: conn,
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         })
         .listener(Listener {
             addr: loopback(),
@@ -51,6 +53,7 @@ async fn small_server(
                 flash_policy: false,
             },
             connection: conn,
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         })
         .event_listener(closes.clone())
         .max_connections(max_connections)

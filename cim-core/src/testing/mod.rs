@@ -19,6 +19,12 @@ use proptest::prelude::*;
 
 use crate::{DataMap, Frame, Message, ReplyBody, SentBody};
 
+/// Key comparisons made by the [`DataMap`]s of this thread so far: a measure of the work of
+/// building and searching maps that does not depend on the machine or its load.
+pub fn key_comparisons() -> u64 {
+    crate::data::comparisons::get()
+}
+
 /// Characters that encoders must escape or split.
 const NASTY: &[&str] = &[
     "<",

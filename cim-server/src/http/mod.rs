@@ -36,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{debug, info};
 
+pub use compat::{FormError, parse_send_form};
 pub use error::ApiError;
 
 use body::BodyLimits;

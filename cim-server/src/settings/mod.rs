@@ -247,6 +247,13 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if c.max_data_entries == 0 {
+            return Err(invalid(
+                "connection.max_data_entries",
+                0,
+                "must be at least 1",
+            ));
+        }
         if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
             return Err(invalid(
                 "max_connections",

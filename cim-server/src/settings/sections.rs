@@ -26,6 +26,9 @@ pub struct ConnectionSettings {
     /// A connection whose queue fills: `close` it, or `keep` it and deliver what did not fit
     /// (stored meanwhile) once it catches up.
     pub slow_consumer: SlowConsumer,
+    /// Entries accepted in the `data` map of one request or reply; a frame with more closes
+    /// its connection.
+    pub max_data_entries: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -40,6 +43,7 @@ impl Default for ConnectionSettings {
             queue_capacity: c.queue_capacity,
             write_timeout_ms: c.write_timeout.as_millis() as u64,
             slow_consumer: SlowConsumer::Close,
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         }
     }
 }

@@ -65,6 +65,15 @@ fn errors_name_the_key_and_value() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`tcp.host`") && e.contains("not a host"), "{e}");
+    let e = Settings::load(None, env(&[("CIM_CONNECTION__MAX_DATA_ENTRIES", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("connection.max_data_entries") && e.contains('0'),
+        "{e}"
+    );
+    let s = Settings::load(None, env(&[("CIM_CONNECTION__MAX_DATA_ENTRIES", "1")])).unwrap();
+    assert_eq!(s.connection.max_data_entries, 1);
     let e = Settings::load(None, env(&[("CIM_TCP__PATH", "/x")]))
         .unwrap_err()
         .to_string();

@@ -68,46 +68,81 @@ impl TryFrom<String> for WsMode {
     }
 }
 
-/// The packet codecs of a WebSocket listener: one for the binary mode (protobuf by default)
-/// and one for the text mode (JSON by default). A listener may bring its own.
-#[derive(Clone)]
-pub struct WsCodecs {
-    /// Decodes and encodes packets in the binary mode.
-    pub binary: Arc<dyn PacketCodec>,
-    /// Decodes and encodes packets in the text mode.
-    pub text: Arc<dyn PacketCodec>,
+/// The packet codecs of a WebSocket listener: one for the binary mode and one for the text mode.
+#[derive(Clone, Default)]
+pub enum WsCodecs {
+    /// CIM's: protobuf in binary messages, the JSON envelope in text messages, taking `data`
+    /// maps of up to the listener's limit of entries.
+    #[default]
+    Cim,
+    /// A listener's own (their limits are theirs).
+    Custom {
+        /// Decodes and encodes packets in the binary mode.
+        binary: Arc<dyn PacketCodec>,
+        /// Decodes and encodes packets in the text mode.
+        text: Arc<dyn PacketCodec>,
+    },
 }
 
 impl WsCodecs {
-    /// One codec for both modes (a codec that tells packets apart by itself).
+    /// One codec of a listener's own for both modes (a codec that tells packets apart by
+    /// itself).
     pub fn single(codec: Arc<dyn PacketCodec>) -> Self {
-        Self {
+        WsCodecs::Custom {
             binary: Arc::clone(&codec),
             text: codec,
         }
     }
-}
 
-impl Default for WsCodecs {
-    /// CIM's: protobuf in binary messages, the JSON envelope in text messages.
-    fn default() -> Self {
-        Self {
-            binary: Arc::new(WsBinaryCodec),
-            text: Arc::new(JsonCodec),
+    /// The codecs to use, CIM's built with `max_entries` as their limit of entries per map.
+    pub(crate) fn resolve(&self, max_entries: usize) -> Self {
+        match self {
+            WsCodecs::Cim => WsCodecs::Custom {
+                binary: Arc::new(WsBinaryCodec::new().with_max_entries(max_entries)),
+                text: Arc::new(JsonCodec::new().with_max_entries(max_entries)),
+            },
+            custom => custom.clone(),
+        }
+    }
+
+    /// The codec of the text mode (`text`) or of the binary mode.
+    fn get(&self, text: bool) -> &dyn PacketCodec {
+        match self {
+            WsCodecs::Custom { text: t, .. } if text => &**t,
+            WsCodecs::Custom { binary, .. } => &**binary,
+            WsCodecs::Cim if text => &CIM_TEXT,
+            WsCodecs::Cim => &CIM_BINARY,
         }
     }
 }
 
+/// CIM's codecs with the default limits, for a transport made with [`WsCodecs::Cim`] unresolved.
+static CIM_BINARY: WsBinaryCodec = WsBinaryCodec::new();
+static CIM_TEXT: JsonCodec = JsonCodec::new();
+
 impl std::fmt::Debug for WsCodecs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsCodecs").finish_non_exhaustive()
+        match self {
+            WsCodecs::Cim => f.write_str("Cim"),
+            WsCodecs::Custom { .. } => f.write_str("Custom"),
+        }
     }
 }
 
-/// Two sets are equal when they hold the same codec values.
+/// CIM's are equal; a listener's own are equal when they hold the same codec values.
 impl PartialEq for WsCodecs {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.binary, &other.binary) && Arc::ptr_eq(&self.text, &other.text)
+        match (self, other) {
+            (WsCodecs::Cim, WsCodecs::Cim) => true,
+            (
+                WsCodecs::Custom { binary, text },
+                WsCodecs::Custom {
+                    binary: b2,
+                    text: t2,
+                },
+            ) => Arc::ptr_eq(binary, b2) && Arc::ptr_eq(text, t2),
+            _ => false,
+        }
     }
 }
 
@@ -384,11 +419,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<S> {
 
     /// The codec of the mode in use (binary until something is detected).
     fn codec(&self) -> &dyn PacketCodec {
-        if self.text == Some(true) {
-            &*self.codecs.text
-        } else {
-            &*self.codecs.binary
-        }
+        self.codecs.get(self.text == Some(true))
     }
 
     fn encode(&self, item: &Outbound) -> std::result::Result<Message, CodecError> {

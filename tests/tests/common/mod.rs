@@ -99,6 +99,7 @@ pub async fn start_with(
             addr: loopback(),
             protocol: Protocol::WebSocket(ws),
             connection: conn,
+            max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
         })
         .listener(Listener::xml(loopback()).with_connection(conn))
         .event_listener(closes.clone());
