@@ -45,9 +45,11 @@ pub mod http;
 pub mod listener;
 pub mod server;
 pub mod settings;
+pub mod tls;
 pub mod transport;
 
 pub use listener::{Listener, Protocol};
 pub use server::{RunningServer, Server, ServerBuilder, ServerError};
 pub use settings::Settings;
+pub use tls::TlsConfig;
 pub use transport::{WsCodecs, WsMode, WsSettings};

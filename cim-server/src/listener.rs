@@ -9,10 +9,12 @@ use cim_codec_xml::XmlCodec;
 use cim_core::engine::{ConnectionConfig, serve_connection};
 use cim_core::{Hub, StreamCodec};
 use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use crate::tls::{self, TlsConfig};
 use crate::transport::ws::HandshakeCheck;
 use crate::transport::{StreamTransport, WsSettings, WsTransport, ws};
 
@@ -90,6 +92,17 @@ impl Listener {
         }
     }
 
+    /// The listener's name in logs and address lists: its protocol's, or over TLS `tls`, `wss`
+    /// or `xml+tls`.
+    pub fn name(&self, tls: bool) -> &'static str {
+        match (&self.protocol, tls) {
+            (protocol, false) => protocol.name(),
+            (Protocol::Binary { .. }, true) => "tls",
+            (Protocol::WebSocket(_), true) => "wss",
+            (Protocol::Xml { .. }, true) => "xml+tls",
+        }
+    }
+
     /// Replaces the connection settings.
     pub fn with_connection(mut self, connection: ConnectionConfig) -> Self {
         self.connection = connection;
@@ -97,17 +110,20 @@ impl Listener {
     }
 }
 
-/// Starts the task of one accepted connection. Each protocol gets a task of its own shape, so
-/// that a TCP connection's task is not as large as a WebSocket one's.
-fn spawn_connection(
+/// Starts the task of one accepted connection on `stream` (a TCP stream, or TLS over one).
+/// Each protocol gets a task of its own shape, so that a TCP connection's task is not as large
+/// as a WebSocket one's.
+fn spawn_connection<S>(
     hub: Arc<Hub>,
     protocol: &Protocol,
     conf: ConnectionConfig,
     check: Option<Arc<dyn HandshakeCheck>>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match protocol {
         &Protocol::Binary { max_frame } => {
             let codec = BinaryCodec::with_max_body(max_frame);
@@ -147,24 +163,58 @@ fn spawn_connection(
     }
 }
 
-/// Starts the task of a connection on a stream protocol; the permit goes with the connection.
-fn spawn_stream<C: StreamCodec + Sync>(
+/// Starts the task of a TLS connection: the handshake, in a task of its own, bounded by the bind
+/// timeout (and counted against it); then the connection's own task, the size of a plain one
+/// plus the TLS stream.
+fn spawn_tls(
     hub: Arc<Hub>,
-    transport: StreamTransport<TcpStream, C>,
+    protocol: Arc<Protocol>,
+    mut conf: ConnectionConfig,
+    check: Option<Arc<dyn HandshakeCheck>>,
+    (stream, peer, permit): (TcpStream, SocketAddr, OwnedSemaphorePermit),
+    tls: Arc<rustls::ServerConfig>,
+) {
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let limit = conf.timers.bind_timeout;
+        match tokio::time::timeout(limit, tls::accept(stream, tls)).await {
+            Ok(Ok(stream)) => {
+                conf.timers.bind_timeout = limit.saturating_sub(started.elapsed());
+                spawn_connection(hub, &protocol, conf, check, stream, peer, permit);
+            }
+            Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed; connection closed"),
+            Err(_) => info!(
+                %peer,
+                bind_timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                "TLS handshake not done within the bind timeout; connection closed"
+            ),
+        }
+    });
+}
+
+/// Starts the task of a connection on a stream protocol; the permit goes with the connection.
+fn spawn_stream<S, C>(
+    hub: Arc<Hub>,
+    transport: StreamTransport<S, C>,
     conf: ConnectionConfig,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: StreamCodec + Sync,
+{
     let conn = serve_connection(hub, transport, conf, peer);
     // `map`, not an async block: a block would hold the future twice over.
     tokio::spawn(conn.map(move |()| drop(permit)));
 }
 
 /// Accepts connections until `stop` turns true. Each connection holds a permit of `slots`;
-/// with none left, a new connection is closed at once (and logged).
+/// with none left, a new connection is closed at once (and logged). With `tls`, every
+/// connection starts with a TLS handshake.
 pub(crate) async fn accept_loop(
     socket: TcpListener,
     listener: Listener,
+    tls: Option<TlsConfig>,
     hub: Arc<Hub>,
     slots: Arc<Semaphore>,
     check: Option<Arc<dyn HandshakeCheck>>,
@@ -195,15 +245,25 @@ pub(crate) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        spawn_connection(
-            Arc::clone(&hub),
-            &protocol,
-            listener.connection,
-            check.clone(),
-            stream,
-            peer,
-            permit,
-        );
+        match &tls {
+            None => spawn_connection(
+                Arc::clone(&hub),
+                &protocol,
+                listener.connection,
+                check.clone(),
+                stream,
+                peer,
+                permit,
+            ),
+            Some(tls) => spawn_tls(
+                Arc::clone(&hub),
+                Arc::clone(&protocol),
+                listener.connection,
+                check.clone(),
+                (stream, peer, permit),
+                Arc::clone(tls.server_config()),
+            ),
+        }
     }
     info!(listener = ?local, "stopped accepting");
 }

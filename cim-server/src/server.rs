@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::listener::{Listener, accept_loop};
+use crate::tls::TlsConfig;
 use crate::transport::ws::HandshakeCheck;
 
 /// Why a server could not start.
@@ -30,6 +31,16 @@ pub enum ServerError {
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A TLS certificate chain or private key cannot be used.
+    #[error("TLS {file} {}: {reason}", path.display())]
+    Certificate {
+        /// Which of the two files.
+        file: crate::tls::PemFile,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A setting is unusable (its message names the key and the value).
     #[error(transparent)]
     Settings(#[from] crate::settings::SettingsError),
@@ -56,7 +67,7 @@ impl Server {
 /// Composes a server.
 pub struct ServerBuilder {
     hub: HubBuilder,
-    listeners: Vec<Listener>,
+    listeners: Vec<(Listener, Option<TlsConfig>)>,
     max_connections: usize,
     handshake: Option<Arc<dyn HandshakeCheck>>,
 }
@@ -70,7 +81,14 @@ impl ServerBuilder {
 
     /// Adds a listener.
     pub fn listener(mut self, listener: Listener) -> Self {
-        self.listeners.push(listener);
+        self.listeners.push((listener, None));
+        self
+    }
+
+    /// Adds a listener whose connections speak TLS with `tls`, then the listener's protocol.
+    /// Its address is listed under [`Listener::tls_name`]: `tls`, `wss` or `xml+tls`.
+    pub fn tls_listener(mut self, listener: Listener, tls: TlsConfig) -> Self {
+        self.listeners.push((listener, Some(tls)));
         self
     }
 
@@ -147,29 +165,29 @@ impl ServerBuilder {
         let slots = Arc::new(Semaphore::new(max as usize));
         let (stop, stop_rx) = watch::channel(false);
         let mut bound = Vec::new();
-        for listener in &self.listeners {
-            let socket = listen(listener.addr).map_err(|source| ServerError::Bind {
+        for (listener, tls) in &self.listeners {
+            let name = listener.name(tls.is_some());
+            let failed = |source| ServerError::Bind {
                 addr: listener.addr,
-                protocol: listener.protocol.name(),
+                protocol: name,
                 source,
-            })?;
-            let addr = socket.local_addr().map_err(|source| ServerError::Bind {
-                addr: listener.addr,
-                protocol: listener.protocol.name(),
-                source,
-            })?;
-            bound.push((socket, addr, listener.clone()));
+            };
+            let socket = listen(listener.addr).map_err(failed)?;
+            let addr = socket.local_addr().map_err(failed)?;
+            bound.push((socket, addr, listener.clone(), tls.clone()));
         }
         // Every socket is open: now the parts may register this node and start their readers.
         hub.start().await.map_err(ServerError::Start)?;
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
-        for (socket, addr, listener) in bound {
-            info!(protocol = listener.protocol.name(), %addr, "listening");
-            addrs.push((listener.protocol.name(), addr));
+        for (socket, addr, listener, tls) in bound {
+            let name = listener.name(tls.is_some());
+            info!(protocol = name, %addr, "listening");
+            addrs.push((name, addr));
             tasks.push(tokio::spawn(accept_loop(
                 socket,
                 listener,
+                tls,
                 Arc::clone(&hub),
                 Arc::clone(&slots),
                 self.handshake.clone(),
@@ -208,7 +226,8 @@ impl RunningServer {
         &self.addrs
     }
 
-    /// The address of the first listener speaking `protocol` (`"tcp"`, `"websocket"`, `"xml"`).
+    /// The address of the first listener speaking `protocol` (`"tcp"`, `"websocket"`, `"xml"`,
+    /// and over TLS `"tls"`, `"wss"`, `"xml+tls"`).
     pub fn addr(&self, protocol: &str) -> Option<SocketAddr> {
         self.addrs
             .iter()
