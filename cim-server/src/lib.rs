@@ -1,8 +1,9 @@
 //! # cim-server
 //!
 //! Compose a CIM-compatible push server: listeners (CIM's binary protocol on TCP, WebSocket in
-//! protobuf or JSON mode, the MINA-era XML protocol), a session manager, request handlers and
-//! policies, started as one [`RunningServer`].
+//! protobuf or JSON mode, the MINA-era XML protocol; the first two also over TLS with
+//! [`ServerBuilder::tls_listener`] and a [`TlsConfig`]), a session manager, request handlers
+//! and policies, started as one [`RunningServer`].
 //!
 //! ```no_run
 //! use async_trait::async_trait;
