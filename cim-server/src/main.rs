@@ -6,6 +6,8 @@
 //! cargo run --release -p cim-server -- --print-config    # the effective configuration
 //! cargo run --release -p cim-server -- token --uid 10000 # mint a bind token (needs auth.token_secret)
 //! ```
+//!
+//! SIGINT and SIGTERM shut it down gracefully; SIGHUP reloads the TLS certificates.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
