@@ -1,18 +1,69 @@
-//! A lean protocol client: one TCP connection with CIM's binary codec, no SDK machinery.
+//! A lean protocol client: one TCP (or TLS) connection with CIM's binary codec, no SDK
+//! machinery.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::BytesMut;
 use cim_codec_binary::BinaryCodec;
 use cim_core::{Frame, SentBody, StreamCodec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::tls::Tls;
+
+/// A TCP stream, or TLS over one.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// A bound connection.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: BytesMut,
     pub codec: BinaryCodec,
 }
@@ -110,10 +161,11 @@ fn bind_request(uid: &str) -> SentBody {
 }
 
 impl Conn {
-    /// Connects from `source` (when given) and binds `uid`.
+    /// Connects from `source` (when given), over TLS with `tls`, and binds `uid`.
     pub async fn bind(
         server: SocketAddr,
         source: Option<Source>,
+        tls: Option<&Tls>,
         uid: &str,
     ) -> anyhow::Result<Conn> {
         let socket = match source {
@@ -125,6 +177,10 @@ impl Conn {
         socket.set_zero_linger()?;
         let stream = socket.connect(server).await?;
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            Some(tls) => Stream::Tls(Box::new(tls.connect(stream).await?)),
+            None => Stream::Plain(stream),
+        };
         let mut conn = Conn {
             stream,
             buf: BytesMut::new(),
@@ -154,6 +210,7 @@ impl Conn {
         let mut out = BytesMut::new();
         self.codec.encode(frame, &mut out)?;
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -189,11 +246,12 @@ impl Conn {
 pub async fn bind_until_up(
     server: SocketAddr,
     source: Option<Source>,
+    tls: Option<&Tls>,
     uid: &str,
     give_up: tokio::time::Instant,
 ) -> anyhow::Result<Conn> {
     loop {
-        match Conn::bind(server, source, uid).await {
+        match Conn::bind(server, source, tls, uid).await {
             Ok(c) => return Ok(c),
             Err(e) if tokio::time::Instant::now() >= give_up => return Err(e),
             Err(_) => {

@@ -13,6 +13,8 @@
 //! target/release/cim-bench broadcast -n 10000 --count 5
 //! target/release/cim-bench broadcast -n 10000 --count 3 --burst 50
 //! target/release/cim-bench storm -n 10000
+//! target/release/cim-bench --tls idle -n 10000          # every connection over TLS
+//! target/release/cim-bench --tls push -n 1000 -m 1000000
 //! # past one process's open-file limit: three generator processes, three servers
 //! target/release/cim-bench --procs 3 --servers 3 connect -n 50000
 //! ```
@@ -27,6 +29,7 @@ mod publish;
 mod server;
 mod spread;
 mod stats;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,6 +91,14 @@ struct Common {
     /// round robin (independent servers: for runs larger than one process's open-file limit).
     #[arg(long, global = true, default_value_t = 1)]
     servers: usize,
+    /// Every connection over TLS: a server started here gets a certificate made for the run
+    /// (its TCP port speaking TLS); a server given by --addr needs --ca.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// With --tls and --addr: the CA certificates (PEM) to trust; the certificate must be
+    /// valid for the address's IP.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +212,8 @@ struct Ctx {
     sources: u8,
     concurrency: usize,
     json: bool,
+    /// The client side of TLS, with --tls.
+    tls: Option<tls::Tls>,
 }
 
 impl Ctx {
@@ -247,6 +260,7 @@ impl Ctx {
             reconnect,
             uid_prefix: prefix.to_owned(),
             quiet: self.json,
+            tls: self.tls.clone(),
         }
     }
 
@@ -349,15 +363,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             reconnect: false,
             uid_prefix: prefix,
             quiet: true,
+            tls: None,
         })
         .await;
     }
+    if c.tls && (c.procs > 1 || c.servers > 1) {
+        bail!("--tls runs with one server and one generator process");
+    }
     let mut more = Vec::new();
+    let mut tls = None;
     let server = match c.addr {
         Some(_) if c.servers > 1 => {
             bail!("--servers starts the servers itself: leave out --addr")
         }
-        Some(addr) => Server::external(c.pid, addr, c.http),
+        Some(addr) => {
+            if c.tls {
+                let ca =
+                    c.ca.as_deref()
+                        .context("--tls with --addr needs --ca FILE: the CA to trust")?;
+                tls = Some(tls::Tls::trusting(ca, &addr.ip().to_string())?);
+            }
+            Server::external(c.pid, addr, c.http)
+        }
         None => {
             let bin = match c.server_bin {
                 Some(b) => b,
@@ -374,9 +401,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Its open-file limit is inherited: raise ours first.
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             for k in 1..c.servers {
-                more.push(Server::spawn(bin.clone(), k)?);
+                more.push(Server::spawn(bin.clone(), k, false)?.0);
             }
-            Server::spawn(bin, 0)?
+            let (server, client_tls) = Server::spawn(bin, 0, c.tls)?;
+            tls = client_tls;
+            server
         }
     };
     let mut ctx = Ctx {
@@ -386,6 +415,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         sources: c.sources,
         concurrency: c.concurrency,
         json: c.json,
+        tls,
     };
     let result = match cli.scenario {
         Scenario::Connect { n } => connect(&ctx, n).await?,
@@ -484,7 +514,7 @@ async fn connect(ctx: &Ctx, n: usize) -> anyhow::Result<Value> {
         say(ctx, format!("server CPU: {cpu:.2} s"));
     }
     let v = json!({
-        "scenario": "connect", "connections": bound, "procs": ctx.procs,
+        "scenario": "connect", "tls": ctx.tls.is_some(), "connections": bound, "procs": ctx.procs,
         "servers": 1 + ctx.more.len(),
         "seconds": connect_time.as_secs_f64(), "binds_per_sec": per_sec,
         "bind_latency": percentiles(held.bind_latency()), "server_cpu_seconds": cpu,
@@ -522,7 +552,7 @@ async fn idle(ctx: &Ctx, n: usize, hold: u64) -> anyhow::Result<Value> {
     );
     held.close();
     Ok(json!({
-        "scenario": "idle", "connections": bound, "procs": ctx.procs, "servers": servers,
+        "scenario": "idle", "tls": ctx.tls.is_some(), "connections": bound, "procs": ctx.procs, "servers": servers,
         "rss_before": before, "rss_after": after, "bytes_per_connection": per,
     }))
 }
@@ -545,11 +575,13 @@ async fn push(
     let pool = Pool::open(ctx.pool_options(n, "s", false)).await?;
     let counters = std::sync::Arc::clone(&pool.counters);
     let cpu0 = ctx.server.cpu_seconds();
+    let own0 = server::own_cpu_seconds();
     let start_us = counters.clock.micros();
     let bar = pool::progress(m, "pushing", ctx.json);
     let publisher = match via {
         Via::Socket => tokio::spawn(publish::socket(
             ctx.server.tcp,
+            ctx.tls.clone(),
             plan,
             std::sync::Arc::clone(&counters),
         )),
@@ -592,6 +624,7 @@ async fn push(
     let received = counters.received.load(Ordering::Acquire);
     let end_us = counters.last_at.load(Ordering::Acquire);
     let cpu = ctx.server.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
+    let own = server::own_cpu_seconds().zip(own0).map(|(a, b)| a - b);
     let elapsed = Duration::from_micros(end_us.saturating_sub(start_us));
     let latency = counters.latency.take()?;
     let delivered_per_sec = rate(received, elapsed);
@@ -623,6 +656,9 @@ async fn push(
             format!("server CPU: {cpu:.2} s, {per_m:.2} s per million deliveries"),
         );
     }
+    if let Some(own) = own {
+        say(ctx, format!("generator CPU: {own:.2} s"));
+    }
     if received < sent {
         say(
             ctx,
@@ -631,11 +667,12 @@ async fn push(
     }
     pool.close();
     Ok(json!({
-        "scenario": "push", "subscribers": n, "sent": sent, "received": received,
+        "scenario": "push", "tls": ctx.tls.is_some(), "subscribers": n, "sent": sent, "received": received,
         "via": how, "rate": per_sec, "size": size,
         "seconds": elapsed.as_secs_f64(), "delivered_per_sec": delivered_per_sec,
         "latency": percentiles(&latency), "server_cpu_seconds": cpu,
         "server_cpu_seconds_per_million": cpu_per_million,
+        "generator_cpu_seconds": own,
     }))
 }
 

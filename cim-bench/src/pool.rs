@@ -52,6 +52,8 @@ pub struct Options {
     pub reconnect: bool,
     pub uid_prefix: String,
     pub quiet: bool,
+    /// Connect over TLS.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Pool {
@@ -83,10 +85,11 @@ impl Pool {
             // Loopback source addresses reach only a loopback server.
             let source = opts.sources.pick(i).filter(|_| server.ip().is_loopback());
             let reconnect = opts.reconnect;
+            let tls = opts.tls.clone();
             tasks.push(tokio::spawn(async move {
                 let permit = gate.acquire_owned().await;
                 let t0 = Instant::now();
-                let conn = Conn::bind(server, source, &uid).await;
+                let conn = Conn::bind(server, source, tls.as_ref(), &uid).await;
                 drop(permit);
                 let conn = match conn {
                     Ok(c) => {
@@ -100,7 +103,12 @@ impl Pool {
                     }
                 };
                 drop(done);
-                read_loop(conn, i, &uid, server, source, reconnect, &counters).await;
+                let at = Target {
+                    server,
+                    source,
+                    tls,
+                };
+                read_loop(conn, i, &uid, at, reconnect, &counters).await;
             }));
         }
         drop(done_tx);
@@ -163,12 +171,18 @@ impl Pool {
     }
 }
 
+/// Where a connection connects to, and how.
+struct Target {
+    server: SocketAddr,
+    source: Option<crate::conn::Source>,
+    tls: Option<crate::tls::Tls>,
+}
+
 async fn read_loop(
     mut conn: Conn,
     i: usize,
     uid: &str,
-    server: SocketAddr,
-    source: Option<crate::conn::Source>,
+    at: Target,
     reconnect: bool,
     counters: &Counters,
 ) {
@@ -215,7 +229,7 @@ async fn read_loop(
             return;
         }
         let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
-        match bind_until_up(server, source, uid, give_up).await {
+        match bind_until_up(at.server, at.source, at.tls.as_ref(), uid, give_up).await {
             Ok(c) => {
                 conn = c;
                 counters.bound.fetch_add(1, Ordering::AcqRel);

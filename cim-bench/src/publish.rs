@@ -36,16 +36,17 @@ const BATCH: u64 = 128;
 /// Returns how many were sent.
 pub async fn socket(
     server: SocketAddr,
+    tls: Option<crate::tls::Tls>,
     plan: Plan,
     counters: Arc<Counters>,
 ) -> anyhow::Result<u64> {
-    let conn = Conn::bind(server, None, "bench-publisher").await?;
+    let conn = Conn::bind(server, None, tls.as_ref(), "bench-publisher").await?;
     let Conn {
         stream,
         mut buf,
         mut codec,
     } = conn;
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut reply_codec = codec.clone();
     let reply_counters = Arc::clone(&counters);
     let replies = tokio::spawn(async move {
@@ -94,6 +95,7 @@ pub async fn socket(
             codec.encode(&Frame::Sent(body), &mut out)?;
         }
         wr.write_all(&out).await.context("writing to the server")?;
+        wr.flush().await.context("writing to the server")?;
         sent += batch;
     }
     wr.flush().await?;

@@ -26,20 +26,36 @@ struct Spawned {
     binary: PathBuf,
     data: PathBuf,
     addrs: HashMap<String, SocketAddr>,
+    /// The certificate and key of a server whose TCP port speaks TLS.
+    tls: Option<crate::tls::Files>,
 }
 
 impl Server {
     /// Starts `binary` on free ports of 127.0.0.1 with a fresh store directory (`k`: which of
-    /// the servers of this run) and quiet logs.
-    pub fn spawn(binary: PathBuf, k: usize) -> anyhow::Result<Server> {
+    /// the servers of this run) and quiet logs; with `tls`, its TCP port speaks TLS with a
+    /// certificate made for the run, and the client side that trusts it comes back too.
+    pub fn spawn(
+        binary: PathBuf,
+        k: usize,
+        tls: bool,
+    ) -> anyhow::Result<(Server, Option<crate::tls::Tls>)> {
         let data = std::env::temp_dir().join(format!("cim-bench-{}-{k}", std::process::id()));
-        let (child, addrs) = start_on(&binary, &data, None)?;
-        Ok(Server::from_spawned(Spawned {
+        let (client, files) = match tls {
+            true => {
+                let (client, files) = crate::tls::Tls::self_signed(&data)?;
+                (Some(client), Some(files))
+            }
+            false => (None, None),
+        };
+        let (child, addrs) = start_on(&binary, &data, files.as_ref(), None)?;
+        let server = Server::from_spawned(Spawned {
             child,
             binary,
             data,
             addrs,
-        }))
+            tls: files,
+        });
+        Ok((server, client))
     }
 
     fn from_spawned(s: Spawned) -> Server {
@@ -48,6 +64,7 @@ impl Server {
             tcp: s
                 .addrs
                 .get("tcp")
+                .or_else(|| s.addrs.get("tls"))
                 .copied()
                 .unwrap_or(([127, 0, 0, 1], 0).into()),
             http: s.addrs.get("http").copied(),
@@ -80,13 +97,7 @@ impl Server {
 
     /// User plus system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        // Fields after the command name (which may hold spaces) start at field 3.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        Some((utime + stime) / USER_HZ)
+        cpu_seconds_of(&self.pid.to_string())
     }
 
     /// The soft limit on open files of the server process.
@@ -104,12 +115,28 @@ impl Server {
         };
         terminate(&mut s.child)?;
         let start = std::time::Instant::now();
-        let (child, addrs) = start_on(&s.binary, &s.data, Some(&s.addrs))?;
+        let (child, addrs) = start_on(&s.binary, &s.data, s.tls.as_ref(), Some(&s.addrs))?;
         s.child = child;
         s.addrs = addrs;
         self.pid = s.child.id();
         Ok(start.elapsed())
     }
+}
+
+/// User plus system CPU seconds used so far by this process (the generator).
+pub fn own_cpu_seconds() -> Option<f64> {
+    cpu_seconds_of("self")
+}
+
+/// CPU seconds of the process `/proc/<pid>` names.
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
 }
 
 impl Drop for Server {
@@ -139,6 +166,7 @@ fn terminate(child: &mut Child) -> anyhow::Result<()> {
 fn start_on(
     binary: &PathBuf,
     data: &PathBuf,
+    tls: Option<&crate::tls::Files>,
     ports: Option<&HashMap<String, SocketAddr>>,
 ) -> anyhow::Result<(Child, HashMap<String, SocketAddr>)> {
     let port = |p: &str| {
@@ -146,8 +174,18 @@ fn start_on(
             .and_then(|m| m.get(p))
             .map_or_else(|| "0".to_owned(), |a| a.port().to_string())
     };
-    let mut child = Command::new(binary)
-        .env("CIM_TCP__PORT", port("tcp"))
+    let tcp_port = match tls {
+        Some(_) => port("tls"),
+        None => port("tcp"),
+    };
+    let mut command = Command::new(binary);
+    if let Some(files) = tls {
+        command
+            .env("CIM_TCP__TLS__CERT", &files.cert)
+            .env("CIM_TCP__TLS__KEY", &files.key);
+    }
+    let mut child = command
+        .env("CIM_TCP__PORT", tcp_port)
         .env("CIM_HTTP__PORT", port("http"))
         .env("CIM_WEBSOCKET__ENABLED", "false")
         .env("CIM_STORE__PATH", data)
@@ -173,7 +211,7 @@ fn start_on(
             }
         }
     }
-    if !addrs.contains_key("tcp") {
+    if !addrs.contains_key("tcp") && !addrs.contains_key("tls") {
         bail!("{} exited before it listened", binary.display());
     }
     // Keep draining stdout so the server never blocks on it.

@@ -6,6 +6,8 @@
 //! cim send --to 10000 --content hi --http http://127.0.0.1:8080
 //! cim sessions                            # who is online (HTTP API)
 //! cim ping                                # connect + bind round trips
+//! cim listen --uid 10000 -s tls://push.example.com:23443          # over TLS, platform roots
+//! cim ping -s wss://localhost:34443/ --ca ca.pem                   # trusting a CA of your own
 //! ```
 
 use std::process::ExitCode;
@@ -105,10 +107,15 @@ enum Command {
 
 #[derive(Args)]
 struct ConnArgs {
-    /// The server: tcp://host:port, ws://host:port/path, ws+json://host:port/path or
-    /// xml://host:port.
+    /// The server: tcp://host:port, ws://host:port/path, ws+json://host:port/path,
+    /// xml://host:port, or over TLS tls://host:port, wss://host:port/path,
+    /// wss+json://host:port/path.
     #[arg(long, short = 's', default_value = "tcp://127.0.0.1:23456")]
     server: String,
+    /// For tls:// and wss://: trust the CA certificates of this PEM file instead of the
+    /// platform's roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     /// A bind token, when the server requires one.
     #[arg(long)]
     token: Option<String>,
@@ -133,6 +140,7 @@ impl ConnArgs {
         bind.token.clone_from(&self.token);
         let mut cfg = ClientConfig::new(endpoint, bind);
         cfg.connect_timeout = Duration::from_secs(5);
+        cfg.ca_file.clone_from(&self.ca);
         Ok(cfg)
     }
 }

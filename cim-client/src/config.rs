@@ -1,6 +1,7 @@
 //! What a client connects to, who it binds as, and how it retries.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,12 +14,18 @@ use crate::error::ClientError;
 /// The protocol and address of a server.
 ///
 /// Written as a URL: `tcp://host:port` (CIM's binary protocol; a bare `host:port` means the
-/// same), `xml://host:port` (the MINA-era XML protocol), `ws://host:port/path` (WebSocket,
-/// protobuf packets) or `ws+json://host:port/path` (WebSocket, JSON mode).
+/// same), `tls://host:port` (the same over TLS), `xml://host:port` (the MINA-era XML
+/// protocol), `ws://host:port/path` (WebSocket, protobuf packets), `ws+json://host:port/path`
+/// (WebSocket, JSON mode), and `wss://…` / `wss+json://…` (WebSocket over TLS).
+///
+/// Over TLS the server's certificate must be valid for `host` and issued by a trusted root:
+/// the platform's, or those of [`ClientConfig::ca_file`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// CIM's binary protocol over TCP.
     Tcp(String),
+    /// CIM's binary protocol over TLS.
+    Tls(String),
     /// The XML protocol over TCP.
     Xml(String),
     /// WebSocket: `host:port`, the path (with a leading `/`), and the packet format.
@@ -29,6 +36,8 @@ pub enum Endpoint {
         path: String,
         /// Protobuf (binary) or JSON (text) packets.
         mode: WsMode,
+        /// Over TLS (`wss://`).
+        tls: bool,
     },
 }
 
@@ -45,8 +54,29 @@ impl Endpoint {
     /// `host:port` of the server.
     pub fn addr(&self) -> &str {
         match self {
-            Endpoint::Tcp(a) | Endpoint::Xml(a) | Endpoint::WebSocket { addr: a, .. } => a,
+            Endpoint::Tcp(a)
+            | Endpoint::Tls(a)
+            | Endpoint::Xml(a)
+            | Endpoint::WebSocket { addr: a, .. } => a,
         }
+    }
+
+    /// The host the server's certificate must be valid for (`host` of `host:port`, without
+    /// the brackets of an IPv6 address).
+    pub fn host(&self) -> &str {
+        let addr = self.addr();
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::Tls(_) | Endpoint::WebSocket { tls: true, .. }
+        )
     }
 }
 
@@ -54,11 +84,19 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Tls(a) => write!(f, "tls://{a}"),
             Endpoint::Xml(a) => write!(f, "xml://{a}"),
-            Endpoint::WebSocket { addr, path, mode } => {
-                let scheme = match mode {
-                    WsMode::Protobuf => "ws",
-                    WsMode::Json => "ws+json",
+            Endpoint::WebSocket {
+                addr,
+                path,
+                mode,
+                tls,
+            } => {
+                let scheme = match (mode, tls) {
+                    (WsMode::Protobuf, false) => "ws",
+                    (WsMode::Json, false) => "ws+json",
+                    (WsMode::Protobuf, true) => "wss",
+                    (WsMode::Json, true) => "wss+json",
                 };
                 write!(f, "{scheme}://{addr}{path}")
             }
@@ -96,20 +134,25 @@ impl FromStr for Endpoint {
                 Err(bad("only WebSocket endpoints have a path"))
             }
         };
+        let ws = |mode, tls| {
+            Ok(Endpoint::WebSocket {
+                addr: addr.clone(),
+                path: path.to_owned(),
+                mode,
+                tls,
+            })
+        };
         match scheme {
-            "tcp" => plain(Endpoint::Tcp(addr)),
-            "xml" => plain(Endpoint::Xml(addr)),
-            "ws" => Ok(Endpoint::WebSocket {
-                addr,
-                path: path.to_owned(),
-                mode: WsMode::Protobuf,
-            }),
-            "ws+json" => Ok(Endpoint::WebSocket {
-                addr,
-                path: path.to_owned(),
-                mode: WsMode::Json,
-            }),
-            _ => Err(bad("the scheme must be tcp, xml, ws or ws+json")),
+            "tcp" => plain(Endpoint::Tcp(addr.clone())),
+            "tls" => plain(Endpoint::Tls(addr.clone())),
+            "xml" => plain(Endpoint::Xml(addr.clone())),
+            "ws" => ws(WsMode::Protobuf, false),
+            "ws+json" => ws(WsMode::Json, false),
+            "wss" => ws(WsMode::Protobuf, true),
+            "wss+json" => ws(WsMode::Json, true),
+            _ => Err(bad(
+                "the scheme must be tcp, tls, xml, ws, ws+json, wss or wss+json",
+            )),
         }
     }
 }
@@ -198,6 +241,9 @@ pub struct ClientConfig {
     /// of one account and one device take the account from each other this way, and would
     /// otherwise do it several times a second.
     pub stable_after: Duration,
+    /// For `tls://` and `wss://`: a PEM file of the CA certificates to trust instead of the
+    /// platform's roots (default: none, the platform's roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -213,6 +259,7 @@ impl ClientConfig {
             event_capacity: 1024,
             max_frame: 65_536,
             stable_after: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 }
@@ -229,6 +276,9 @@ mod tests {
             "xml://localhost:23457",
             "ws://127.0.0.1:34567/",
             "ws+json://127.0.0.1:34567/push/x",
+            "tls://localhost:23443",
+            "wss://localhost:34443/",
+            "wss+json://[::1]:34443/push",
         ] {
             assert_eq!(s.parse::<Endpoint>().unwrap().to_string(), s);
         }
@@ -242,9 +292,24 @@ mod tests {
             "tcp://h:99999",
             "http://h:1",
             "tcp://h:1/x",
+            "tls://h:1/x",
+            "https://h:1",
         ] {
             let e = bad.parse::<Endpoint>().unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_endpoints_name_the_host_their_certificate_is_for() {
+        let e: Endpoint = "tls://push.example.com:23443".parse().unwrap();
+        assert!(e.is_tls());
+        assert_eq!(e.host(), "push.example.com");
+        let e: Endpoint = "wss+json://[::1]:34443/push".parse().unwrap();
+        assert!(e.is_tls());
+        assert_eq!(e.host(), "::1");
+        let e: Endpoint = "ws://127.0.0.1:1/".parse().unwrap();
+        assert!(!e.is_tls());
+        assert_eq!(e.host(), "127.0.0.1");
     }
 }

@@ -1,5 +1,6 @@
 //! The cim-rs client SDK: connect to a CIM server over TCP (CIM's binary protocol), WebSocket
-//! (protobuf or JSON) or the XML protocol, bind an account, send requests and messages, and take
+//! (protobuf or JSON) or the XML protocol, each of the first two also over TLS (`tls://`,
+//! `wss://`), bind an account, send requests and messages, and take
 //! pushed messages as a stream of [`Event`]s.
 //!
 //! The client answers PINGs by itself, reconnects by itself with exponential back-off and full
@@ -41,6 +42,7 @@ mod config;
 mod error;
 #[cfg(feature = "http")]
 pub mod http;
+mod tls;
 mod transport;
 
 pub use backoff::Backoff;

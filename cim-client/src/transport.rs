@@ -5,8 +5,11 @@ use cim_codec_binary::{BinaryCodec, WsBinaryCodec};
 use cim_codec_json::JsonCodec;
 use cim_codec_xml::XmlCodec;
 use cim_core::{Frame, OwnedPacket, Packet, PacketCodec, StreamCodec};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -15,16 +18,62 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::config::{ClientConfig, Endpoint, WsMode};
 use crate::error::{ClientError, Result};
 
+/// A TCP stream, or TLS over one.
+pub(crate) enum Socket {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Socket::Tls(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A connected socket and its codec.
 pub(crate) enum Conn {
     Stream {
-        stream: TcpStream,
+        stream: Socket,
         codec: Box<dyn StreamCodec>,
         buf: BytesMut,
         out: BytesMut,
     },
     Ws {
-        ws: Box<WebSocketStream<TcpStream>>,
+        ws: Box<WebSocketStream<Socket>>,
         codec: Box<dyn PacketCodec>,
     },
 }
@@ -41,15 +90,29 @@ impl Conn {
             .await
             .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let stream = if endpoint.is_tls() {
+            let tls = crate::tls::connect(stream, endpoint, cfg)
+                .await
+                .map_err(failed)?;
+            Socket::Tls(Box::new(tls))
+        } else {
+            Socket::Plain(stream)
+        };
         let max = cfg.max_frame;
         Ok(match endpoint {
-            Endpoint::Tcp(_) => Conn::stream(
+            Endpoint::Tcp(_) | Endpoint::Tls(_) => Conn::stream(
                 stream,
                 Box::new(BinaryCodec::with_max_body(max.min(u16::MAX as usize))),
             ),
             Endpoint::Xml(_) => Conn::stream(stream, Box::new(XmlCodec::with_max_document(max))),
-            Endpoint::WebSocket { addr, path, mode } => {
-                let mut url = format!("ws://{addr}{path}");
+            Endpoint::WebSocket {
+                addr,
+                path,
+                mode,
+                tls,
+            } => {
+                let scheme = if *tls { "wss" } else { "ws" };
+                let mut url = format!("{scheme}://{addr}{path}");
                 if let Some(token) = &cfg.bind.token {
                     let sep = if path.contains('?') { '&' } else { '?' };
                     url = format!("{url}{sep}uid={}&token={}", cfg.bind.uid, token);
@@ -74,7 +137,7 @@ impl Conn {
         })
     }
 
-    fn stream(stream: TcpStream, codec: Box<dyn StreamCodec>) -> Conn {
+    fn stream(stream: Socket, codec: Box<dyn StreamCodec>) -> Conn {
         Conn::Stream {
             stream,
             codec,

@@ -12,14 +12,17 @@ use tokio::task::JoinHandle;
 use crate::auth::{TokenAuthenticator, TokenHandshake, TokenSigner};
 use crate::http::{self, HttpConfig, HttpState};
 use crate::listener::{Listener, Protocol};
-use crate::server::{RunningServer, Server, ServerError};
-use crate::settings::{DurabilitySetting, Settings, StoreBackend};
+use crate::server::{RunningServer, Server, ServerBuilder, ServerError};
+use crate::settings::{DurabilitySetting, ListenerSettings, Settings, SettingsError, StoreBackend};
+use crate::tls::{PemFile, TlsConfig};
 use cim_core::engine::{MemoryStore, MessageIds, MessageStore};
 use cim_store::{Durability, RedbStore, SledStore};
 
 /// A running reference server: long-connection listeners and the HTTP API.
 pub struct App {
     server: RunningServer,
+    /// The TLS configuration of each listener that has one, by section.
+    tls: Vec<(&'static str, TlsConfig)>,
     expiry: Option<JoinHandle<()>>,
     http: Option<(SocketAddr, watch::Sender<bool>, JoinHandle<()>)>,
 }
@@ -38,23 +41,37 @@ impl App {
             .message_ids(message_ids(settings, node)?)
             .max_connections(settings.max_connections)
             .max_uid_bytes(settings.auth.max_uid_bytes);
+        // Certificates first: a file that cannot be used stops start-up before any socket opens.
+        let mut tls = Vec::new();
+        for (section, l) in [("tcp", &settings.tcp), ("websocket", &settings.websocket)] {
+            if let Some(config) = load_tls(section, l)? {
+                tls.push((section, config));
+            }
+        }
+        let tls_of = |section: &str| {
+            tls.iter()
+                .find(|(s, _)| *s == section)
+                .map(|(_, config)| config.clone())
+        };
         if settings.tcp.enabled {
-            builder = builder.listener(Listener {
+            let listener = Listener {
                 addr: addrs.tcp,
                 protocol: Protocol::Binary {
                     max_frame: settings.tcp.max_frame,
                 },
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
-            });
+            };
+            builder = add_listener(builder, listener, tls_of("tcp"), addrs.tcp_tls);
         }
         if settings.websocket.enabled {
-            builder = builder.listener(Listener {
+            let listener = Listener {
                 addr: addrs.websocket,
                 protocol: Protocol::WebSocket(settings.ws_settings()),
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
-            });
+            };
+            builder = add_listener(builder, listener, tls_of("websocket"), addrs.websocket_tls);
         }
         if settings.xml.enabled {
             builder = builder.listener(Listener {
@@ -130,9 +147,36 @@ impl App {
         });
         Ok(App {
             server,
+            tls,
             expiry,
             http,
         })
+    }
+
+    /// Reads every TLS listener's certificate chain and key again: handshakes from now on
+    /// present the new certificate, connections already made go on as they are. A listener
+    /// whose files cannot be used keeps its certificate; the error (naming the key and the
+    /// path) is logged. Returns whether every listener's files were taken.
+    pub fn reload_tls(&self) -> bool {
+        let mut all = true;
+        for (section, config) in &self.tls {
+            match config.reload() {
+                Ok(()) => tracing::info!(
+                    listener = section,
+                    cert = %config.cert_path().display(),
+                    "TLS certificate reloaded"
+                ),
+                Err(e) => {
+                    all = false;
+                    tracing::warn!(
+                        listener = section,
+                        error = %tls_setting_error(section, e),
+                        "TLS certificate not reloaded; the one in use stays"
+                    );
+                }
+            }
+        }
+        all
     }
 
     /// The long-connection server.
@@ -160,6 +204,55 @@ impl App {
             let _ = tokio::time::timeout(grace, task).await;
         }
         self.server.shutdown(grace).await
+    }
+}
+
+/// The TLS configuration of listener `section`, when it is on and has TLS.
+fn load_tls(section: &str, l: &ListenerSettings) -> Result<Option<TlsConfig>, ServerError> {
+    if !l.enabled || !l.tls.enabled() {
+        return Ok(None);
+    }
+    TlsConfig::from_pem_files(&l.tls.cert, &l.tls.key)
+        .map(Some)
+        .map_err(|e| tls_setting_error(section, e))
+}
+
+/// A certificate error as a configuration error naming the key (`tcp.tls.cert`) and the path.
+fn tls_setting_error(section: &str, e: ServerError) -> ServerError {
+    match e {
+        ServerError::Certificate { file, path, reason } => {
+            let key = match file {
+                PemFile::Cert => "cert",
+                PemFile::Key => "key",
+            };
+            ServerError::Settings(SettingsError::Invalid {
+                key: format!("{section}.tls.{key}"),
+                value: format!("{:?}", path.display().to_string()),
+                reason,
+            })
+        }
+        other => other,
+    }
+}
+
+/// Adds `listener`: plain; or TLS on its own port; or plain, with a TLS listener of the same
+/// protocol on `beside`.
+fn add_listener(
+    builder: ServerBuilder,
+    listener: Listener,
+    tls: Option<TlsConfig>,
+    beside: Option<SocketAddr>,
+) -> ServerBuilder {
+    match (tls, beside) {
+        (None, _) => builder.listener(listener),
+        (Some(tls), None) => builder.tls_listener(listener, tls),
+        (Some(tls), Some(addr)) => {
+            let secure = Listener {
+                addr,
+                ..listener.clone()
+            };
+            builder.listener(listener).tls_listener(secure, tls)
+        }
     }
 }
 

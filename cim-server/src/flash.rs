@@ -10,8 +10,7 @@ use bytes::BytesMut;
 use cim_codec_xml::{FLASH_POLICY_ANSWER, PolicyProbe, XmlCodec, probe_flash_policy};
 use cim_core::Hub;
 use cim_core::engine::{ConnectionConfig, serve_connection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info};
@@ -31,7 +30,10 @@ enum First {
 /// Reads until the first bytes are the policy request or cannot become it. The wait is bounded
 /// by the bind timeout (a connection that says nothing in that time would be closed anyway),
 /// and the bytes held by the request's length plus one read.
-async fn first_bytes(stream: &mut TcpStream, conf: &ConnectionConfig) -> std::io::Result<First> {
+async fn first_bytes<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    conf: &ConnectionConfig,
+) -> std::io::Result<First> {
     let deadline = Instant::now() + conf.timers.bind_timeout;
     let mut buf = BytesMut::with_capacity(256);
     loop {
@@ -59,9 +61,9 @@ async fn first_bytes(stream: &mut TcpStream, conf: &ConnectionConfig) -> std::io
 }
 
 /// Starts the task of one XML connection that may be a Flash policy request.
-pub(crate) fn spawn(
+pub(crate) fn spawn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     hub: Arc<Hub>,
-    mut stream: TcpStream,
+    mut stream: S,
     codec: XmlCodec,
     conf: ConnectionConfig,
     peer: SocketAddr,

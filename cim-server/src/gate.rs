@@ -73,7 +73,7 @@ pub struct ListenerLimits {
 
 impl ListenerLimits {
     /// The limits of `listeners`.
-    pub fn of(listeners: &[Listener]) -> Self {
+    pub fn of<'a>(listeners: impl IntoIterator<Item = &'a Listener>) -> Self {
         let mut limits = Vec::new();
         for l in listeners {
             let name = l.protocol.name();

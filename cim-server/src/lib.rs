@@ -1,8 +1,9 @@
 //! # cim-server
 //!
 //! Compose a CIM-compatible push server: listeners (CIM's binary protocol on TCP, WebSocket in
-//! protobuf or JSON mode, the MINA-era XML protocol), a session manager, request handlers and
-//! policies, started as one [`RunningServer`].
+//! protobuf or JSON mode, the MINA-era XML protocol; the first two also over TLS with
+//! [`ServerBuilder::tls_listener`] and a [`TlsConfig`]), a session manager, request handlers
+//! and policies, started as one [`RunningServer`].
 //!
 //! ```no_run
 //! use async_trait::async_trait;
@@ -47,9 +48,11 @@ pub mod listener;
 mod refusal;
 pub mod server;
 pub mod settings;
+pub mod tls;
 pub mod transport;
 
 pub use listener::{Listener, Protocol};
 pub use server::{RunningServer, Server, ServerBuilder, ServerError};
 pub use settings::Settings;
+pub use tls::TlsConfig;
 pub use transport::{WsCodecs, WsMode, WsSettings};

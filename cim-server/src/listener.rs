@@ -9,11 +9,13 @@ use cim_codec_xml::XmlCodec;
 use cim_core::engine::{ConnectionConfig, serve_connection};
 use cim_core::{Hub, StreamCodec};
 use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::refusal::{RefusalLog, refuse_busy};
+use crate::tls::{self, TlsConfig};
 use crate::transport::ws::HandshakeCheck;
 use crate::transport::{StreamTransport, WsSettings, WsTransport, ws};
 
@@ -99,6 +101,17 @@ impl Listener {
         }
     }
 
+    /// The listener's name in logs and address lists: its protocol's, or over TLS `tls`, `wss`
+    /// or `xml+tls`.
+    pub fn name(&self, tls: bool) -> &'static str {
+        match (&self.protocol, tls) {
+            (protocol, false) => protocol.name(),
+            (Protocol::Binary { .. }, true) => "tls",
+            (Protocol::WebSocket(_), true) => "wss",
+            (Protocol::Xml { .. }, true) => "xml+tls",
+        }
+    }
+
     /// Replaces the connection settings.
     pub fn with_connection(mut self, connection: ConnectionConfig) -> Self {
         self.connection = connection;
@@ -112,29 +125,41 @@ impl Listener {
     }
 }
 
-/// Starts the task of one accepted connection. Each protocol gets a task of its own shape, so
-/// that a TCP connection's task is not as large as a WebSocket one's.
-#[allow(clippy::too_many_arguments)]
-fn spawn_connection(
+/// What every connection of one listener is started with.
+struct Accepting {
     hub: Arc<Hub>,
-    protocol: &Protocol,
+    /// The protocol, a WebSocket listener's codecs made.
+    protocol: Protocol,
+    /// Entries accepted in one decoded `data` map.
     max_entries: usize,
+    /// The connections' settings, the listener's name among them.
     conf: ConnectionConfig,
     check: Option<Arc<dyn HandshakeCheck>>,
-    stream: TcpStream,
+}
+
+/// Starts the task of one accepted connection on `stream` (a TCP stream, or TLS over one).
+/// Each protocol gets a task of its own shape, so that a TCP connection's task is not as large
+/// as a WebSocket one's.
+fn spawn_connection<S>(
+    acc: &Accepting,
+    conf: ConnectionConfig,
+    stream: S,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-) {
-    match protocol {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let hub = Arc::clone(&acc.hub);
+    match &acc.protocol {
         &Protocol::Binary { max_frame } => {
-            let codec = BinaryCodec::with_max_body(max_frame).with_max_entries(max_entries);
+            let codec = BinaryCodec::with_max_body(max_frame).with_max_entries(acc.max_entries);
             spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
         }
         &Protocol::Xml {
             max_document,
             flash_policy,
         } => {
-            let codec = XmlCodec::with_max_document(max_document).with_max_entries(max_entries);
+            let codec = XmlCodec::with_max_document(max_document).with_max_entries(acc.max_entries);
             if flash_policy {
                 crate::flash::spawn(hub, stream, codec, conf, peer, permit);
             } else {
@@ -143,6 +168,7 @@ fn spawn_connection(
         }
         Protocol::WebSocket(settings) => {
             let settings = settings.clone();
+            let check = acc.check.clone();
             tokio::spawn(async move {
                 // The handshake's future is boxed: it is done before the connection idles.
                 match Box::pin(ws::accept(stream, &settings)).await {
@@ -164,24 +190,55 @@ fn spawn_connection(
     }
 }
 
+/// Starts the task of a TLS connection: the handshake, in a task of its own, bounded by the bind
+/// timeout (and counted against it); then the connection's own task, the size of a plain one
+/// plus the TLS stream.
+fn spawn_tls(
+    acc: Arc<Accepting>,
+    (stream, peer, permit): (TcpStream, SocketAddr, OwnedSemaphorePermit),
+    tls: Arc<rustls::ServerConfig>,
+) {
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut conf = acc.conf;
+        let limit = conf.timers.bind_timeout;
+        match tokio::time::timeout(limit, tls::accept(stream, tls)).await {
+            Ok(Ok(stream)) => {
+                conf.timers.bind_timeout = limit.saturating_sub(started.elapsed());
+                spawn_connection(&acc, conf, stream, peer, permit);
+            }
+            Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed; connection closed"),
+            Err(_) => info!(
+                %peer,
+                bind_timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                "TLS handshake not done within the bind timeout; connection closed"
+            ),
+        }
+    });
+}
+
 /// Starts the task of a connection on a stream protocol; the permit goes with the connection.
-fn spawn_stream<C: StreamCodec + Sync>(
+fn spawn_stream<S, C>(
     hub: Arc<Hub>,
-    transport: StreamTransport<TcpStream, C>,
+    transport: StreamTransport<S, C>,
     conf: ConnectionConfig,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: StreamCodec + Sync,
+{
     let conn = serve_connection(hub, transport, conf, peer);
     // `map`, not an async block: a block would hold the future twice over.
     tokio::spawn(conn.map(move |()| drop(permit)));
 }
 
 /// Accepts connections until `stop` turns true. Each connection holds a permit of `slots`;
-/// with none left, a new connection is closed at once (and logged).
+/// with none left, a new connection is closed at once (and logged). With `tls`, every
+/// connection starts with a TLS handshake.
 pub(crate) async fn accept_loop(
     socket: TcpListener,
-    listener: Listener,
+    (listener, tls): (Listener, Option<TlsConfig>),
     hub: Arc<Hub>,
     slots: Arc<Semaphore>,
     check: Option<Arc<dyn HandshakeCheck>>,
@@ -189,17 +246,27 @@ pub(crate) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let local = socket.local_addr().ok();
-    // A WebSocket listener's codecs are made once, with the listener's limit of entries.
-    let protocol = Arc::new(match listener.protocol {
-        Protocol::WebSocket(ws) => Protocol::WebSocket(WsSettings {
-            codecs: ws.codecs.resolve(listener.max_data_entries),
-            ..ws
-        }),
-        other => other,
+    let name = listener.name(tls.is_some());
+    let acc = Arc::new(Accepting {
+        hub,
+        // A WebSocket listener's codecs are made once, with the listener's limit of entries.
+        protocol: match listener.protocol {
+            Protocol::WebSocket(ws) => Protocol::WebSocket(WsSettings {
+                codecs: ws.codecs.resolve(listener.max_data_entries),
+                ..ws
+            }),
+            other => other,
+        },
+        max_entries: listener.max_data_entries,
+        conf: ConnectionConfig {
+            protocol: name,
+            ..listener.connection
+        },
+        check,
     });
     // A WebSocket client is told why, as HTTP; a stream client is closed (its protocol has no
     // way to say it).
-    let busy: &[u8] = match *protocol {
+    let busy: &[u8] = match acc.protocol {
         Protocol::WebSocket(_) => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nmax_connections reached; retry\r\n",
         _ => b"",
     };
@@ -230,19 +297,14 @@ pub(crate) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        spawn_connection(
-            Arc::clone(&hub),
-            &protocol,
-            listener.max_data_entries,
-            ConnectionConfig {
-                protocol: protocol.name(),
-                ..listener.connection
-            },
-            check.clone(),
-            stream,
-            peer,
-            permit,
-        );
+        match &tls {
+            None => spawn_connection(&acc, acc.conf, stream, peer, permit),
+            Some(tls) => spawn_tls(
+                Arc::clone(&acc),
+                (stream, peer, permit),
+                Arc::clone(tls.server_config()),
+            ),
+        }
     }
     info!(listener = ?local, "stopped accepting");
 }

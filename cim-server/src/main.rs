@@ -6,6 +6,8 @@
 //! cargo run --release -p cim-server -- --print-config    # the effective configuration
 //! cargo run --release -p cim-server -- token --uid 10000 # mint a bind token (needs auth.token_secret)
 //! ```
+//!
+//! SIGINT and SIGTERM shut it down gracefully; SIGHUP reloads the TLS certificates.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +98,42 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'stati
     })
 }
 
+/// SIGHUP: reload the TLS certificates. Installed before the server says it is ready.
+#[cfg(unix)]
+struct ReloadSignal(tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+fn reload_signal() -> anyhow::Result<ReloadSignal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    Ok(ReloadSignal(
+        signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+    ))
+}
+
+#[cfg(unix)]
+impl ReloadSignal {
+    async fn next(&mut self) {
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct ReloadSignal;
+
+#[cfg(not(unix))]
+fn reload_signal() -> anyhow::Result<ReloadSignal> {
+    Ok(ReloadSignal)
+}
+
+#[cfg(not(unix))]
+impl ReloadSignal {
+    async fn next(&mut self) {
+        std::future::pending::<()>().await;
+    }
+}
+
 #[cfg(not(unix))]
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     Ok(async {
@@ -130,11 +168,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     init_logs(&settings, filter);
     let signal = shutdown_signal()?;
+    let mut reload = reload_signal()?;
     let app = App::start(&settings).await?;
     for (protocol, addr) in app.addrs() {
         println!("cim-server: {protocol} listening on {addr}");
     }
-    let signal = signal.await;
+    tokio::pin!(signal);
+    let signal = loop {
+        tokio::select! {
+            s = &mut signal => break s,
+            () = reload.next() => {
+                tracing::info!("SIGHUP received: reloading TLS certificates");
+                app.reload_tls();
+            }
+        }
+    };
     println!("cim-server: {signal} received, shutting down");
     let grace = Duration::from_millis(settings.shutdown.grace_ms);
     let clean = app.shutdown(grace).await;

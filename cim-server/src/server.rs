@@ -16,6 +16,7 @@ use tracing::info;
 use crate::gate::ListenerLimits;
 use crate::listener::{Listener, accept_loop};
 use crate::refusal::RefusalLog;
+use crate::tls::TlsConfig;
 use crate::transport::ws::HandshakeCheck;
 
 /// Why a server could not start.
@@ -34,6 +35,16 @@ pub enum ServerError {
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A TLS certificate chain or private key cannot be used.
+    #[error("TLS {file} {}: {reason}", path.display())]
+    Certificate {
+        /// Which of the two files.
+        file: crate::tls::PemFile,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A setting is unusable (its message names the key and the value).
     #[error(transparent)]
     Settings(#[from] crate::settings::SettingsError),
@@ -61,7 +72,7 @@ impl Server {
 /// Composes a server.
 pub struct ServerBuilder {
     hub: HubBuilder,
-    listeners: Vec<Listener>,
+    listeners: Vec<(Listener, Option<TlsConfig>)>,
     max_connections: usize,
     handshake: Option<Arc<dyn HandshakeCheck>>,
     /// Whether an admission check of the caller's replaces the listeners' limits.
@@ -92,7 +103,14 @@ impl ServerBuilder {
 
     /// Adds a listener.
     pub fn listener(mut self, listener: Listener) -> Self {
-        self.listeners.push(listener);
+        self.listeners.push((listener, None));
+        self
+    }
+
+    /// Adds a listener whose connections speak TLS with `tls`, then the listener's protocol.
+    /// Its address is listed under [`Listener::tls_name`]: `tls`, `wss` or `xml+tls`.
+    pub fn tls_listener(mut self, listener: Listener, tls: TlsConfig) -> Self {
+        self.listeners.push((listener, Some(tls)));
         self
     }
 
@@ -174,24 +192,24 @@ impl ServerBuilder {
             })?;
         let mut hub = self.hub;
         if !self.admission {
-            hub = hub.admission(Arc::new(ListenerLimits::of(&self.listeners)));
+            hub = hub.admission(Arc::new(ListenerLimits::of(
+                self.listeners.iter().map(|(l, _)| l),
+            )));
         }
         let hub = Arc::new(hub.build());
         let slots = Arc::new(Semaphore::new(max as usize));
         let (stop, stop_rx) = watch::channel(false);
         let mut bound = Vec::new();
-        for listener in &self.listeners {
-            let socket = listen(listener.addr).map_err(|source| ServerError::Bind {
+        for (listener, tls) in &self.listeners {
+            let name = listener.name(tls.is_some());
+            let failed = |source| ServerError::Bind {
                 addr: listener.addr,
-                protocol: listener.protocol.name(),
+                protocol: name,
                 source,
-            })?;
-            let addr = socket.local_addr().map_err(|source| ServerError::Bind {
-                addr: listener.addr,
-                protocol: listener.protocol.name(),
-                source,
-            })?;
-            bound.push((socket, addr, listener.clone()));
+            };
+            let socket = listen(listener.addr).map_err(failed)?;
+            let addr = socket.local_addr().map_err(failed)?;
+            bound.push((socket, addr, listener.clone(), tls.clone()));
         }
         // Every socket is open: now the parts may register this node and start their readers.
         hub.start().await.map_err(ServerError::Start)?;
@@ -202,12 +220,13 @@ impl ServerBuilder {
             "connections refused: max_connections reached",
             max as usize,
         )));
-        for (socket, addr, listener) in bound {
-            info!(protocol = listener.protocol.name(), %addr, "listening");
-            addrs.push((listener.protocol.name(), addr));
+        for (socket, addr, listener, tls) in bound {
+            let name = listener.name(tls.is_some());
+            info!(protocol = name, %addr, "listening");
+            addrs.push((name, addr));
             tasks.push(tokio::spawn(accept_loop(
                 socket,
-                listener,
+                (listener, tls),
                 Arc::clone(&hub),
                 Arc::clone(&slots),
                 self.handshake.clone(),
@@ -247,7 +266,8 @@ impl RunningServer {
         &self.addrs
     }
 
-    /// The address of the first listener speaking `protocol` (`"tcp"`, `"websocket"`, `"xml"`).
+    /// The address of the first listener speaking `protocol` (`"tcp"`, `"websocket"`, `"xml"`,
+    /// and over TLS `"tls"`, `"wss"`, `"xml+tls"`).
     pub fn addr(&self, protocol: &str) -> Option<SocketAddr> {
         self.addrs
             .iter()

@@ -37,3 +37,54 @@ async fn a_tcp_connection_task_is_448_bytes() {
 fn a_session_is_264_bytes() {
     assert_eq!(std::mem::size_of::<Session>(), 264);
 }
+
+/// The task of a TCP connection over TLS: the plain one plus the TLS stream's fields (the
+/// socket, the boxed rustls connection, three buffers released when empty, two offsets and two
+/// flags). rustls's own state is on the heap, behind the box: `tls_memory` measures it.
+#[tokio::test]
+async fn a_tls_connection_task_is_the_plain_one_plus_the_stream() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = CertificateDer::from(made.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connect = async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("localhost").unwrap(), stream)
+            .await
+            .unwrap()
+    };
+    let accept = async {
+        let (stream, _) = listener.accept().await.unwrap();
+        cim_server::tls::accept(stream, Arc::new(server))
+            .await
+            .unwrap()
+    };
+    let (_client, stream) = tokio::join!(connect, accept);
+    let transport = StreamTransport::new(stream, BinaryCodec::new());
+    assert_eq!(std::mem::size_of_val(&transport), 216);
+    let task = serve_connection(
+        Arc::new(Hub::builder().build()),
+        transport,
+        ConnectionConfig::default(),
+        "127.0.0.1:1".parse().unwrap(),
+    );
+    assert_eq!(std::mem::size_of_val(&task), 552);
+}

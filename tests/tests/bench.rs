@@ -70,6 +70,27 @@ fn every_scenario_reports_consistent_figures() {
     assert!(v["seconds_from_restart"].as_f64().unwrap() > 0.0);
 }
 
+/// With --tls the server's TCP port speaks TLS and every connection, the publisher's too, runs
+/// over it; a storm re-binds over TLS to the restarted server.
+#[test]
+fn scenarios_run_over_tls() {
+    let v = bench(&["--tls", "push", "-n", "10", "-m", "500"]);
+    assert_eq!(v["tls"], true);
+    assert_eq!(
+        (v["sent"].as_u64(), v["received"].as_u64()),
+        (Some(500), Some(500))
+    );
+    let v = bench(&["--tls", "idle", "-n", "50", "--hold", "0"]);
+    assert_eq!(
+        (v["tls"].as_bool(), v["connections"].as_u64()),
+        (Some(true), Some(50))
+    );
+    let v = bench(&["--tls", "storm", "-n", "20"]);
+    assert!(v["seconds_from_restart"].as_f64().unwrap() > 0.0);
+    let v = bench(&["push", "-n", "5", "-m", "50"]);
+    assert_eq!(v["tls"], false);
+}
+
 #[test]
 fn the_file_descriptor_limit_is_named() {
     let out = Command::new(built_binary("cim-bench", "cim-bench"))

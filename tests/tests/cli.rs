@@ -181,3 +181,36 @@ fn clear_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("refused the bind of nobody: 401"), "{err}");
 }
+
+/// Over TLS `--ca` names the CA to trust; without it the platform's roots, which do not know
+/// the test's CA, refuse the server's certificate.
+#[test]
+fn ping_over_tls_trusts_the_ca_file_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::certs::Ca::new("cim test CA");
+    let files = common::certs::write(dir.path(), &ca, &ca.leaf(&["localhost", "127.0.0.1"]));
+    let (cert, key) = (files.cert.to_str().unwrap(), files.key.to_str().unwrap());
+    let server = ServerProcess::start(&[
+        ("CIM_TCP__TLS__CERT", cert),
+        ("CIM_TCP__TLS__KEY", key),
+        ("CIM_WEBSOCKET__TLS__CERT", cert),
+        ("CIM_WEBSOCKET__TLS__KEY", key),
+    ]);
+    let tls = format!("tls://localhost:{}", server.addr("tls").port());
+    let wss = format!("wss://localhost:{}/", server.addr("wss").port());
+    let ca_file = files.ca.to_str().unwrap();
+    for endpoint in [&tls, &wss] {
+        let (code, out, err) = cim_once(&["ping", "-s", endpoint, "--ca", ca_file, "-c", "1"]);
+        assert_eq!(code, 0, "{endpoint}: {err}");
+        assert!(
+            out.contains(&format!("{endpoint}: connected and bound")),
+            "{out}"
+        );
+    }
+    let (code, _, err) = cim_once(&["ping", "-s", &tls, "-c", "1"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("TLS handshake") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+}

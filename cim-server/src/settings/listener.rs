@@ -1,6 +1,8 @@
 //! [`ListenerSettings`]: one struct for every long-connection listener — `[tcp]`, `[websocket]`
 //! and `[xml]` — with the defaults of each.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::host::Host;
@@ -31,6 +33,35 @@ pub struct ListenerSettings {
     pub require_token: bool,
     /// XML: answer a Flash client's `<policy-file-request/>` with a cross-domain policy.
     pub flash_policy: bool,
+    /// TCP and WebSocket: TLS (`[tcp.tls]`, `[websocket.tls]`).
+    pub tls: TlsSettings,
+}
+
+/// `[tcp.tls]` and `[websocket.tls]`: TLS on a listener. With `cert` and `key` set, the
+/// listener's own port speaks TLS; with `port` set too, the listener's port stays plain and a
+/// TLS listener of the same protocol opens on `port` beside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain, PEM, the end-entity certificate first (empty: no TLS).
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// A port for a TLS listener beside the plain one (0 picks a free one); unset: the
+    /// listener's own port speaks TLS.
+    pub port: Option<u16>,
+}
+
+impl TlsSettings {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+
+    /// Whether a TLS listener opens beside the plain one.
+    pub fn beside(&self) -> bool {
+        self.enabled() && self.port.is_some()
+    }
 }
 
 /// Which listener a [`ListenerSettings`] configures.
@@ -62,6 +93,7 @@ impl ListenerSettings {
             mode: WsMode::Auto,
             require_token: false,
             flash_policy: false,
+            tls: TlsSettings::default(),
         }
     }
 
@@ -122,6 +154,58 @@ impl ListenerSettings {
                 "only the xml listener takes it",
             ));
         }
-        Ok(())
+        self.validate_tls(kind)
+    }
+
+    fn validate_tls(&self, kind: Kind) -> Result<(), SettingsError> {
+        let section = kind.section();
+        let key = |k: &str| format!("{section}.tls.{k}");
+        let tls = &self.tls;
+        let shown = |p: &PathBuf| format!("{:?}", p.display().to_string());
+        let has_key = !tls.key.as_os_str().is_empty();
+        if kind == Kind::Xml && (tls.enabled() || has_key || tls.port.is_some()) {
+            let (k, v) = if tls.enabled() {
+                ("cert", shown(&tls.cert))
+            } else if has_key {
+                ("key", shown(&tls.key))
+            } else {
+                ("port", tls.port.unwrap_or_default().to_string())
+            };
+            return Err(invalid(
+                key(k),
+                v,
+                "the xml listener is plain only: tcp and websocket take TLS",
+            ));
+        }
+        if tls.enabled() && !has_key {
+            return Err(invalid(
+                key("key"),
+                "\"\"",
+                format!("needed with {} (its private key)", key("cert")),
+            ));
+        }
+        if has_key && !tls.enabled() {
+            return Err(invalid(
+                key("cert"),
+                "\"\"",
+                format!("needed with {} (the certificate chain)", key("key")),
+            ));
+        }
+        match tls.port {
+            Some(port) if !tls.enabled() => Err(invalid(
+                key("port"),
+                port,
+                format!("needs {} and {}", key("cert"), key("key")),
+            )),
+            Some(port) if port != 0 && port == self.port => Err(invalid(
+                key("port"),
+                port,
+                format!(
+                    "is {section}.port: leave {} out for TLS on that port, or give another",
+                    key("port")
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use host::Host;
 use listener::Kind;
-pub use listener::ListenerSettings;
+pub use listener::{ListenerSettings, TlsSettings};
 pub use sections::{
     AuthSettings, ConnectionSettings, DurabilitySetting, HttpSettings, LogFormat, LogSettings,
     ShutdownSettings, StoreBackend, StoreSettings,
@@ -132,6 +132,10 @@ pub struct Addrs {
     pub xml: SocketAddr,
     /// The HTTP API's.
     pub http: SocketAddr,
+    /// The TCP listener's TLS listener beside it (`tcp.tls.port`).
+    pub tcp_tls: Option<SocketAddr>,
+    /// The WebSocket listener's TLS listener beside it (`websocket.tls.port`).
+    pub websocket_tls: Option<SocketAddr>,
 }
 
 fn load_error(e: impl std::fmt::Display) -> SettingsError {
@@ -322,9 +326,17 @@ impl Settings {
                 .await
                 .map_err(|reason| invalid(key, format!("{:?}", l.host.to_string()), reason))
         }
+        let beside = |l: &ListenerSettings, addr: SocketAddr| match l.tls.port {
+            Some(port) if l.enabled && l.tls.enabled() => Some(SocketAddr::new(addr.ip(), port)),
+            _ => None,
+        };
+        let tcp = one("tcp.host", &self.tcp).await?;
+        let websocket = one("websocket.host", &self.websocket).await?;
         let addrs = Addrs {
-            tcp: one("tcp.host", &self.tcp).await?,
-            websocket: one("websocket.host", &self.websocket).await?,
+            tcp,
+            websocket,
+            tcp_tls: beside(&self.tcp, tcp),
+            websocket_tls: beside(&self.websocket, websocket),
             xml: one("xml.host", &self.xml).await?,
             http: if self.http.enabled {
                 self.http.host.resolve(self.http.port).await.map_err(|r| {

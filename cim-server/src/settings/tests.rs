@@ -215,3 +215,28 @@ fn print_masks_secrets() {
     let t = s.to_toml();
     assert!(!t.contains("topsecret") && t.contains("api_key"), "{t}");
 }
+
+/// `[tcp.tls]` in a file: with `port`, TLS beside the plain listener; without, on it.
+#[test]
+fn tls_tables_read_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cim.toml");
+    std::fs::write(
+        &file,
+        "[tcp.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nport = 23443\n\
+         [websocket.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+    )
+    .unwrap();
+    let s = Settings::load(Some(&file), env(&[])).unwrap();
+    assert_eq!(s.tcp.tls.port, Some(23443));
+    assert!(s.tcp.tls.beside());
+    assert!(s.websocket.tls.enabled() && !s.websocket.tls.beside());
+    assert!(!s.xml.tls.enabled());
+    let e = Settings::load(Some(&file), env(&[("CIM_TCP__TLS__PORT", "23456")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`tcp.tls.port` = 23456") && e.contains("is tcp.port"),
+        "{e}"
+    );
+}

@@ -6,6 +6,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod certs;
 pub mod process;
 
 use std::net::SocketAddr;
