@@ -13,10 +13,10 @@ use crate::auth::{TokenAuthenticator, TokenHandshake, TokenSigner};
 use crate::http::{self, HttpConfig, HttpState};
 use crate::listener::{Listener, Protocol};
 use crate::server::{RunningServer, Server, ServerBuilder, ServerError};
-use crate::settings::{DurabilitySetting, ListenerSettings, Settings, SettingsError, StoreBackend};
+use crate::settings::{ListenerSettings, Settings, SettingsError, StoreBackend};
 use crate::tls::{PemFile, TlsConfig};
 use cim_core::engine::{MemoryStore, MessageIds, MessageStore};
-use cim_store::{Durability, RedbStore, SledStore};
+use cim_store::{RedbStore, SledStore, StoreOptions};
 
 /// A running reference server: long-connection listeners and the HTTP API.
 pub struct App {
@@ -258,22 +258,13 @@ fn add_listener(
 
 fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError> {
     let s = &settings.store;
-    let durability = match s.durability {
-        DurabilitySetting::Always => Durability::Always,
-        DurabilitySetting::Interval => {
-            Durability::Interval(Duration::from_millis(s.flush_interval_ms))
-        }
-        DurabilitySetting::Os => Durability::Os,
-    };
+    let options = StoreOptions::new(s.durability, s.max_per_account)
+        .flush_interval(Duration::from_millis(s.flush_interval_ms));
     let failed = |e: &dyn std::fmt::Display| ServerError::Config(e.to_string());
     Ok(match s.backend {
         StoreBackend::Memory => Arc::new(MemoryStore::new(s.max_per_account)),
-        StoreBackend::Redb => Arc::new(
-            RedbStore::open(&s.path, durability, s.max_per_account).map_err(|e| failed(&e))?,
-        ),
-        StoreBackend::Sled => Arc::new(
-            SledStore::open(&s.path, durability, s.max_per_account).map_err(|e| failed(&e))?,
-        ),
+        StoreBackend::Redb => Arc::new(RedbStore::open(&s.path, options).map_err(|e| failed(&e))?),
+        StoreBackend::Sled => Arc::new(SledStore::open(&s.path, options).map_err(|e| failed(&e))?),
     })
 }
 

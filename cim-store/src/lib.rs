@@ -17,11 +17,11 @@
 //! ```
 //! use cim_core::engine::MessageStore;
 //! use cim_core::Message;
-//! use cim_store::{Durability, RedbStore};
+//! use cim_store::{Durability, RedbStore, StoreOptions};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
-//! let store = RedbStore::open(dir.path(), Durability::Always, 1000)?;
+//! let store = RedbStore::open(dir.path(), StoreOptions::new(Durability::Always, 1000))?;
 //! let msg = Message { id: 1, receiver: "10000".into(), content: "hi".into(), ..Message::default() };
 //! let appended = store.append("10000", &msg).await?; // on disk when this returns
 //! let pending = store.pending("10000", 0, 100).await?;
@@ -32,10 +32,12 @@
 //! ```
 
 mod keys;
+mod options;
 mod redb_store;
 mod sled_store;
 mod value;
 mod wal;
 
+pub use options::{Durability, StoreOptions};
 pub use redb_store::{RedbOpenError, RedbStore};
-pub use sled_store::{Durability, OpenError, SledStore};
+pub use sled_store::{OpenError, SledStore};

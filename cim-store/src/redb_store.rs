@@ -30,9 +30,9 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::Durability;
 use crate::value;
 use crate::wal::{self, Record, Wal};
+use crate::{Durability, StoreOptions};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const SEQS: TableDefinition<&str, u64> = TableDefinition::new("seqs");
@@ -52,6 +52,15 @@ pub const WAL_FILE_NAME: &str = "messages.wal";
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// ...or this long after the last checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When the writer makes a commit durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    /// Every batch, through the write-ahead log.
+    Always,
+    /// At most this long after a change (`Os` is a second).
+    Every(std::time::Duration),
+}
 
 /// Operations queued for the writer, most taking at most this many per transaction.
 const MAX_BATCH: usize = 4096;
@@ -101,13 +110,9 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in directory `dir` (file `messages.redb`). `cap` is the most
-    /// messages kept per account; older ones are dropped first, counted and logged.
-    pub fn open(
-        dir: impl AsRef<Path>,
-        durability: Durability,
-        cap: usize,
-    ) -> Result<RedbStore, RedbOpenError> {
+    /// Opens (or creates) the store in directory `dir` (file `messages.redb`) as `options` say.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<RedbStore, RedbOpenError> {
+        let cap = options.max_per_account;
         let dir = dir.as_ref();
         let path = dir.join(FILE_NAME);
         let err = |e: &dyn std::fmt::Display| RedbOpenError {
@@ -121,9 +126,10 @@ impl RedbStore {
         let db = Arc::new(db);
         // redb commits are either durable or lost on a crash; "left to the OS" becomes a durable
         // commit once a second.
-        let durability = match durability {
-            Durability::Os => Durability::Interval(std::time::Duration::from_secs(1)),
-            d => d,
+        let durability = match options.durability {
+            Durability::Always => Sync::Always,
+            Durability::Interval => Sync::Every(options.flush_interval),
+            Durability::Os => Sync::Every(std::time::Duration::from_secs(1)),
         };
         let mut writer = Writer {
             db: Arc::clone(&db),
@@ -134,7 +140,7 @@ impl RedbStore {
             dirty: false,
             wal: None,
         };
-        if durability == Durability::Always {
+        if durability == Sync::Always {
             let wal_path = dir.join(WAL_FILE_NAME);
             let (log, records) = Wal::open(&wal_path).map_err(|e| err(&e))?;
             if !records.is_empty() {
@@ -226,7 +232,7 @@ struct Account {
 
 struct Writer {
     db: Arc<Database>,
-    durability: Durability,
+    durability: Sync,
     cap: usize,
     /// Per-account state, loaded on first use; only this thread writes, so it stays exact.
     accounts: HashMap<String, Account>,
@@ -332,7 +338,7 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
         loop {
             let first = match self.durability {
-                Durability::Interval(every) if self.dirty => {
+                Sync::Every(every) if self.dirty => {
                     let wait = every.saturating_sub(self.last_durable.elapsed());
                     match rx.recv_timeout(wait) {
                         Ok(op) => op,
@@ -369,11 +375,8 @@ impl Writer {
     fn durable_now(&self, batch_wants_flush: bool) -> bool {
         match self.durability {
             // The log makes each batch durable; the database catches up at checkpoints.
-            Durability::Always => self.wal.is_none(),
-            Durability::Interval(every) => {
-                batch_wants_flush || self.last_durable.elapsed() >= every
-            }
-            Durability::Os => batch_wants_flush,
+            Sync::Always => self.wal.is_none(),
+            Sync::Every(every) => batch_wants_flush || self.last_durable.elapsed() >= every,
         }
     }
 
@@ -737,7 +740,7 @@ mod tests {
     /// go of the file.
     async fn reopen(dir: &Path, cap: usize) -> RedbStore {
         for _ in 0..200 {
-            if let Ok(store) = RedbStore::open(dir, Durability::Always, cap) {
+            if let Ok(store) = RedbStore::open(dir, StoreOptions::new(Durability::Always, cap)) {
                 return store;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -763,7 +766,8 @@ mod tests {
             .unwrap();
         let runtime_thread = std::thread::current().id();
         rt.block_on(async {
-            let store = RedbStore::open(dir.path(), Durability::Always, 10).unwrap();
+            let store =
+                RedbStore::open(dir.path(), StoreOptions::new(Durability::Always, 10)).unwrap();
             store.append("u", &msg(1)).await.unwrap();
             READ_THREADS.lock().unwrap().clear();
             assert_eq!(store.pending("u", 0, 10).await.unwrap().len(), 1);
@@ -781,7 +785,8 @@ mod tests {
     async fn expiry_reads_only_what_expires() {
         let dir = tempfile::tempdir().unwrap();
         let every = std::time::Duration::from_secs(60);
-        let store = RedbStore::open(dir.path(), Durability::Interval(every), 100_000).unwrap();
+        let options = StoreOptions::new(Durability::Interval, 100_000).flush_interval(every);
+        let store = RedbStore::open(dir.path(), options).unwrap();
         for i in 0..10 {
             append_at(&store, &format!("old{}", i % 3), 1_000 + i, i).await;
         }
@@ -807,7 +812,7 @@ mod tests {
     #[tokio::test]
     async fn the_index_follows_every_delete() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(dir.path(), Durability::Always, 5).unwrap();
+        let store = RedbStore::open(dir.path(), StoreOptions::new(Durability::Always, 5)).unwrap();
         for i in 0..20 {
             store.append("capped", &msg(i)).await.unwrap();
         }
@@ -849,7 +854,8 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let store = RedbStore::open(dir.path(), Durability::Always, 100).unwrap();
+        let store =
+            RedbStore::open(dir.path(), StoreOptions::new(Durability::Always, 100)).unwrap();
         assert_eq!(table_sizes(&store), (6, 6));
         assert_eq!(store.expire(5_000).await.unwrap(), 4);
         let left: Vec<i64> = store

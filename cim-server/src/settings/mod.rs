@@ -20,8 +20,8 @@ pub use host::Host;
 use listener::Kind;
 pub use listener::{ListenerSettings, TlsSettings};
 pub use sections::{
-    AuthSettings, ConnectionSettings, DurabilitySetting, HttpSettings, LogFormat, LogSettings,
-    ShutdownSettings, StoreBackend, StoreSettings,
+    AuthSettings, ConnectionSettings, HttpSettings, LogFormat, LogSettings, ShutdownSettings,
+    StoreBackend, StoreSettings,
 };
 
 use crate::transport::WsSettings;
@@ -237,7 +237,8 @@ impl Settings {
         if self.store.max_per_account == 0 {
             return Err(invalid("store.max_per_account", 0, "must be at least 1"));
         }
-        if self.store.durability == DurabilitySetting::Interval && self.store.flush_interval_ms == 0
+        if self.store.durability == cim_store::Durability::Interval
+            && self.store.flush_interval_ms == 0
         {
             return Err(invalid("store.flush_interval_ms", 0, "must be more than 0"));
         }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use cim_core::engine::{ConnectionConfig, SlowConsumer, Timers};
 use serde::{Deserialize, Serialize};
 
+use cim_store::Durability;
+
 use super::host::Host;
 
 /// `[connection]`
@@ -59,7 +61,7 @@ pub struct StoreSettings {
     pub path: PathBuf,
     /// `always` (fsynced before a send is answered), `interval` (every `flush_interval_ms`) or
     /// `os` (left to the operating system).
-    pub durability: DurabilitySetting,
+    pub durability: Durability,
     /// Flush period for `interval`.
     pub flush_interval_ms: u64,
     /// Messages kept per account; the oldest are dropped beyond it.
@@ -75,7 +77,7 @@ impl Default for StoreSettings {
         Self {
             backend: StoreBackend::Redb,
             path: PathBuf::from("./data"),
-            durability: DurabilitySetting::Always,
+            durability: Durability::Always,
             flush_interval_ms: 100,
             max_per_account: 10_000,
             max_age_secs: 7 * 24 * 3600,
@@ -105,31 +107,6 @@ impl TryFrom<String> for StoreBackend {
             "sled" => Ok(StoreBackend::Sled),
             "memory" => Ok(StoreBackend::Memory),
             other => Err(format!("{other:?}: expected one of redb, sled, memory")),
-        }
-    }
-}
-
-/// `store.durability`
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum DurabilitySetting {
-    /// fsync before answering (group commit).
-    Always,
-    /// fsync every `flush_interval_ms`.
-    Interval,
-    /// Leave it to the OS.
-    Os,
-}
-
-impl TryFrom<String> for DurabilitySetting {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "always" => Ok(DurabilitySetting::Always),
-            "interval" => Ok(DurabilitySetting::Interval),
-            "os" => Ok(DurabilitySetting::Os),
-            other => Err(format!("{other:?}: expected one of always, interval, os")),
         }
     }
 }
