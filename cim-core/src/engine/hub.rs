@@ -111,6 +111,11 @@ impl Hub {
         self.services.send(message).await
     }
 
+    /// Sends each of `messages` in order: see [`Services::send_many`].
+    pub async fn send_many(&self, messages: Vec<Message>) -> Result<Vec<Sent>> {
+        self.services.send_many(messages).await
+    }
+
     /// Sends `message` to every live connection tagged `tag`.
     pub async fn send_to_tag(&self, tag: &str, message: Message) -> Result<Sent> {
         self.services.send_to_tag(tag, message).await

@@ -93,6 +93,13 @@ impl Services {
         self.router.send(self.stamp(message)).await
     }
 
+    /// Sends each of `messages` as [`send`](Self::send) does, in order (through
+    /// [`Router::send_many`], which a cluster routes in one round trip).
+    pub async fn send_many(&self, messages: Vec<Message>) -> Result<Vec<Sent>> {
+        let stamped = messages.into_iter().map(|m| self.stamp(m)).collect();
+        self.router.send_many(stamped).await
+    }
+
     /// Sends `message` to every live connection tagged `tag`.
     pub async fn send_to_tag(&self, tag: &str, message: Message) -> Result<Sent> {
         self.router.send_tag(tag, self.stamp(message)).await
