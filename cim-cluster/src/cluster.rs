@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use cim_core::Session;
 use cim_core::engine::{
-    Dispatch, EventListener, LocalSessionManager, MessageStore, Router, SessionManager,
+    Dispatch, EventListener, LocalSessionManager, MessageStore, NodeAddrs, Router, SessionManager,
     SharedMessage,
 };
 use redis::aio::ConnectionManager;
@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     /// This node's connections.
     pub(crate) local: LocalSessionManager,
     pub(crate) epoch: Mutex<String>,
+    /// Where clients reach this node.
+    pub(crate) advertised: Mutex<NodeAddrs>,
     pub(crate) tracker: Mutex<Tracker>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) stop: watch::Sender<bool>,
@@ -224,6 +226,7 @@ impl Cluster {
         let store =
             RedisStore::with_connection(redis.clone(), &config.prefix, config.max_per_account);
         let (sends, rx) = mpsc::unbounded_channel();
+        let advertised = config.advertised.clone();
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             redis,
@@ -233,6 +236,7 @@ impl Cluster {
             nid,
             local: LocalSessionManager::new(),
             epoch: Mutex::new(String::new()),
+            advertised: Mutex::new(advertised),
             tracker: Mutex::new(Tracker::default()),
             tasks: Mutex::new(Vec::new()),
             stop,
@@ -243,6 +247,12 @@ impl Cluster {
         });
         tokio::spawn(batcher(Arc::downgrade(&inner), rx));
         Ok(Cluster { inner, store })
+    }
+
+    /// Sets where clients reach this node (named by dispatch), before the hub starts; after, it
+    /// is taken up when the node registers again.
+    pub fn advertise(&self, addrs: NodeAddrs) {
+        *crate::inbox::lock(&self.inner.advertised) = addrs;
     }
 
     /// This incarnation's id, `<name>#<boot id>`.

@@ -24,7 +24,8 @@ pub struct ClusterConfig {
     /// How long a node that stopped beating counts as live: after it, its sessions vanish and
     /// it is reaped. At least twice the heartbeat.
     pub deadline: Duration,
-    /// Where clients reach this node (what `GET /api/v1/dispatch` names).
+    /// Where clients reach this node (what `GET /api/v1/dispatch` names; see also
+    /// [`Cluster::advertise`](crate::Cluster::advertise)).
     pub advertised: NodeAddrs,
     /// Messages kept per account; the oldest are dropped beyond it.
     pub max_per_account: usize,

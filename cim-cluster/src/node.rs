@@ -38,7 +38,7 @@ impl Inner {
     }
 
     async fn register(&self) -> Result<(), ClusterError> {
-        let a = &self.config.advertised;
+        let a = lock(&self.advertised).clone();
         let candidate: String = crate::hex_id(16);
         let mut inv = self.invocation(&self.scripts.register);
         inv.arg(self.nid.as_str())

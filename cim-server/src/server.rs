@@ -49,9 +49,13 @@ impl Server {
             listeners: Vec::new(),
             max_connections: 100_000,
             handshake: None,
+            on_listening: None,
         }
     }
 }
+
+/// Called with every listener's address once all are open, before the hub starts.
+pub type ListeningHook = Box<dyn FnOnce(&[(&'static str, SocketAddr)]) + Send>;
 
 /// Composes a server.
 pub struct ServerBuilder {
@@ -59,9 +63,20 @@ pub struct ServerBuilder {
     listeners: Vec<Listener>,
     max_connections: usize,
     handshake: Option<Arc<dyn HandshakeCheck>>,
+    on_listening: Option<ListeningHook>,
 }
 
 impl ServerBuilder {
+    /// Calls `hook` with every listener's address (ports chosen) once all are open, before the
+    /// hub starts (a cluster node learns there what to advertise).
+    pub fn on_listening(
+        mut self,
+        hook: impl FnOnce(&[(&'static str, SocketAddr)]) + Send + 'static,
+    ) -> Self {
+        self.on_listening = Some(Box::new(hook));
+        self
+    }
+
     /// Checks every WebSocket upgrade with `check`.
     pub fn handshake_check(mut self, check: Arc<dyn HandshakeCheck>) -> Self {
         self.handshake = Some(check);
@@ -159,6 +174,13 @@ impl ServerBuilder {
                 source,
             })?;
             bound.push((socket, addr, listener.clone()));
+        }
+        if let Some(hook) = self.on_listening {
+            let addrs: Vec<_> = bound
+                .iter()
+                .map(|(_, addr, l)| (l.protocol.name(), *addr))
+                .collect();
+            hook(&addrs);
         }
         // Every socket is open: now the parts may register this node and start their readers.
         hub.start().await.map_err(ServerError::Start)?;

@@ -20,8 +20,8 @@ pub use host::Host;
 use listener::Kind;
 pub use listener::ListenerSettings;
 pub use sections::{
-    AuthSettings, ConnectionSettings, DurabilitySetting, HttpSettings, LogFormat, LogSettings,
-    ShutdownSettings, StoreBackend, StoreSettings,
+    AuthSettings, ClusterSettings, ConnectionSettings, DurabilitySetting, HttpSettings, LogFormat,
+    LogSettings, ShutdownSettings, StoreBackend, StoreSettings,
 };
 
 use crate::transport::WsSettings;
@@ -67,6 +67,7 @@ const SECTIONS: &[&str] = &[
     "http",
     "log",
     "shutdown",
+    "cluster",
 ];
 
 /// The keys outside any section, as `CIM_<KEY>` variables name them.
@@ -100,6 +101,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// Nodes sharing one Redis.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -117,6 +120,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             log: LogSettings::default(),
             shutdown: ShutdownSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -288,11 +292,87 @@ impl Settings {
                 "must be 1 to 65535",
             ));
         }
+        self.validate_cluster()?;
         if !self.auth.token_secret.is_empty() && self.auth.token_secret.len() < 16 {
             return Err(invalid(
                 "auth.token_secret",
                 "(hidden)",
                 "must be at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The store the node uses: `store.backend`, with `auto` read as `redb` on one node and as
+    /// the cluster's Redis in a cluster.
+    pub fn store_backend(&self) -> StoreBackend {
+        match (self.store.backend, self.cluster.enabled()) {
+            (StoreBackend::Auto, true) => StoreBackend::Redis,
+            (StoreBackend::Auto, false) => StoreBackend::Redb,
+            (b, _) => b,
+        }
+    }
+
+    fn validate_cluster(&self) -> Result<(), SettingsError> {
+        let c = &self.cluster;
+        if !c.enabled() {
+            if self.store.backend == StoreBackend::Redis {
+                return Err(invalid(
+                    "store.backend",
+                    "\"redis\"",
+                    "needs cluster.redis (the Redis of a cluster)",
+                ));
+            }
+            return Ok(());
+        }
+        if !c.redis.starts_with("redis://") && !c.redis.starts_with("rediss://") {
+            return Err(invalid(
+                "cluster.redis",
+                format!("{:?}", c.redis),
+                "must be a redis:// URL (redis://host:port[/db])",
+            ));
+        }
+        match self.store.backend {
+            StoreBackend::Auto | StoreBackend::Redis => {}
+            local => {
+                return Err(invalid(
+                    "store.backend",
+                    format!("{:?}", local.name()),
+                    format!(
+                        "a node-local store cannot serve a cluster (cluster.redis = {:?}): every \
+                         node must read the same stored messages; use \"auto\" or \"redis\"",
+                        c.redis
+                    ),
+                ));
+            }
+        }
+        if c.heartbeat_ms == 0 {
+            return Err(invalid("cluster.heartbeat_ms", 0, "must be more than 0"));
+        }
+        if c.node_deadline_ms < c.heartbeat_ms.saturating_mul(2) {
+            return Err(invalid(
+                "cluster.node_deadline_ms",
+                c.node_deadline_ms,
+                format!(
+                    "must be at least twice cluster.heartbeat_ms ({})",
+                    c.heartbeat_ms
+                ),
+            ));
+        }
+        if c.timeout_ms == 0 {
+            return Err(invalid("cluster.timeout_ms", 0, "must be more than 0"));
+        }
+        let name_ok = !self.node.is_empty()
+            && self.node.len() <= 64
+            && self
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            return Err(invalid(
+                "node",
+                format!("{:?}", self.node),
+                "in a cluster a node's name is 1 to 64 letters, digits, '.', '_' or '-'",
             ));
         }
         Ok(())
@@ -369,6 +449,7 @@ impl Settings {
                 *secret = "********".into();
             }
         }
+        shown.cluster.redis = crate::app::redact(&shown.cluster.redis);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
@@ -598,6 +679,64 @@ mod tests {
                 "cim.toml does not mention {key}"
             );
         }
+    }
+
+    /// A cluster with a node-local store is refused naming both keys; with the default store
+    /// (`auto`) a cluster uses its Redis, and one node keeps redb.
+    #[test]
+    fn a_cluster_needs_the_shared_store() {
+        let redis = ("CIM_CLUSTER__REDIS", "redis://127.0.0.1:6379");
+        for local in ["redb", "sled", "memory"] {
+            let e = Settings::load(None, env(&[redis, ("CIM_STORE__BACKEND", local)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`store.backend`") && e.contains(local) && e.contains("cluster.redis"),
+                "{e}"
+            );
+        }
+        let s = Settings::load(None, env(&[redis])).unwrap();
+        assert_eq!(s.store_backend(), StoreBackend::Redis);
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.store_backend(), StoreBackend::Redb);
+        let e = Settings::load(None, env(&[("CIM_STORE__BACKEND", "redis")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`store.backend`") && e.contains("cluster.redis"),
+            "{e}"
+        );
+        let e = Settings::load(None, env(&[("CIM_CLUSTER__REDIS", "localhost:6379")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`cluster.redis`") && e.contains("localhost:6379"),
+            "{e}"
+        );
+        let e = Settings::load(
+            None,
+            env(&[
+                redis,
+                ("CIM_CLUSTER__HEARTBEAT_MS", "500"),
+                ("CIM_CLUSTER__NODE_DEADLINE_MS", "999"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`cluster.node_deadline_ms` = 999"), "{e}");
+        Settings::load(
+            None,
+            env(&[
+                redis,
+                ("CIM_CLUSTER__HEARTBEAT_MS", "500"),
+                ("CIM_CLUSTER__NODE_DEADLINE_MS", "1000"),
+            ]),
+        )
+        .unwrap();
+        let e = Settings::load(None, env(&[redis, ("CIM_NODE", "a b")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`node`") && e.contains("a b"), "{e}");
     }
 
     #[test]
