@@ -79,12 +79,18 @@ impl Inner {
 
     pub(crate) async fn call(&self, inv: &ScriptInvocation<'_>) -> Result<Value, ClusterError> {
         let mut r = self.redis.clone();
-        Ok(inv.invoke_async(&mut r).await?)
+        match inv.invoke_async(&mut r).await {
+            Err(e) if reconnected(&e) => Ok(inv.invoke_async(&mut r).await?),
+            other => Ok(other?),
+        }
     }
 
     pub(crate) async fn cmd(&self, c: &redis::Cmd) -> Result<Value, ClusterError> {
         let mut r = self.redis.clone();
-        Ok(c.query_async(&mut r).await?)
+        match c.query_async(&mut r).await {
+            Err(e) if reconnected(&e) => Ok(c.query_async(&mut r).await?),
+            other => Ok(other?),
+        }
     }
 
     /// Routes each message (with the node or session ids it must skip) in one script call per
@@ -153,6 +159,13 @@ impl Inner {
             .map(|p| p.sessions)
             .unwrap_or_default()
     }
+}
+
+/// Whether `e` is the connection found broken (Redis restarted, the connection killed): the
+/// manager connects again, and the command is tried once more. A command whose answer was lost
+/// may so run twice — for a send, a duplicate, never a loss.
+pub(crate) fn reconnected(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
 }
 
 /// Gathers concurrent sends into batches, each one script call; a few batches in flight.

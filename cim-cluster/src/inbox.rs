@@ -82,8 +82,8 @@ impl Tracker {
         }
     }
 
-    /// Gives up waiting on entries older than `timeout`.
-    fn expire(&mut self, timeout: Duration) {
+    /// Gives up waiting on entries older than `timeout`; returns them.
+    fn expire(&mut self, timeout: Duration) -> Vec<String> {
         let now = Instant::now();
         let old: Vec<Arc<str>> = self
             .entries
@@ -92,16 +92,16 @@ impl Tracker {
             .map(|(id, _)| Arc::clone(id))
             .collect();
         if old.is_empty() {
-            return;
+            return Vec::new();
         }
         for id in &old {
             self.entries.remove(id);
-            self.done.push(id.to_string());
         }
         self.by_message.retain(|_, q| {
             q.retain(|e| !old.contains(e));
             !q.is_empty()
         });
+        old.iter().map(|id| id.to_string()).collect()
     }
 
     fn take_done(&mut self) -> Vec<String> {
@@ -232,12 +232,9 @@ impl Inner {
                     if d.delivered > 0 {
                         copies.push((id, d.delivered));
                     } else {
-                        let skip = if had.is_empty() {
-                            self.nid.clone()
-                        } else {
-                            format!("{had},{}", self.nid)
-                        };
-                        again.push((msg, skip));
+                        // Skips the sessions that had it (those here refused it): a session
+                        // bound since, here or elsewhere, gets it; else it is stored.
+                        again.push((msg, had));
                     }
                 }
                 if !again.is_empty() && !self.route_again(&again).await {
@@ -328,8 +325,41 @@ impl Inner {
         }
     }
 
-    pub(crate) fn expire_handovers(&self) {
-        lock(&self.tracker).expire(self.config.handover_timeout);
+    /// Entries whose messages were queued here but not reported written within the hand-over
+    /// timeout (the connection's write failed, or the listener is missing): their messages are
+    /// routed again, skipping the sessions that had them — so stored, unless a session bound
+    /// since takes them. Duplicates are possible, loss is not.
+    pub(crate) async fn expire_handovers(&self) {
+        let old = lock(&self.tracker).expire(self.config.handover_timeout);
+        if old.is_empty() {
+            return;
+        }
+        let key = self.inbox_key(&self.nid);
+        for id in old {
+            let v = self
+                .cmd(redis::cmd("XRANGE").arg(&key).arg(&id).arg(&id))
+                .await;
+            let Ok(found) = v.and_then(entries) else {
+                // Tried again at the next expiry.
+                lock(&self.tracker)
+                    .entries
+                    .insert(id.as_str().into(), (1, Instant::now()));
+                continue;
+            };
+            let again: Vec<_> = found
+                .iter()
+                .flat_map(Entry::messages)
+                .filter(|(stored, _, _)| !stored)
+                .map(|(_, had, m)| (Arc::new(SharedMessage::new(m)), had))
+                .collect();
+            if !again.is_empty() {
+                warn!(entry = %id, messages = again.len(), "messages not reported written in time: routing them again");
+                if !self.route_again(&again).await {
+                    return;
+                }
+            }
+            lock(&self.tracker).done.push(id);
+        }
     }
 
     async fn reader_connection(&self) -> Result<redis::aio::MultiplexedConnection, ClusterError> {

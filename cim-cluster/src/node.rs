@@ -338,7 +338,7 @@ async fn heartbeat(inner: Arc<Inner>) {
             }
         }
         if last_expiry.elapsed() >= Duration::from_secs(1) {
-            inner.expire_handovers();
+            inner.expire_handovers().await;
             last_expiry = Instant::now();
         }
     }

@@ -82,7 +82,10 @@ impl RedisStore {
 
     async fn cmd(&self, c: &redis::Cmd) -> Result<Value, ClusterError> {
         let mut r = self.redis.clone();
-        Ok(c.query_async(&mut r).await?)
+        match c.query_async(&mut r).await {
+            Err(e) if crate::cluster::reconnected(&e) => Ok(c.query_async(&mut r).await?),
+            other => Ok(other?),
+        }
     }
 
     async fn script(&self, s: &redis::Script, args: &[&[u8]]) -> Result<Value, ClusterError> {
@@ -92,7 +95,10 @@ impl RedisStore {
             inv.arg(*a);
         }
         let mut r = self.redis.clone();
-        Ok(inv.invoke_async(&mut r).await?)
+        match inv.invoke_async(&mut r).await {
+            Err(e) if crate::cluster::reconnected(&e) => Ok(inv.invoke_async(&mut r).await?),
+            other => Ok(other?),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 -- The send rule, for a batch of messages: each goes to the inboxes of the live nodes that hold
 -- a session of its receiver, and is stored when none does or when one acknowledges messages.
--- ARGV: prefix, cap, n, then per message: receiver, message, skip (comma-separated node ids or
--- session ids not to route to: those that had it already, or the connection that ended).
+-- ARGV: prefix, cap, n, then per message: receiver, message, skip (comma-separated session ids,
+-- or node ids, not to route to: the sessions that had it already, the connection that ended, a
+-- dead node).
 -- Returns per message: sessions handed to, stored (0/1), dropped by the cap.
 local cap = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
@@ -18,13 +19,14 @@ for i = 0, n - 1 do
     skip[x] = true
   end
   local fields = redis.call('HGETALL', P .. 's:' .. uid)
-  local targets, tlist, delivered, ack = {}, {}, 0, false
+  local targets, tlist, sids, delivered, ack = {}, {}, {}, 0, false
   for j = 1, #fields, 2 do
     local sid = fields[j]
     if sid ~= '_v' then
       local nid = owner_of(sid)
       if nid and not skip[nid] and not skip[sid] and is_live(nid, now) then
         delivered = delivered + 1
+        sids[#sids + 1] = sid
         if string.sub(fields[j + 1], 1, 1) == '1' then
           ack = true
         end
@@ -42,8 +44,9 @@ for i = 0, n - 1 do
     stored = 1
   end
   if #tlist > 0 then
-    -- Each copy names every node that has had the message, so a re-route skips them.
-    local had = table.concat(tlist, ',')
+    -- Each copy names every session that has had the message, so that a re-route skips them
+    -- (and reaches a session bound since, on any node).
+    local had = table.concat(sids, ',')
     if skip_list ~= '' then
       had = skip_list .. ',' .. had
     end
