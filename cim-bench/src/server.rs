@@ -26,20 +26,41 @@ struct Spawned {
     binary: PathBuf,
     data: PathBuf,
     addrs: HashMap<String, SocketAddr>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts `binary` on free ports of 127.0.0.1 with a fresh store directory (`k`: which of
     /// the servers of this run) and quiet logs.
     pub fn spawn(binary: PathBuf, k: usize) -> anyhow::Result<Server> {
+        Self::spawn_with(binary, k, Vec::new())
+    }
+
+    /// [`spawn`](Self::spawn) with more environment (a cluster node's settings).
+    pub fn spawn_with(
+        binary: PathBuf,
+        k: usize,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Server> {
         let data = std::env::temp_dir().join(format!("cim-bench-{}-{k}", std::process::id()));
-        let (child, addrs) = start_on(&binary, &data, None)?;
+        let (child, addrs) = start_on(&binary, &data, None, &env)?;
         Ok(Server::from_spawned(Spawned {
             child,
             binary,
             data,
             addrs,
+            env,
         }))
+    }
+
+    /// Kills the spawned server with SIGKILL (`kill -9`), and waits for it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let Some(s) = self.spawned.as_mut() else {
+            bail!("only a server started by cim-bench can be killed");
+        };
+        s.child.kill()?;
+        s.child.wait()?;
+        Ok(())
     }
 
     fn from_spawned(s: Spawned) -> Server {
@@ -104,7 +125,7 @@ impl Server {
         };
         terminate(&mut s.child)?;
         let start = std::time::Instant::now();
-        let (child, addrs) = start_on(&s.binary, &s.data, Some(&s.addrs))?;
+        let (child, addrs) = start_on(&s.binary, &s.data, Some(&s.addrs), &s.env)?;
         s.child = child;
         s.addrs = addrs;
         self.pid = s.child.id();
@@ -122,6 +143,9 @@ impl Drop for Server {
 }
 
 fn terminate(child: &mut Child) -> anyhow::Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -140,6 +164,7 @@ fn start_on(
     binary: &PathBuf,
     data: &PathBuf,
     ports: Option<&HashMap<String, SocketAddr>>,
+    env: &[(String, String)],
 ) -> anyhow::Result<(Child, HashMap<String, SocketAddr>)> {
     let port = |p: &str| {
         ports
@@ -153,6 +178,7 @@ fn start_on(
         .env("CIM_STORE__PATH", data)
         .env("CIM_LOG__LEVEL", "warn")
         .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
