@@ -792,8 +792,15 @@ async fn cluster(ctx: &Ctx, plan: publish::Plan, c: ClusterPlan) -> anyhow::Resu
             ratio * 100.0
         ),
     );
-    // Binds across both nodes, half each.
+    // Binds on the single node, then across both nodes (half each).
     ctx.check_fd_limits(c.binds)?;
+    let single_pool = Pool::open(ctx.pool_options(c.binds, "bind1-", false)).await?;
+    let single_binds_per_sec = rate(c.binds as u64, single_pool.connect_time);
+    single_pool.close();
+    say(
+        ctx,
+        format!("binds on the single node: {single_binds_per_sec:.0} binds/s"),
+    );
     let mut options = ctx.pool_options(c.binds, "bind", false);
     options.servers = vec![a.tcp, b.tcp];
     let cpu0 = [&a, &b, &redis_proc]
@@ -852,6 +859,7 @@ async fn cluster(ctx: &Ctx, plan: publish::Plan, c: ClusterPlan) -> anyhow::Resu
         "scenario": "cluster", "single_node": single, "cross_node": cross,
         "cross_node_ratio": ratio,
         "binds": c.binds, "binds_per_sec": binds_per_sec, "bind_cpu_seconds": bind_cpu,
+        "single_node_binds_per_sec": single_binds_per_sec,
         "bind_latency": bind_latency,
         "vanish_seconds": vanished.as_secs_f64(),
         "heartbeat_ms": c.heartbeat_ms, "deadline_ms": c.deadline_ms,

@@ -175,7 +175,11 @@ impl Inner {
         if got == redis::Value::Nil {
             return Ok(());
         }
-        if nid != self.nid {
+        if nid == self.nid {
+            // Leaving: from now on nothing is routed here (this node counts as dead).
+            self.cmd(redis::cmd("ZADD").arg(self.key("nodes")).arg(0).arg(nid))
+                .await?;
+        } else {
             warn!(node = %nid, "reaping a node whose deadline passed");
         }
         // Its sessions first: the accounts it had.

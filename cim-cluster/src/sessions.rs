@@ -222,6 +222,13 @@ impl SessionManager for ClusterSessions {
         policy: &dyn KickPolicy,
     ) -> cim_core::Result<BindOutcome> {
         let inner = &self.inner;
+        if !self.mine(&session) {
+            return Err(cim_core::Error::Conflict(format!(
+                "a session of node {:?} bound through the cluster node {:?}: the hub's node name \
+                 must be the cluster's",
+                session.node, inner.config.node
+            )));
+        }
         // In this node's table first (replacing this connection's earlier session), so that
         // what is routed here once the registry names it finds the connection.
         let old_tags = inner.local.tags_of(&session);

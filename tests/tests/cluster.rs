@@ -285,6 +285,36 @@ async fn the_kick_rule_holds_across_nodes() {
         assert_eq!(next_message(c).await.unwrap().id, id);
     }
     assert_eq!(sessions_of(&a, "k3").await.len(), 3);
+    // The session list and the kick of the HTTP API cover every node.
+    let r = http(a.addr("http"), "GET", "/api/v1/sessions?limit=10", &[], "").await;
+    assert_eq!(r.json()["total"], 5, "{r:?}");
+    let r = http(
+        b.addr("http"),
+        "GET",
+        "/api/v1/sessions?channel=web",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.json()["total"], 2, "{r:?}");
+    let r = http(
+        a.addr("http"),
+        "DELETE",
+        "/api/v1/accounts/k3/sessions",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.json()["kicked"], 3, "{r:?}");
+    for c in [&mut tab1, &mut tab2, &mut phone] {
+        let seen = c.expect_closed().await;
+        assert!(
+            seen.iter()
+                .any(|f| matches!(f, Frame::Message(m) if m.action == "999")),
+            "{seen:?}"
+        );
+    }
+    assert!(sessions_of(&b, "k3").await.is_empty());
 }
 
 /// 3. Offline, then a bind on another node: delivered once, in order; with receipts, sent again
