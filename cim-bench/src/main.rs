@@ -14,7 +14,7 @@
 //! target/release/cim-bench broadcast -n 10000 --count 3 --burst 50
 //! target/release/cim-bench storm -n 10000
 //! # two cluster nodes on a redis-server it starts, beside the same push on one node
-//! target/release/cim-bench cluster -n 1000 -m 200000
+//! target/release/cim-bench cluster -n 1000 -m 300000
 //! # past one process's open-file limit: three generator processes, three servers
 //! target/release/cim-bench --procs 3 --servers 3 connect -n 50000
 //! ```
@@ -156,13 +156,13 @@ enum Scenario {
         #[arg(short, long, default_value_t = 1_000)]
         n: usize,
         /// Messages in all, for each of the two pushes.
-        #[arg(short, long, default_value_t = 200_000)]
+        #[arg(short, long, default_value_t = 300_000)]
         m: u64,
         /// Content bytes per message (at least 20).
         #[arg(long, default_value_t = 100)]
         size: usize,
         /// How the publisher sends.
-        #[arg(long, value_enum, default_value_t = Via::Http)]
+        #[arg(long, value_enum, default_value_t = Via::Socket)]
         via: Via,
         /// Keep-alive HTTP connections for --via http.
         #[arg(long, default_value_t = 8)]
@@ -605,7 +605,7 @@ async fn push(
     let target = Target {
         publisher: &ctx.server,
         subscribers: vec![ctx.server.tcp],
-        measured: vec![&ctx.server],
+        measured: vec![("server", &ctx.server)],
     };
     push_to(ctx, &target, plan, via, http_conns).await
 }
@@ -615,12 +615,17 @@ async fn push(
 struct Target<'a> {
     publisher: &'a Server,
     subscribers: Vec<SocketAddr>,
-    measured: Vec<&'a Server>,
+    /// The processes whose CPU counts, by name.
+    measured: Vec<(&'static str, &'a Server)>,
 }
 
 impl Target<'_> {
     fn cpu_seconds(&self) -> Option<f64> {
-        self.measured.iter().map(|s| s.cpu_seconds()).sum()
+        self.measured.iter().map(|(_, s)| s.cpu_seconds()).sum()
+    }
+
+    fn cpu_each(&self) -> Vec<Option<f64>> {
+        self.measured.iter().map(|(_, s)| s.cpu_seconds()).collect()
     }
 }
 
@@ -644,6 +649,7 @@ async fn push_to(
     let pool = Pool::open(options).await?;
     let counters = std::sync::Arc::clone(&pool.counters);
     let cpu0 = target.cpu_seconds();
+    let each0 = target.cpu_each();
     let start_us = counters.clock.micros();
     let bar = pool::progress(m, "pushing", ctx.json);
     let publisher = match via {
@@ -691,6 +697,17 @@ async fn push_to(
     let received = counters.received.load(Ordering::Acquire);
     let end_us = counters.last_at.load(Ordering::Acquire);
     let cpu = target.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
+    let cpu_by_process: serde_json::Map<String, Value> = target
+        .measured
+        .iter()
+        .zip(target.cpu_each().into_iter().zip(each0))
+        .map(|((name, _), (now, before))| {
+            (
+                (*name).to_owned(),
+                json!(now.zip(before).map(|(x, y)| x - y)),
+            )
+        })
+        .collect();
     let elapsed = Duration::from_micros(end_us.saturating_sub(start_us));
     let latency = counters.latency.take()?;
     let delivered_per_sec = rate(received, elapsed);
@@ -721,6 +738,13 @@ async fn push_to(
             ctx,
             format!("server CPU: {cpu:.2} s, {per_m:.2} s per million deliveries"),
         );
+        if target.measured.len() > 1 {
+            let each: Vec<String> = cpu_by_process
+                .iter()
+                .map(|(k, v)| format!("{k} {:.2} s", v.as_f64().unwrap_or(0.0)))
+                .collect();
+            say(ctx, format!("  of which {}", each.join(", ")));
+        }
     }
     if received < sent {
         say(
@@ -734,6 +758,7 @@ async fn push_to(
         "via": how, "rate": per_sec, "size": size,
         "seconds": elapsed.as_secs_f64(), "delivered_per_sec": delivered_per_sec,
         "latency": percentiles(&latency), "server_cpu_seconds": cpu,
+        "cpu_seconds_by_process": cpu_by_process,
         "server_cpu_seconds_per_million": cpu_per_million,
     }))
 }
@@ -779,7 +804,7 @@ async fn cluster(ctx: &Ctx, plan: publish::Plan, c: ClusterPlan) -> anyhow::Resu
         let target = Target {
             publisher: &a,
             subscribers: vec![b.tcp],
-            measured: vec![&a, &b, &redis_proc],
+            measured: vec![("node a", &a), ("node b", &b), ("redis", &redis_proc)],
         };
         push_to(ctx, &target, plan, c.via, c.http_conns).await?
     };

@@ -43,19 +43,30 @@ impl Router for ClusterRouter {
         })
     }
 
-    async fn send_many(&self, msgs: Vec<Arc<SharedMessage>>) -> cim_core::Result<Vec<Sent>> {
+    /// One script call per batch: atomic, so a failure means none of the batch was sent (or,
+    /// when the answer was lost, all of it).
+    async fn send_many(&self, msgs: Vec<Arc<SharedMessage>>) -> Vec<cim_core::Result<Sent>> {
         let ids: Vec<i64> = msgs.iter().map(|m| m.message().id).collect();
         let batch: Vec<_> = msgs.into_iter().map(|m| (m, String::new())).collect();
-        let routed = self.inner.route(&batch).await?;
-        Ok(ids
-            .into_iter()
-            .zip(routed)
-            .map(|(id, r)| Sent {
-                id,
-                delivered: r.delivered,
-                stored: r.stored,
-            })
-            .collect())
+        match self.inner.route(&batch).await {
+            Ok(routed) => ids
+                .into_iter()
+                .zip(routed)
+                .map(|(id, r)| {
+                    Ok(Sent {
+                        id,
+                        delivered: r.delivered,
+                        stored: r.stored,
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                let e = e.to_string();
+                ids.iter()
+                    .map(|_| Err(cim_core::Error::unavailable("redis", &e)))
+                    .collect()
+            }
+        }
     }
 
     async fn send_tag(&self, tag: &str, msg: Arc<SharedMessage>) -> cim_core::Result<Sent> {

@@ -925,3 +925,42 @@ async fn a_taken_name_or_number_is_refused() {
         );
     }
 }
+
+/// A burst of `client_message` requests from one connection is routed as one batch: every reply
+/// comes back in order with its `requestId`, and the receiver on the other node gets every
+/// message in send order.
+#[tokio::test]
+async fn a_burst_of_client_messages_crosses_nodes_in_order() {
+    use bytes::BytesMut;
+    use cim_core::StreamCodec;
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", 1);
+    let b = node(&redis, "b", 2);
+    let mut rx = bound(&b, "burst-rx", "android", "p").await;
+    let mut tx = bound(&a, "burst-tx", "web", "w").await;
+    let mut out = BytesMut::new();
+    let mut codec = BinaryCodec::new();
+    for i in 0..300 {
+        let body = SentBody::new("client_message")
+            .with("receiver", "burst-rx")
+            .with("content", i.to_string())
+            .with("requestId", format!("r{i}"));
+        codec.encode(&Frame::Sent(body), &mut out).unwrap();
+    }
+    tx.send_raw(&out).await;
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let r = tx.reply().await;
+        assert_eq!(
+            (r.code.as_str(), r.data.get("requestId")),
+            ("200", Some(format!("r{i}").as_str())),
+            "{r:?}"
+        );
+        ids.push(r.data.get("messageId").unwrap().parse::<i64>().unwrap());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let m = next_message(&mut rx).await.unwrap();
+        assert_eq!((m.id, m.content), (*id, i.to_string()));
+        assert_eq!(m.sender, "burst-tx");
+    }
+}

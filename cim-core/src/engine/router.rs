@@ -47,14 +47,14 @@ pub trait Router: Send + Sync + 'static {
     async fn send(&self, msg: Arc<SharedMessage>) -> Result<Sent>;
 
     /// Sends each of `msgs` as [`send`](Self::send) does, in order; returns what became of
-    /// each. The default sends them one by one; a cluster routes a batch with one round trip.
-    /// On an error, some of the messages may have been sent.
-    async fn send_many(&self, msgs: Vec<Arc<SharedMessage>>) -> Result<Vec<Sent>> {
+    /// each, in the same order. The default sends them one by one; a cluster routes a batch
+    /// with one round trip.
+    async fn send_many(&self, msgs: Vec<Arc<SharedMessage>>) -> Vec<Result<Sent>> {
         let mut out = Vec::with_capacity(msgs.len());
         for m in msgs {
-            out.push(self.send(m).await?);
+            out.push(self.send(m).await);
         }
-        Ok(out)
+        out
     }
 
     /// Sends `msg` to every live connection tagged `tag`. Nothing is stored.

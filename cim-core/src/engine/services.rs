@@ -95,7 +95,7 @@ impl Services {
 
     /// Sends each of `messages` as [`send`](Self::send) does, in order (through
     /// [`Router::send_many`], which a cluster routes in one round trip).
-    pub async fn send_many(&self, messages: Vec<Message>) -> Result<Vec<Sent>> {
+    pub async fn send_many(&self, messages: Vec<Message>) -> Vec<Result<Sent>> {
         let stamped = messages.into_iter().map(|m| self.stamp(m)).collect();
         self.router.send_many(stamped).await
     }

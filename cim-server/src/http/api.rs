@@ -149,13 +149,14 @@ pub async fn send_batch(
         .into_iter()
         .map(MessageIn::into_message)
         .collect();
-    let results: Vec<SentOut> = st
+    // The first failure answers the request (the messages before it were sent).
+    let results = st
         .hub
         .send_many(messages)
-        .await?
+        .await
         .into_iter()
-        .map(SentOut::from)
-        .collect();
+        .map(|r| r.map(SentOut::from))
+        .collect::<Result<Vec<SentOut>, _>>()?;
     Ok(Json(json!({ "results": results })))
 }
 
