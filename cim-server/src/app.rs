@@ -235,6 +235,7 @@ async fn join_cluster(settings: &Settings) -> Result<Option<Cluster>, ServerErro
     config.heartbeat = Duration::from_millis(c.heartbeat_ms);
     config.deadline = Duration::from_millis(c.node_deadline_ms);
     config.response_timeout = Duration::from_millis(c.timeout_ms);
+    config.handover_timeout = Duration::from_millis(c.handover_timeout_ms);
     config.max_per_account = settings.store.max_per_account;
     let cluster = Cluster::connect(config)
         .await

@@ -964,3 +964,30 @@ async fn a_burst_of_client_messages_crosses_nodes_in_order() {
         assert_eq!(m.sender, "burst-tx");
     }
 }
+
+/// A node whose Redis cannot be reached does not start, and says which key and why.
+#[test]
+fn an_unreachable_redis_stops_start_up_naming_the_key() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    let store = dir.path().display().to_string();
+    let mut env: Vec<(String, String)> = free_ports();
+    env.extend(
+        [
+            ("CIM_CLUSTER__REDIS", url.as_str()),
+            ("CIM_STORE__PATH", store.as_str()),
+            ("PATH", path.as_str()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, _, err) = run_once(&[], &env);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("cluster.redis") && err.contains(&url), "{err}");
+}

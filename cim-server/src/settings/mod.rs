@@ -359,8 +359,13 @@ impl Settings {
                 ),
             ));
         }
-        if c.timeout_ms == 0 {
-            return Err(invalid("cluster.timeout_ms", 0, "must be more than 0"));
+        for (key, v) in [
+            ("cluster.timeout_ms", c.timeout_ms),
+            ("cluster.handover_timeout_ms", c.handover_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, v, "must be more than 0"));
+            }
         }
         let name_ok = !self.node.is_empty()
             && self.node.len() <= 64
@@ -733,6 +738,17 @@ mod tests {
             ]),
         )
         .unwrap();
+        for key in ["TIMEOUT_MS", "HANDOVER_TIMEOUT_MS"] {
+            let var = format!("CIM_CLUSTER__{key}");
+            let e = Settings::load(None, env(&[redis, (var.as_str(), "0")]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("`cluster.{}` = 0", key.to_lowercase())),
+                "{e}"
+            );
+            Settings::load(None, env(&[redis, (var.as_str(), "1")])).unwrap();
+        }
         let e = Settings::load(None, env(&[redis, ("CIM_NODE", "a b")]))
             .unwrap_err()
             .to_string();

@@ -241,6 +241,9 @@ pub struct ClusterSettings {
     pub node_deadline_ms: u64,
     /// A Redis command not answered in this long fails (a send then answers `503`).
     pub timeout_ms: u64,
+    /// A message taken from the inbox and queued to a connection that has not written it after
+    /// this long is routed again (the connection's write failed).
+    pub handover_timeout_ms: u64,
     /// The TCP address clients are told to reach this node at (`GET /api/v1/dispatch`);
     /// empty: where the TCP listener listens.
     pub advertise_tcp: String,
@@ -258,6 +261,7 @@ impl Default for ClusterSettings {
             heartbeat_ms: 1000,
             node_deadline_ms: 5000,
             timeout_ms: 2000,
+            handover_timeout_ms: 30_000,
             advertise_tcp: String::new(),
             advertise_websocket: String::new(),
             advertise_http: String::new(),
