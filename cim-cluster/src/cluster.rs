@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     /// Set when Redis lost its data: the inbox reader starts again from the beginning.
     pub(crate) reset_inbox: AtomicBool,
     pub(crate) started: AtomicBool,
+    /// A sweep for dead nodes is running.
+    pub(crate) sweeping: AtomicBool,
     sends: mpsc::UnboundedSender<Pending>,
 }
 
@@ -256,6 +258,7 @@ impl Cluster {
             epoch_losses: AtomicU64::new(0),
             reset_inbox: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            sweeping: AtomicBool::new(false),
             sends,
         });
         tokio::spawn(batcher(Arc::downgrade(&inner), rx));

@@ -158,7 +158,7 @@ impl Entry {
             .map(Vec::as_slice)
     }
 
-    fn kind(&self) -> &[u8] {
+    pub(crate) fn kind(&self) -> &[u8] {
         self.field(b"k").unwrap_or_default()
     }
 
@@ -348,6 +348,7 @@ impl Inner {
             };
             let again: Vec<_> = found
                 .iter()
+                .filter(|e| e.kind() == b"m")
                 .flat_map(Entry::messages)
                 .filter(|(stored, _, _)| !stored)
                 .map(|(_, had, m)| (Arc::new(SharedMessage::new(m)), had))

@@ -175,6 +175,12 @@ impl Inner {
         if got == redis::Value::Nil {
             return Ok(());
         }
+        // It may have beaten since it was found dead.
+        if nid != self.nid && !self.nodes(false).await?.iter().any(|n| n == nid) {
+            self.cmd(redis::cmd("DEL").arg(self.key(&format!("reap:{nid}"))))
+                .await?;
+            return Ok(());
+        }
         if nid == self.nid {
             // Leaving: from now on nothing is routed here (this node counts as dead).
             self.cmd(redis::cmd("ZADD").arg(self.key("nodes")).arg(0).arg(nid))
@@ -226,7 +232,8 @@ impl Inner {
                 break;
             }
             let mut again = Vec::new();
-            for e in &page {
+            // Routed messages only: kicks, broadcasts and tag pushes for a dead node go with it.
+            for e in page.iter().filter(|e| e.kind() == b"m") {
                 for (stored, had, m) in e.messages() {
                     if stored {
                         continue;
@@ -327,10 +334,18 @@ async fn heartbeat(inner: Arc<Inner>) {
                     failing = false;
                 }
                 let since = *reachable_since.get_or_insert_with(Instant::now);
+                // A sweep (a reap may take a while) runs beside the beats, never in their way:
+                // a node reaping another must not miss its own deadline.
                 if since.elapsed() >= inner.config.deadline
-                    && let Err(e) = inner.sweep().await
+                    && !inner.sweeping.swap(true, Ordering::AcqRel)
                 {
-                    debug!(error = %e, "sweeping dead nodes failed");
+                    let inner = Arc::clone(&inner);
+                    tokio::spawn(async move {
+                        if let Err(e) = inner.sweep().await {
+                            debug!(error = %e, "sweeping dead nodes failed");
+                        }
+                        inner.sweeping.store(false, Ordering::Release);
+                    });
                 }
             }
             Err(e) => {

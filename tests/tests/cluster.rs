@@ -594,8 +594,15 @@ async fn a_redis_restart_loses_nothing() {
     assert_eq!(next_message(&mut rx).await.unwrap().id, id);
     let nids = (nid_of(&redis, "a"), nid_of(&redis, "b"));
     redis.restart();
-    // Sending resumes: the first sends may meet the reconnection (503), never a silent loss.
+    // The nodes beat again (had Redis been down past the deadline, a send meanwhile would be
+    // stored, for the next bind, rather than routed).
     let h = a.addr("http");
+    eventually("node b is live again", Duration::from_secs(10), || async {
+        let r = http(h, "GET", "/api/v1/accounts/rk/sessions", &[], "").await;
+        r.status == 200 && r.json().as_array().is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    // Sending resumes: a send may still meet the reconnection (503), never a silent loss.
     let resumed = send_until_ok(h, "rk", "after").await;
     assert_eq!(next_message(&mut rx).await.unwrap().id, resumed);
     assert_eq!(
@@ -644,7 +651,17 @@ async fn sends_answer_503_while_redis_is_down() {
     let r = sender.reply().await;
     assert_eq!(r.code, "503", "{r:?}");
     redis.restart();
-    let id = send_until_ok(a.addr("http"), "down", "back").await;
+    let h = a.addr("http");
+    eventually(
+        "the node is live again",
+        Duration::from_secs(10),
+        || async {
+            let r = http(h, "GET", "/api/v1/accounts/down/sessions", &[], "").await;
+            r.status == 200 && r.json().as_array().is_some_and(|s| s.len() == 1)
+        },
+    )
+    .await;
+    let id = send_until_ok(h, "down", "back").await;
     assert_eq!(next_message(&mut rx).await.unwrap().id, id);
 }
 
