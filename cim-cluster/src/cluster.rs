@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) started: AtomicBool,
     /// A sweep for dead nodes is running.
     pub(crate) sweeping: AtomicBool,
+    /// The id of the last inbox entry the reader handled, as (milliseconds, sequence).
+    pub(crate) handled: watch::Sender<(u64, u64)>,
     sends: mpsc::UnboundedSender<Pending>,
 }
 
@@ -259,6 +261,7 @@ impl Cluster {
             reset_inbox: AtomicBool::new(false),
             started: AtomicBool::new(false),
             sweeping: AtomicBool::new(false),
+            handled: watch::channel((0, 0)).0,
             sends,
         });
         tokio::spawn(batcher(Arc::downgrade(&inner), rx));

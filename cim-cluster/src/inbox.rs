@@ -380,6 +380,46 @@ impl Inner {
     }
 }
 
+/// A stream entry id `<ms>-<seq>` as numbers, for comparing.
+pub(crate) fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+impl Inner {
+    /// Waits (at most the response timeout) until the reader has handled every entry the inbox
+    /// holds now: what was routed here before a connection leaves this node's table reaches its
+    /// queue first (a tag push or a broadcast is never stored, so it would be lost otherwise).
+    pub(crate) async fn catch_up(&self) {
+        let key = self.inbox_key(&self.nid);
+        let Ok(v) = self
+            .cmd(
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .await
+        else {
+            return;
+        };
+        let Some(newest) = entries(v)
+            .ok()
+            .and_then(|e| e.first().and_then(|e| stream_id(&e.id)))
+        else {
+            return;
+        };
+        let mut handled = self.handled.subscribe();
+        let _ = tokio::time::timeout(
+            self.config.response_timeout,
+            handled.wait_for(|at| *at >= newest),
+        )
+        .await;
+    }
+}
+
 /// Reads this node's inbox until the node stops.
 pub(crate) async fn reader(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
@@ -445,6 +485,9 @@ pub(crate) async fn reader(inner: Arc<Inner>) {
         for entry in batch {
             last.clone_from(&entry.id);
             inner.handle(entry).await;
+        }
+        if let Some(at) = stream_id(&last) {
+            inner.handled.send_replace(at);
         }
     }
     inner.delete_done().await;

@@ -113,6 +113,10 @@ impl Inner {
 
     /// Carries out, on this node, the removals of a committed bind that are this node's own.
     pub(crate) async fn close_local(&self, uid: &str, removals: &[Removal], device_name: &str) {
+        if removals.iter().any(|r| r.entry.owner() == self.nid) {
+            // What was routed to them before is queued ahead of the notice.
+            self.catch_up().await;
+        }
         for r in removals {
             if r.entry.owner() != self.nid {
                 continue;
@@ -251,6 +255,8 @@ impl SessionManager for ClusterSessions {
             return Ok(());
         }
         let inner = &self.inner;
+        // What was routed here for it before now reaches its queue first.
+        inner.catch_up().await;
         let tags = inner
             .local
             .release(&session.uid, ConnId(session.nid), None, false);
@@ -292,6 +298,8 @@ impl SessionManager for ClusterSessions {
         if !inner.local.tags_of(session).iter().any(|t| t == tag) {
             return Ok(());
         }
+        // A tag push routed here before the tag goes still reaches the connection.
+        inner.catch_up().await;
         inner.local.remove_tag(session, tag).await?;
         inner.tag_delta(tag, -1).await?;
         Ok(())
