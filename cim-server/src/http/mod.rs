@@ -60,6 +60,8 @@ pub struct HttpState {
     pub max_batch: usize,
     /// Longest account id, in bytes.
     pub max_uid_bytes: usize,
+    /// Which node a client should connect to.
+    pub dispatch: Arc<dyn cim_core::engine::Dispatch>,
 }
 
 /// Settings of the HTTP listener.
@@ -135,6 +137,8 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             get(api::pending_count).delete(api::pending_clear),
         )
         .route("/api/v1/tokens", post(api::mint_token))
+        .route("/api/v1/dispatch", get(api::dispatch))
+        .route("/api/v1/drain", post(api::drain))
         // The key is checked first: nobody reads a body for a caller without the key.
         .route_layer(middleware::from_fn_with_state(
             BodyLimits {

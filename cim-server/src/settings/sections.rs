@@ -54,8 +54,9 @@ impl Default for ConnectionSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
-    /// `redb` (on disk under `path`, the default), `sled` (on disk under `path`) or `memory`
-    /// (lost at exit).
+    /// `auto` (the default: `redb` on one node, the cluster's Redis with `cluster.redis`),
+    /// `redb` (on disk under `path`), `sled` (on disk under `path`), `memory` (lost at exit) or
+    /// `redis` (the cluster's Redis; needs `cluster.redis`).
     pub backend: StoreBackend,
     /// Directory of the database.
     pub path: PathBuf,
@@ -75,7 +76,7 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            backend: StoreBackend::Redb,
+            backend: StoreBackend::Auto,
             path: PathBuf::from("./data"),
             durability: Durability::Always,
             flush_interval_ms: 100,
@@ -90,12 +91,29 @@ impl Default for StoreSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
 pub enum StoreBackend {
+    /// redb on one node, the cluster's Redis in a cluster.
+    Auto,
     /// redb, on disk, with a write-ahead log under `always`.
     Redb,
     /// sled, on disk.
     Sled,
     /// In memory.
     Memory,
+    /// The cluster's Redis (streams), shared by every node.
+    Redis,
+}
+
+impl StoreBackend {
+    /// Its name in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreBackend::Auto => "auto",
+            StoreBackend::Redb => "redb",
+            StoreBackend::Sled => "sled",
+            StoreBackend::Memory => "memory",
+            StoreBackend::Redis => "redis",
+        }
+    }
 }
 
 impl TryFrom<String> for StoreBackend {
@@ -103,10 +121,14 @@ impl TryFrom<String> for StoreBackend {
 
     fn try_from(s: String) -> Result<Self, String> {
         match s.as_str() {
+            "auto" => Ok(StoreBackend::Auto),
             "redb" => Ok(StoreBackend::Redb),
             "sled" => Ok(StoreBackend::Sled),
             "memory" => Ok(StoreBackend::Memory),
-            other => Err(format!("{other:?}: expected one of redb, sled, memory")),
+            "redis" => Ok(StoreBackend::Redis),
+            other => Err(format!(
+                "{other:?}: expected one of auto, redb, sled, memory, redis"
+            )),
         }
     }
 }
@@ -182,6 +204,56 @@ impl Default for HttpSettings {
             max_connections: 1024,
             max_batch: 1000,
         }
+    }
+}
+
+/// `[cluster]`: nodes sharing one Redis (registry, routing, store). Off while `redis` is empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The Redis server, `redis://host:port[/db]`; empty: no cluster.
+    pub redis: String,
+    /// Prefix of every key, so that clusters can share a Redis.
+    pub prefix: String,
+    /// How often the node moves its deadline forward and looks for dead nodes.
+    pub heartbeat_ms: u64,
+    /// A node silent this long is dead: its sessions vanish, it is reaped. At least twice
+    /// `heartbeat_ms`.
+    pub node_deadline_ms: u64,
+    /// A Redis command not answered in this long fails (a send then answers `503`).
+    pub timeout_ms: u64,
+    /// A message taken from the inbox and queued to a connection that has not written it after
+    /// this long is routed again (the connection's write failed).
+    pub handover_timeout_ms: u64,
+    /// The TCP address clients are told to reach this node at (`GET /api/v1/dispatch`);
+    /// empty: where the TCP listener listens.
+    pub advertise_tcp: String,
+    /// The WebSocket address; empty: where the WebSocket listener listens.
+    pub advertise_websocket: String,
+    /// The HTTP API's address; empty: where it listens.
+    pub advertise_http: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            prefix: "cim:".into(),
+            heartbeat_ms: 1000,
+            node_deadline_ms: 5000,
+            timeout_ms: 2000,
+            handover_timeout_ms: 30_000,
+            advertise_tcp: String::new(),
+            advertise_websocket: String::new(),
+            advertise_http: String::new(),
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether the node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
     }
 }
 

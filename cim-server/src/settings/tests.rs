@@ -240,3 +240,72 @@ fn tls_tables_read_from_a_file() {
         "{e}"
     );
 }
+
+/// A cluster with a node-local store is refused naming both keys; with the default store
+/// (`auto`) a cluster uses its Redis, and one node keeps redb.
+#[test]
+fn a_cluster_needs_the_shared_store() {
+    let redis = ("CIM_CLUSTER__REDIS", "redis://127.0.0.1:6379");
+    for local in ["redb", "sled", "memory"] {
+        let e = Settings::load(None, env(&[redis, ("CIM_STORE__BACKEND", local)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`store.backend`") && e.contains(local) && e.contains("cluster.redis"),
+            "{e}"
+        );
+    }
+    let s = Settings::load(None, env(&[redis])).unwrap();
+    assert_eq!(s.store_backend(), StoreBackend::Redis);
+    let s = Settings::load(None, env(&[])).unwrap();
+    assert_eq!(s.store_backend(), StoreBackend::Redb);
+    let e = Settings::load(None, env(&[("CIM_STORE__BACKEND", "redis")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`store.backend`") && e.contains("cluster.redis"),
+        "{e}"
+    );
+    let e = Settings::load(None, env(&[("CIM_CLUSTER__REDIS", "localhost:6379")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`cluster.redis`") && e.contains("localhost:6379"),
+        "{e}"
+    );
+    let e = Settings::load(
+        None,
+        env(&[
+            redis,
+            ("CIM_CLUSTER__HEARTBEAT_MS", "500"),
+            ("CIM_CLUSTER__NODE_DEADLINE_MS", "999"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`cluster.node_deadline_ms` = 999"), "{e}");
+    Settings::load(
+        None,
+        env(&[
+            redis,
+            ("CIM_CLUSTER__HEARTBEAT_MS", "500"),
+            ("CIM_CLUSTER__NODE_DEADLINE_MS", "1000"),
+        ]),
+    )
+    .unwrap();
+    for key in ["TIMEOUT_MS", "HANDOVER_TIMEOUT_MS"] {
+        let var = format!("CIM_CLUSTER__{key}");
+        let e = Settings::load(None, env(&[redis, (var.as_str(), "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("`cluster.{}` = 0", key.to_lowercase())),
+            "{e}"
+        );
+        Settings::load(None, env(&[redis, (var.as_str(), "1")])).unwrap();
+    }
+    let e = Settings::load(None, env(&[redis, ("CIM_NODE", "a b")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`node`") && e.contains("a b"), "{e}");
+}
