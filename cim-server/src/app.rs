@@ -17,7 +17,7 @@ use crate::settings::{ListenerSettings, Settings, SettingsError, StoreBackend};
 use crate::tls::{PemFile, TlsConfig};
 use cim_cluster::{Cluster, ClusterConfig};
 use cim_core::engine::{Dispatch, LocalDispatch, MemoryStore, MessageIds, MessageStore, NodeAddrs};
-use cim_store::{RedbStore, SledStore, StoreOptions};
+use cim_store::StoreOptions;
 
 /// A running reference server: long-connection listeners and the HTTP API.
 pub struct App {
@@ -366,8 +366,27 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError>
             ));
         }
         StoreBackend::Memory => Arc::new(MemoryStore::new(s.max_per_account)),
-        StoreBackend::Redb => Arc::new(RedbStore::open(&s.path, options).map_err(|e| failed(&e))?),
-        StoreBackend::Sled => Arc::new(SledStore::open(&s.path, options).map_err(|e| failed(&e))?),
+        #[cfg(feature = "redb")]
+        StoreBackend::Redb => Arc::new(
+            cim_store::RedbStore::open(&s.path, options).map_err(|e| failed(&e))?,
+        ),
+        #[cfg(feature = "sled")]
+        StoreBackend::Sled => Arc::new(
+            cim_store::SledStore::open(&s.path, options).map_err(|e| failed(&e))?,
+        ),
+        #[allow(unreachable_patterns)] // a backend this build leaves out
+        other => {
+            let _ = (options, failed);
+            return Err(ServerError::Settings(SettingsError::Invalid {
+                key: "store.backend".into(),
+                value: format!("{:?}", other.name()),
+                reason: format!(
+                    "this build has no {} store (cim-server's feature `{}`)",
+                    other.name(),
+                    other.name()
+                ),
+            }));
+        }
     })
 }
 
