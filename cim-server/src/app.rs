@@ -367,13 +367,13 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError>
         }
         StoreBackend::Memory => Arc::new(MemoryStore::new(s.max_per_account)),
         #[cfg(feature = "redb")]
-        StoreBackend::Redb => Arc::new(
-            cim_store::RedbStore::open(&s.path, options).map_err(|e| failed(&e))?,
-        ),
+        StoreBackend::Redb => {
+            Arc::new(cim_store::RedbStore::open(&s.path, options).map_err(|e| failed(&e))?)
+        }
         #[cfg(feature = "sled")]
-        StoreBackend::Sled => Arc::new(
-            cim_store::SledStore::open(&s.path, options).map_err(|e| failed(&e))?,
-        ),
+        StoreBackend::Sled => {
+            Arc::new(cim_store::SledStore::open(&s.path, options).map_err(|e| failed(&e))?)
+        }
         #[allow(unreachable_patterns)] // a backend this build leaves out
         other => {
             let _ = (options, failed);
