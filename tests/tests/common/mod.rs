@@ -101,6 +101,7 @@ pub async fn start_with(
             protocol: Protocol::WebSocket(ws),
             connection: conn,
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Default::default(),
         })
         .listener(Listener::xml(loopback()).with_connection(conn))
         .event_listener(closes.clone());
