@@ -338,7 +338,7 @@ fn spawn_stream<S, C>(
 /// connection starts with a TLS handshake.
 pub(crate) async fn accept_loop(
     socket: TcpListener,
-    (listener, tls): (Listener, Option<TlsConfig>),
+    (listener, tls, refused): (Listener, Option<TlsConfig>, Refusals),
     hub: Arc<Hub>,
     slots: Arc<Semaphore>,
     check: Option<Arc<dyn HandshakeCheck>>,
@@ -364,7 +364,7 @@ pub(crate) async fn accept_loop(
         },
         check,
         access: listener.access,
-        refusals: Refusals::new(name),
+        refusals: refused,
     });
     // A WebSocket client is told why, as HTTP; a stream client is closed (its protocol has no
     // way to say it).

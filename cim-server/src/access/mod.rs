@@ -125,7 +125,7 @@ pub(crate) enum Refused {
     /// A trusted proxy's connection without a usable header.
     #[error("{0}")]
     Header(HeaderError),
-    /// Another address's connection that ended (or failed) before it sent anything.
+    /// A connection that ended (or failed) before it sent anything, or before its header ended.
     #[error("{0}")]
     Gone(HeaderError),
 }
@@ -144,6 +144,8 @@ pub(crate) async fn client_of(
         match proxy_header::read(stream, access.max_proxy_header).await {
             Ok(Some(source)) => source,
             Ok(None) => peer,
+            // The proxy gave up (its client left): nothing to refuse.
+            Err(e @ (HeaderError::Closed | HeaderError::Io(_))) => return Err(Refused::Gone(e)),
             Err(e) => return Err(Refused::Header(e)),
         }
     } else {
