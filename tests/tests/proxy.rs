@@ -495,3 +495,36 @@ async fn refusals_are_counted_by_listener_and_reason() {
     }
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn the_proxy_header_comes_before_the_tls_handshake() {
+    use cim_client::{BindInfo, Client, ClientConfig};
+    use common::certs::{Ca, write};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cim test CA");
+    let files = write(dir.path(), &ca, &ca.leaf(&["localhost", "127.0.0.1"]));
+    let server = ServerProcess::start(&[
+        DEBUG_LOG,
+        ("CIM_TCP__TLS__CERT", files.cert.to_str().unwrap()),
+        ("CIM_TCP__TLS__KEY", files.key.to_str().unwrap()),
+        ("CIM_TCP__PROXY_PROTOCOL", "true"),
+        ("CIM_TCP__TRUSTED_PROXIES", "127.0.0.1"),
+    ]);
+    let proxy = Haproxy::start(&[Route {
+        mode: Mode::ProxyV2,
+        to: server.addr("tls"),
+    }])
+    .await;
+    // The SDK over tls:// through HAProxy: the handshake starts after the header.
+    let endpoint = format!("tls://127.0.0.1:{}", proxy.fronts[0].port());
+    let mut config = ClientConfig::new(endpoint.parse().unwrap(), BindInfo::new("over-tls"));
+    config.ca_file = Some(files.ca.clone());
+    config.connect_timeout = WAIT;
+    let (sdk, _events) = Client::connect(config).await.unwrap();
+    let addr = remote_addr(&server, "over-tls").await;
+    // The session's address is the one HAProxy's header named, not HAProxy's own.
+    let client = format!("client={addr}");
+    let line = log_line(&server, &["client address from the PROXY header", &client]);
+    assert!(!line.contains(&format!("peer={addr}")), "{line}");
+    sdk.destroy().await;
+}
