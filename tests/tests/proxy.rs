@@ -528,3 +528,41 @@ async fn the_proxy_header_comes_before_the_tls_handshake() {
     assert!(!line.contains(&format!("peer={addr}")), "{line}");
     sdk.destroy().await;
 }
+
+#[tokio::test]
+async fn a_header_that_never_ends_is_cut_off_by_the_bind_timeout() {
+    use cim_core::engine::ConnectionConfig;
+    use cim_server::access::Access;
+    use cim_server::{Listener, Server};
+    init_logs();
+    let mut conf = ConnectionConfig::default();
+    conf.timers.bind_timeout = Duration::from_millis(300);
+    let access = Access {
+        proxy_protocol: true,
+        trusted_proxies: "127.0.0.1".parse().unwrap(),
+        ..Access::default()
+    };
+    let server = Server::builder()
+        .listener(
+            Listener::binary(loopback())
+                .with_connection(conf)
+                .with_access(access),
+        )
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr("tcp").unwrap();
+    // Half a header, then nothing: closed once the bind timeout is over.
+    let mut half = connect_from("127.0.0.1", addr).await;
+    half.write_all(b"PROXY TCP4 203.0.113.7 ").await.unwrap();
+    assert_eq!(closed(half).await, "");
+    // The same header whole is taken, and the bind goes on.
+    let mut whole = StreamClient::on(connect_from("127.0.0.1", addr).await, BinaryCodec::new());
+    whole
+        .send_raw(b"PROXY TCP4 203.0.113.7 127.0.0.1 4711 23456\r\n")
+        .await;
+    whole.bind("whole", "android", "d").await;
+    let sessions = server.hub().sessions().sessions("whole").await.unwrap();
+    assert_eq!(sessions[0].remote_addr, "203.0.113.7:4711");
+    server.shutdown(Duration::from_secs(1)).await;
+}

@@ -259,9 +259,10 @@ async fn start_proxied(
             return acc.start(stream, client, stop, slot).await;
         }
         Ok(Err(refused)) => refused,
-        Err(_) if acc.access.trusts(peer.ip()) => Refused::Header(access::HeaderError::Io(
-            "not whole within http.header_timeout_ms".into(),
-        )),
+        Err(_) if acc.access.trusts(peer.ip()) => {
+            let why = "PROXY header not whole within http.header_timeout_ms";
+            return acc.refusals.refuse(Reason::ProxyHeader, peer, &why);
+        }
         Err(_) => return,
     };
     let reason = match &refused {
