@@ -68,6 +68,7 @@ impl App {
                 },
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.tcp.access(),
             };
             builder = add_listener(builder, listener, tls_of("tcp"), addrs.tcp_tls);
         }
@@ -77,6 +78,7 @@ impl App {
                 protocol: Protocol::WebSocket(settings.ws_settings()),
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.websocket.access(),
             };
             builder = add_listener(builder, listener, tls_of("websocket"), addrs.websocket_tls);
         }
@@ -89,6 +91,7 @@ impl App {
                 },
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.xml.access(),
             });
         }
         builder = builder.store(Arc::clone(&store));
@@ -192,6 +195,7 @@ impl App {
                     max_head: settings.http.max_head,
                     max_headers: settings.http.max_headers,
                     max_connections: settings.http.max_connections,
+                    access: settings.http.access(),
                 };
                 let router = http::router(state, &config);
                 let (stop, stop_rx) = watch::channel(false);

@@ -7,6 +7,7 @@
 )]
 
 pub mod certs;
+pub mod haproxy;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -101,6 +102,7 @@ pub async fn start_with(
             protocol: Protocol::WebSocket(ws),
             connection: conn,
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Default::default(),
         })
         .listener(Listener::xml(loopback()).with_connection(conn))
         .event_listener(closes.clone());
@@ -143,8 +145,13 @@ pub type XmlClient = StreamClient<XmlCodec>;
 
 impl<C: StreamCodec> StreamClient<C> {
     pub async fn connect(addr: SocketAddr, codec: C) -> Self {
+        Self::on(TcpStream::connect(addr).await.unwrap(), codec)
+    }
+
+    /// A client on a stream connected already.
+    pub fn on(stream: TcpStream, codec: C) -> Self {
         Self {
-            stream: TcpStream::connect(addr).await.unwrap(),
+            stream,
             codec,
             buf: BytesMut::new(),
         }
