@@ -128,8 +128,9 @@ impl AsyncRead for FramedIo {
                     if this.eof {
                         return Poll::Ready(Ok(()));
                     }
-                    let mut chunk = [0u8; READ_CHUNK];
-                    let mut buf = ReadBuf::new(&mut chunk);
+                    // Uninitialised: zeroing 8 KiB per poll is work no byte needs.
+                    let mut chunk = [const { std::mem::MaybeUninit::<u8>::uninit() }; READ_CHUNK];
+                    let mut buf = ReadBuf::uninit(&mut chunk);
                     ready!(Pin::new(&mut this.stream).poll_read(cx, &mut buf))?;
                     if buf.filled().is_empty() {
                         this.eof = true;
@@ -204,8 +205,9 @@ impl AsyncWrite for FramedIo {
                         this.closing = Closing::Done;
                         continue;
                     }
-                    let mut chunk = [0u8; READ_CHUNK];
-                    let mut buf = ReadBuf::new(&mut chunk);
+                    // Uninitialised: zeroing 8 KiB per poll is work no byte needs.
+                    let mut chunk = [const { std::mem::MaybeUninit::<u8>::uninit() }; READ_CHUNK];
+                    let mut buf = ReadBuf::uninit(&mut chunk);
                     match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
                         Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
                         Poll::Ready(_) => this.closing = Closing::Done,

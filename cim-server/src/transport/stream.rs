@@ -93,8 +93,10 @@ impl<S: AsyncRead + Unpin, C> StreamTransport<S, C> {
             return self.stream.read_buf(&mut self.rbuf).await;
         }
         std::future::poll_fn(|cx| {
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
+            // Uninitialised: a connection woken for a write polls its read too, and zeroing
+            // 8 KiB each time cost a third of the push path's instructions.
+            let mut chunk = [const { std::mem::MaybeUninit::<u8>::uninit() }; READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
             Pin::new(&mut self.stream)
                 .poll_read(cx, &mut buf)
                 .map_ok(|()| {
