@@ -39,6 +39,7 @@
 //! [`CodecError::TooManyEntries`]; `with_max_entries` on either codec sets another limit.
 
 mod proto;
+mod reader;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cim_core::{
@@ -79,7 +80,7 @@ fn put_body(frame: &Frame, dst: &mut impl BufMut) {
 
 /// Decodes the body of a frame of type `ty`, taking `data` maps of up to `max_entries` entries.
 /// Heartbeat bodies are ignored.
-fn decode_body(ty: FrameType, body: impl Buf, max_entries: usize) -> Result<Frame, CodecError> {
+fn decode_body(ty: FrameType, body: &[u8], max_entries: usize) -> Result<Frame, CodecError> {
     Ok(match ty {
         FrameType::Pong => Frame::Pong,
         FrameType::Ping => Frame::Ping,

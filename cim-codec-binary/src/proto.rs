@@ -47,6 +47,8 @@ struct Entry {
     value: String,
 }
 
+/// prost's reading of a `SentBody`, which the field reader (`reader.rs`) is held to in tests.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 struct ProtoSentBody {
     #[prost(string, tag = "1")]
@@ -95,15 +97,10 @@ pub(crate) fn decode_message(body: impl Buf) -> Result<Message, CodecError> {
     })
 }
 
-/// Decodes a protobuf `SentBody` body whose map has at most `max_entries` entries.
-pub(crate) fn decode_sent(body: impl Buf, max_entries: usize) -> Result<SentBody, CodecError> {
-    let p = <ProtoSentBody as prost::Message>::decode(body)
-        .map_err(|e| CodecError::malformed("request body", e))?;
-    Ok(SentBody {
-        key: p.key,
-        timestamp: p.timestamp,
-        data: entries_to_map(p.data, max_entries)?,
-    })
+/// Decodes a protobuf `SentBody` body whose map has at most `max_entries` entries (with the
+/// field reader: every request takes this path).
+pub(crate) fn decode_sent(body: &[u8], max_entries: usize) -> Result<SentBody, CodecError> {
+    crate::reader::sent_body(body, max_entries)
 }
 
 /// Decodes a protobuf `ReplyBody` body whose map has at most `max_entries` entries.
@@ -310,6 +307,135 @@ mod tests {
             Stock::decode(&a[..]).unwrap(),
             Stock::decode(&b[..]).unwrap()
         );
+    }
+
+    /// prost's derived decoder, the reference the field reader is held to.
+    fn prost_sent(body: &[u8], max: usize) -> Result<SentBody, CodecError> {
+        let p =
+            ProtoSentBody::decode(body).map_err(|e| CodecError::malformed("request body", e))?;
+        Ok(SentBody {
+            key: p.key,
+            timestamp: p.timestamp,
+            data: entries_to_map(p.data, max)?,
+        })
+    }
+
+    /// Bodies that take each path of the reader: typical, repeated and missing fields, unknown
+    /// fields of every wire type, wrong wire types, bad UTF-8, truncation.
+    fn tricky_bodies() -> Vec<Vec<u8>> {
+        let mut typical = Vec::new();
+        let request = SentBody::new("client_message")
+            .with("receiver", "user-10000")
+            .with("action", "2")
+            .with("content", "x".repeat(100))
+            .with("requestId", "17");
+        put_sent(&request, &mut typical);
+        let mut out = vec![
+            typical.clone(),
+            vec![],
+            b"\x0a\x03abc\x0a\x01d".to_vec(), // key twice: the last wins
+            b"\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01".to_vec(), // timestamp -1
+            b"\x1a\x00\x1a\x02\x0a\x00".to_vec(), // entries without key or value
+            b"\x1a\x06\x0a\x01k\x12\x01v\x1a\x04\x12\x02w2".to_vec(), // one key, two values
+            b"\x1a\x08\x0a\x01k\x18\x05\x12\x01v".to_vec(), // unknown varint in an entry
+            b"\x25\x01\x02\x03\x04\x29\x01\x02\x03\x04\x05\x06\x07\x08\x0a\x01k".to_vec(), // fixed32, fixed64
+            b"\x3a\x02hi\x40\x07\x0a\x01k".to_vec(), // unknown length-delimited, varint
+            b"\x0b\x0c\x0a\x01k".to_vec(),           // an empty group
+            b"\x0b\x0a\x01k".to_vec(),               // a group that never ends
+            b"\x08\x01".to_vec(),                    // key as a varint
+            b"\x12\x01a".to_vec(),                   // timestamp as bytes
+            b"\x18\x01".to_vec(),                    // data as a varint
+            b"\x1a\x03\x08\x01\x00".to_vec(),        // an entry's key as a varint
+            b"\x0a\x02\xff\xfe".to_vec(),            // key not UTF-8
+            b"\x1a\x04\x12\x02\xc3\x28".to_vec(),    // value not UTF-8
+            b"\x0a\x05ab".to_vec(),                  // truncated string
+            b"\x0a".to_vec(),                        // truncated length
+            b"\x10\xff".to_vec(),                    // truncated varint
+            b"\x00".to_vec(),                        // field number 0
+            b"\x0e".to_vec(),                        // wire type 6
+            b"\x80\x80\x80\x80\x10\x01".to_vec(),    // a key past u32 (tag 2^29, varint)
+            b"\xf8\xff\xff\xff\x0f\x01".to_vec(),    // the largest field number
+            b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f".to_vec(), // length past u64
+        ];
+        for cut in 0..typical.len() {
+            out.push(typical.get(..cut).unwrap().to_vec());
+        }
+        out
+    }
+
+    /// The field reader reads every body as prost does: the same request, or an error for
+    /// the same bodies.
+    #[test]
+    fn the_field_reader_reads_as_prost_does() {
+        for body in tricky_bodies() {
+            let ours = decode_sent(&body, 16);
+            let theirs = prost_sent(&body, 16);
+            assert_eq!(
+                ours.is_ok(),
+                theirs.is_ok(),
+                "{body:x?}: {ours:?} / {theirs:?}"
+            );
+            if let (Ok(a), Ok(b)) = (&ours, &theirs) {
+                assert_eq!((&a.key, a.timestamp), (&b.key, b.timestamp), "{body:x?}");
+                assert_eq!(
+                    a.data.iter().collect::<Vec<_>>(),
+                    b.data.iter().collect::<Vec<_>>(),
+                    "{body:x?}"
+                );
+            }
+        }
+    }
+
+    /// At the entry limit both accept; one past it both refuse, naming the limit.
+    #[test]
+    fn the_field_reader_holds_the_entry_limit() {
+        let mut body = Vec::new();
+        let sent = (0..8).fold(SentBody::new("k"), |s, i| s.with(format!("k{i}"), "v"));
+        put_sent(&sent, &mut body);
+        assert_eq!(decode_sent(&body, 8).unwrap().data.len(), 8);
+        assert_eq!(
+            decode_sent(&body, 7).unwrap_err(),
+            CodecError::TooManyEntries { max: 7 }
+        );
+        assert_eq!(
+            prost_sent(&body, 7).unwrap_err(),
+            CodecError::TooManyEntries { max: 7 }
+        );
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, and arbitrary requests encoded and then cut or changed at one
+        /// byte: the reader and prost agree on every one.
+        #[test]
+        fn the_field_reader_agrees_with_prost(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            key in ".{0,8}",
+            entries in proptest::collection::vec((".{0,6}", ".{0,6}"), 0..6),
+            at in proptest::prelude::any::<usize>(),
+            to in proptest::prelude::any::<u8>(),
+        ) {
+            let sent = entries.iter().fold(SentBody::new(key), |s, (k, v)| s.with(k.clone(), v.clone()));
+            let mut body = Vec::new();
+            put_sent(&sent, &mut body);
+            let mut changed = body.clone();
+            if !changed.is_empty() {
+                let i = at % changed.len();
+                if let Some(b) = changed.get_mut(i) { *b = to; }
+            }
+            for b in [bytes, body, changed] {
+                let ours = decode_sent(&b, 4);
+                let theirs = prost_sent(&b, 4);
+                proptest::prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:x?}", b);
+                if let (Ok(x), Ok(y)) = (ours, theirs) {
+                    proptest::prop_assert_eq!(x.key, y.key);
+                    proptest::prop_assert_eq!(x.timestamp, y.timestamp);
+                    proptest::prop_assert_eq!(
+                        x.data.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<Vec<_>>(),
+                        y.data.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
     }
 
     #[test]
