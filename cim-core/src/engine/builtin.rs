@@ -57,34 +57,37 @@ fn with_request_id(request_id: &Option<String>, reply: ReplyBody) -> ReplyBody {
 /// The message a `client_message` asks to send, with its `requestId`; or the refusal.
 fn message_of(
     ctx: &RequestContext<'_>,
-    mut body: SentBody,
+    body: SentBody,
 ) -> std::result::Result<(Option<String>, Message), ReplyBody> {
-    let request_id = body.data.remove(send::REQUEST_ID);
+    // The fields move from the request into the message in one pass over its map (no copies,
+    // no removals on the hot path); other keys are ignored.
+    let mut request_id = None;
+    let mut message = Message::default();
+    for (k, v) in body.data {
+        match k.as_str() {
+            send::REQUEST_ID => request_id = Some(v),
+            send::RECEIVER => message.receiver = v,
+            send::ACTION => message.action = v,
+            send::CONTENT => message.content = v,
+            send::FORMAT => message.format = v,
+            send::TITLE => message.title = v,
+            send::EXTRA => message.extra = v,
+            send::FILE => message.file = v,
+            send::FILE_TYPE => message.file_type = v,
+            _ => {}
+        }
+    }
     let session = match ctx.bound() {
         Ok(s) => s,
         Err(e) => return Err(refused(&request_id, e)),
     };
-    // The fields move from the request into the message (no copies on the hot path).
-    let mut take = |k: &str| body.data.remove(k).unwrap_or_default();
-    let receiver = take(send::RECEIVER);
-    if receiver.is_empty() {
+    if message.receiver.is_empty() {
         return Err(refused(
             &request_id,
             Error::bad_request("receiver is required"),
         ));
     }
-    let message = Message {
-        action: take(send::ACTION),
-        content: take(send::CONTENT),
-        format: take(send::FORMAT),
-        title: take(send::TITLE),
-        extra: take(send::EXTRA),
-        file: take(send::FILE),
-        file_type: take(send::FILE_TYPE),
-        sender: session.uid.clone(),
-        receiver,
-        ..Message::default()
-    };
+    message.sender = session.uid.clone();
     Ok((request_id, message))
 }
 
