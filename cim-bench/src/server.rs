@@ -33,7 +33,7 @@ struct Spawned {
 
 impl Server {
     /// Starts `binary` on free ports of 127.0.0.1 with a fresh store directory (`k`: which of
-    /// the servers of this run) and quiet logs; with `tls`, its TCP port speaks TLS with a
+    /// the servers of this run), logging at its default level to a file beside the store; with `tls`, its TCP port speaks TLS with a
     /// certificate made for the run, and the client side that trusts it comes back too.
     pub fn spawn(
         binary: PathBuf,
@@ -174,6 +174,9 @@ impl Drop for Server {
         if let Some(s) = self.spawned.as_mut() {
             let _ = terminate(&mut s.child);
             let _ = std::fs::remove_dir_all(&s.data);
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_file(s.data.with_extension("log"));
+            }
         }
     }
 }
@@ -218,17 +221,22 @@ fn start_on(
             .env("CIM_TCP__TLS__CERT", &files.cert)
             .env("CIM_TCP__TLS__KEY", &files.key);
     }
+    // The server runs as a user runs it, logging at its default level (info); its log goes to
+    // a file beside its store (`cim-bench-PID-K.log` in the temporary directory), removed with
+    // the store unless the run failed.
+    let log = std::fs::File::create(data.with_extension("log"))
+        .with_context(|| format!("creating {}", data.with_extension("log").display()))?;
     let mut child = command
         .env("CIM_TCP__PORT", tcp_port)
         .env("CIM_HTTP__PORT", port("http"))
         .env("CIM_WEBSOCKET__ENABLED", "false")
         .env("CIM_STORE__PATH", data)
-        .env("CIM_LOG__LEVEL", "warn")
+        .env_remove("CIM_LOG__LEVEL")
         .env_remove("RUST_LOG")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let out = child.stdout.take().context("the server's stdout")?;
