@@ -361,7 +361,8 @@ pub fn redact(url: &str) -> String {
 fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError> {
     let s = &settings.store;
     let options = StoreOptions::new(s.durability, s.max_per_account)
-        .flush_interval(Duration::from_millis(s.flush_interval_ms));
+        .flush_interval(Duration::from_millis(s.flush_interval_ms))
+        .read_threads(s.read_threads);
     let failed = |e: &dyn std::fmt::Display| ServerError::Config(e.to_string());
     Ok(match settings.store_backend() {
         StoreBackend::Redis | StoreBackend::Auto => {

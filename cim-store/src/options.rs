@@ -46,6 +46,11 @@ pub struct StoreOptions {
     pub flush_interval: Duration,
     /// Messages kept per account at most (at least 1).
     pub max_per_account: usize,
+    /// Reads (`pending`, `count`, `last_seq`) of an on-disk store that may run at once, each on
+    /// a blocking thread of the runtime (default 4, at least 1). More wait their turn: a burst
+    /// of binds then starts a few threads, not one per bind, each with its stack and its
+    /// allocator's heap.
+    pub read_threads: usize,
 }
 
 impl StoreOptions {
@@ -56,7 +61,17 @@ impl StoreOptions {
             durability,
             flush_interval: Duration::from_millis(100),
             max_per_account,
+            read_threads: Self::DEFAULT_READ_THREADS,
         }
+    }
+
+    /// Reads that may run at once unless set otherwise.
+    pub const DEFAULT_READ_THREADS: usize = 4;
+
+    /// Sets how many reads may run at once (at least 1).
+    pub fn read_threads(mut self, n: usize) -> Self {
+        self.read_threads = n.max(1);
+        self
     }
 
     /// Sets the period of [`Durability::Interval`].

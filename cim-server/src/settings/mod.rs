@@ -246,6 +246,13 @@ impl Settings {
         {
             return Err(invalid("store.flush_interval_ms", 0, "must be more than 0"));
         }
+        if !(1..=512).contains(&self.store.read_threads) {
+            return Err(invalid(
+                "store.read_threads",
+                self.store.read_threads,
+                "must be 1-512",
+            ));
+        }
         if self.store.expire_every_secs == 0 {
             return Err(invalid("store.expire_every_secs", 0, "must be more than 0"));
         }

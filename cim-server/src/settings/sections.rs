@@ -72,6 +72,8 @@ pub struct StoreSettings {
     pub max_age_secs: u64,
     /// How often the expiry runs.
     pub expire_every_secs: u64,
+    /// Reads of the `redb` store that may run at once (1-512), each on a blocking thread.
+    pub read_threads: usize,
 }
 
 impl Default for StoreSettings {
@@ -84,6 +86,7 @@ impl Default for StoreSettings {
             max_per_account: 10_000,
             max_age_secs: 7 * 24 * 3600,
             expire_every_secs: 60,
+            read_threads: cim_store::StoreOptions::DEFAULT_READ_THREADS,
         }
     }
 }

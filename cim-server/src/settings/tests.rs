@@ -386,3 +386,20 @@ fn the_proxy_header_limit_holds_at_its_edges() {
         }
     }
 }
+
+/// `store.read_threads` holds at 1 and 512 and refuses 0 and 513, naming the key and value.
+#[test]
+fn the_store_read_threads_hold_at_their_edges() {
+    assert_eq!(
+        Settings::load(None, env(&[])).unwrap().store.read_threads,
+        4
+    );
+    for (value, ok) in [("0", false), ("1", true), ("512", true), ("513", false)] {
+        let got = Settings::load(None, env(&[("CIM_STORE__READ_THREADS", value)]));
+        assert_eq!(got.is_ok(), ok, "{value}: {got:?}");
+        if let Err(e) = got {
+            let e = e.to_string();
+            assert!(e.contains("store.read_threads") && e.contains(value), "{e}");
+        }
+    }
+}

@@ -71,6 +71,10 @@ pub struct RedbOpenError {
 pub struct RedbStore {
     db: Arc<Database>,
     ops: mpsc::Sender<Op>,
+    /// Permits for the reads that may run at once ([`StoreOptions::read_threads`]).
+    reads: Arc<tokio::sync::Semaphore>,
+    #[cfg(test)]
+    overlap: Arc<tests::Overlap>,
 }
 
 impl RedbStore {
@@ -112,7 +116,14 @@ impl RedbStore {
             .spawn(move || writer.run(rx))
             .map_err(|e| err(&e))?;
         info!(path = %path.display(), ?durability, "message store open");
-        Ok(RedbStore { db, ops })
+        let reads = Arc::new(tokio::sync::Semaphore::new(options.read_threads.max(1)));
+        Ok(RedbStore {
+            db,
+            ops,
+            reads,
+            #[cfg(test)]
+            overlap: Arc::default(),
+        })
     }
 
     async fn ask<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
@@ -123,13 +134,23 @@ impl RedbStore {
         rx.await.map_err(|_| unavailable("the writer stopped"))?
     }
 
-    /// Runs `f` with a read transaction on a blocking thread of the runtime.
+    /// Runs `f` with a read transaction on a blocking thread of the runtime, once one of the
+    /// read permits is free.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = Arc::clone(&self.db);
+        let permit = Arc::clone(&self.reads)
+            .acquire_owned()
+            .await
+            .map_err(|_| unavailable("the store is closed"))?;
+        #[cfg(test)]
+        let overlap = Arc::clone(&self.overlap);
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            #[cfg(test)]
+            let _reading = overlap.enter();
             #[cfg(test)]
             tests::note_read_thread();
             let txn = db.begin_read().map_err(unavailable)?;

@@ -16,6 +16,35 @@ pub(super) fn note_read_thread() {
         .push(std::thread::current().id());
 }
 
+/// How many reads of one store run at once, and the most that did; with `slow` set each read
+/// takes a few milliseconds, so that reads asked for together overlap if they may.
+#[derive(Default)]
+pub(super) struct Overlap {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    slow: std::sync::atomic::AtomicBool,
+}
+
+/// A read in progress (see [`Overlap`]).
+pub(super) struct Reading<'a>(&'a Overlap);
+
+impl Overlap {
+    pub(super) fn enter(&self) -> Reading<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        if self.slow.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Reading(self)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Records how many index entries the last expiry read.
 pub(super) fn note_expiry_visits(n: usize) {
     EXPIRY_VISITS.store(n, Ordering::SeqCst);
@@ -84,6 +113,43 @@ fn reads_run_off_the_runtime_threads() {
     let threads = READ_THREADS.lock().unwrap().clone();
     assert!(threads.len() >= 3, "{threads:?}");
     assert!(!threads.contains(&runtime_thread), "{threads:?}");
+}
+
+/// No more reads run at once than `read_threads` allows: 40 asked for together with 1, 2 and
+/// 8 permits (the blocking pool would otherwise start a thread for each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_once_stay_within_read_threads() {
+    for permits in [1, 2, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::new(Durability::Always, 10).read_threads(permits);
+        let store = RedbStore::open(dir.path(), options).unwrap();
+        store.append("u", &msg(1)).await.unwrap();
+        store.overlap.slow.store(true, Ordering::SeqCst);
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let store = store.clone();
+            reads.spawn(async move { store.last_seq("u").await });
+        }
+        while let Some(seq) = reads.join_next().await {
+            assert_eq!(seq.unwrap().unwrap(), 1);
+        }
+        let most = store.overlap.most.load(Ordering::SeqCst);
+        assert!(
+            most <= permits,
+            "{most} reads at once with {permits} permits"
+        );
+        // The limit is what bounds them: with 8 permits, 40 slow reads do overlap.
+        if permits == 8 {
+            assert!(most > 2, "{most}");
+        }
+    }
+    // At least one, whatever is asked.
+    assert_eq!(
+        StoreOptions::new(Durability::Always, 1)
+            .read_threads(0)
+            .read_threads,
+        1
+    );
 }
 
 /// Expiry reads the index entries of what it deletes and nothing else: 10 old messages
