@@ -266,6 +266,7 @@ pub(crate) async fn accept_loop(
     });
     // A WebSocket client is told why, as HTTP; a stream client is closed (its protocol has no
     // way to say it).
+    let refused = crate::metrics::refused(name, "max_connections");
     let busy: &[u8] = match acc.protocol {
         Protocol::WebSocket(_) => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nmax_connections reached; retry\r\n",
         _ => b"",
@@ -289,6 +290,7 @@ pub(crate) async fn accept_loop(
             Err(_) => {
                 debug!(%peer, "connection limit reached; connection refused");
                 refuse_busy(stream, busy);
+                refused.increment(1);
                 refusals
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

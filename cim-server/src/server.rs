@@ -222,6 +222,7 @@ impl ServerBuilder {
         )));
         for (socket, addr, listener, tls) in bound {
             let name = listener.name(tls.is_some());
+            hub.register_listener(name, listener.protocol.name());
             info!(protocol = name, %addr, "listening");
             addrs.push((name, addr));
             tasks.push(tokio::spawn(accept_loop(

@@ -1,4 +1,5 @@
-//! The HTTP API: CIM's `POST /api/message/send`, a JSON API under `/api/v1`, and `GET /health`.
+//! The HTTP API: CIM's `POST /api/message/send`, a JSON API under `/api/v1`, `GET /health`,
+//! `GET /metrics` (Prometheus's text format) and the admin console at `/console`.
 //!
 //! Served through hyper, with limits on everything a client controls: a header-read timeout (a
 //! client that trickles its headers, or idles on a keep-alive connection, is cut off), a body
@@ -14,24 +15,28 @@
 mod api;
 mod body;
 mod compat;
+mod console;
 mod error;
 mod framed_io;
 mod framing;
+mod observe;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::{self, AddExtension, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cim_core::Hub;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{debug, info};
@@ -44,6 +49,7 @@ use framed_io::FramedIo;
 use framing::HeadLimits;
 
 use crate::auth::TokenSigner;
+use crate::metrics::{HttpMetrics, method_label};
 use crate::refusal::{RefusalLog, refuse_busy};
 
 /// What the HTTP handlers share.
@@ -60,6 +66,18 @@ pub struct HttpState {
     pub max_batch: usize,
     /// Longest account id, in bytes.
     pub max_uid_bytes: usize,
+    /// The process's metrics, rendered by `GET /metrics` and summed by `GET /api/v1/stats`;
+    /// `None`: both answer `404`.
+    pub metrics: Option<PrometheusHandle>,
+    /// A key `GET /metrics` takes besides the API key.
+    pub metrics_key: Option<String>,
+    /// Whether `GET /metrics` answers a client connecting from a loopback address without a
+    /// key.
+    pub metrics_open_on_loopback: bool,
+    /// The store's directory, whose size `GET /metrics` reports; `None` for a store in memory.
+    pub store_path: Option<PathBuf>,
+    /// Whether to serve the admin console at `/console`.
+    pub console: bool,
 }
 
 /// Settings of the HTTP listener.
@@ -113,6 +131,92 @@ async fn require_key(State(st): State<Arc<HttpState>>, req: Request, next: Next)
     next.run(req).await
 }
 
+/// The check of `GET /metrics`: the API key or the metrics key (open when neither is set), or
+/// no key at all for a client on a loopback address with `http.metrics_open_on_loopback`.
+async fn metrics_access(State(st): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    let from_loopback = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback());
+    if st.metrics_open_on_loopback && from_loopback {
+        return next.run(req).await;
+    }
+    let keys = [st.api_key.as_deref(), st.metrics_key.as_deref()];
+    if keys.iter().all(Option::is_none) {
+        return next.run(req).await;
+    }
+    match presented_key(req.headers()) {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "API key or metrics key required (X-API-Key header or Authorization: Bearer)",
+        )
+        .into_response(),
+        Some(k)
+            if keys
+                .iter()
+                .flatten()
+                .any(|key| same_secret(k.as_bytes(), key.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong key").into_response(),
+    }
+}
+
+/// The routes, as the `route` label of `cim_http_requests_total` names them (anything else is
+/// `other`).
+mod routes {
+    pub const COMPAT_SEND: &str = "/api/message/send";
+    pub const MESSAGES: &str = "/api/v1/messages";
+    pub const BATCH: &str = "/api/v1/messages/batch";
+    pub const BROADCAST: &str = "/api/v1/broadcast";
+    pub const TAG_MESSAGES: &str = "/api/v1/tags/{tag}/messages";
+    pub const SESSIONS: &str = "/api/v1/sessions";
+    pub const ACCOUNT_SESSIONS: &str = "/api/v1/accounts/{uid}/sessions";
+    pub const PENDING: &str = "/api/v1/accounts/{uid}/pending";
+    pub const TOKENS: &str = "/api/v1/tokens";
+    pub const STATS: &str = "/api/v1/stats";
+    pub const HEALTH: &str = "/health";
+    pub const METRICS: &str = "/metrics";
+    pub const CONSOLE: &str = "/console";
+    pub const CONSOLE_SLASH: &str = "/console/";
+    pub const CONSOLE_SCRIPT: &str = "/console/console.js";
+    pub const CONSOLE_STYLE: &str = "/console/console.css";
+
+    pub const ALL: &[&str] = &[
+        COMPAT_SEND,
+        MESSAGES,
+        BATCH,
+        BROADCAST,
+        TAG_MESSAGES,
+        SESSIONS,
+        ACCOUNT_SESSIONS,
+        PENDING,
+        TOKENS,
+        STATS,
+        HEALTH,
+        METRICS,
+        CONSOLE,
+        CONSOLE_SLASH,
+        CONSOLE_SCRIPT,
+        CONSOLE_STYLE,
+    ];
+}
+
+/// Counts every request the router answers in `cim_http_requests_total`.
+async fn count_requests(State(m): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
+    let method = method_label(req.method().as_str());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| routes::ALL.iter().find(|r| **r == p.as_str()))
+        .copied()
+        .unwrap_or("other");
+    let res = next.run(req).await;
+    m.request(method, route, res.status().as_u16());
+    res
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
@@ -120,21 +224,22 @@ async fn not_found() -> ApiError {
 /// The API's routes.
 pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
     let api = Router::new()
-        .route("/api/message/send", post(compat::send))
-        .route("/api/v1/messages", post(api::send))
-        .route("/api/v1/messages/batch", post(api::send_batch))
-        .route("/api/v1/broadcast", post(api::broadcast))
-        .route("/api/v1/tags/{tag}/messages", post(api::send_to_tag))
-        .route("/api/v1/sessions", get(api::online))
+        .route(routes::COMPAT_SEND, post(compat::send))
+        .route(routes::MESSAGES, post(api::send))
+        .route(routes::BATCH, post(api::send_batch))
+        .route(routes::BROADCAST, post(api::broadcast))
+        .route(routes::TAG_MESSAGES, post(api::send_to_tag))
+        .route(routes::SESSIONS, get(api::online))
         .route(
-            "/api/v1/accounts/{uid}/sessions",
+            routes::ACCOUNT_SESSIONS,
             get(api::account_sessions).delete(api::kick),
         )
         .route(
-            "/api/v1/accounts/{uid}/pending",
+            routes::PENDING,
             get(api::pending_count).delete(api::pending_clear),
         )
-        .route("/api/v1/tokens", post(api::mint_token))
+        .route(routes::TOKENS, post(api::mint_token))
+        .route(routes::STATS, get(observe::stats))
         // The key is checked first: nobody reads a body for a caller without the key.
         .route_layer(middleware::from_fn_with_state(
             BodyLimits {
@@ -147,16 +252,36 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             Arc::clone(&state),
             require_key,
         ));
-    Router::new()
-        .route("/health", get(api::health))
-        .merge(api)
+    let metrics = Router::new()
+        .route(routes::METRICS, get(observe::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            metrics_access,
+        ));
+    let mut open = Router::new().route(routes::HEALTH, get(api::health));
+    if state.console {
+        open = open
+            .route(routes::CONSOLE, get(console::page))
+            .route(routes::CONSOLE_SLASH, get(console::page))
+            .route(routes::CONSOLE_SCRIPT, get(console::script))
+            .route(routes::CONSOLE_STYLE, get(console::style));
+    }
+    open.merge(api)
+        .merge(metrics)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body))
         .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(HttpMetrics::default()),
+            count_requests,
+        ))
         .with_state(state)
 }
 
-type HttpConnection = http1::Connection<TokioIo<FramedIo>, TowerToHyperService<Router>>;
+/// The router of one connection: the API with the peer's address in every request.
+type PeerRouter = AddExtension<Router, ConnectInfo<SocketAddr>>;
+
+type HttpConnection = http1::Connection<TokioIo<FramedIo>, TowerToHyperService<PeerRouter>>;
 
 /// Drives one connection to its end; shuts it down gracefully when its framer refuses a head
 /// or the server stops. Holds `_slot` (of `max_connections`) until then.
@@ -228,6 +353,7 @@ pub async fn serve(
         "HTTP connections refused with 503: http.max_connections reached",
         max_connections,
     );
+    let refused = crate::metrics::refused("http", "max_connections");
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             res = socket.accept() => match res {
@@ -243,10 +369,12 @@ pub async fn serve(
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             refuse_busy(stream, &busy);
             refusals.refused();
+            refused.increment(1);
             continue;
         };
         let (io, refused) = FramedIo::new(stream, limits, config.header_timeout);
-        let service = TowerToHyperService::new(router.clone());
+        let with_peer = tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), router.clone());
+        let service = TowerToHyperService::new(with_peer);
         let conn = http.serve_connection(TokioIo::new(io), service);
         tokio::spawn(drive(conn, refused, stop.clone(), peer, slot));
     }

@@ -188,6 +188,13 @@ pub struct HttpSettings {
     pub max_connections: usize,
     /// Messages accepted in one batch request.
     pub max_batch: usize,
+    /// A key that `GET /metrics` takes besides `api_key` (for a scraper that should not send
+    /// messages). Empty: only `api_key`.
+    pub metrics_key: String,
+    /// Answer `GET /metrics` without a key to a client connecting from a loopback address.
+    pub metrics_open_on_loopback: bool,
+    /// Serve the admin console at `/console`.
+    pub console: bool,
 }
 
 impl Default for HttpSettings {
@@ -204,6 +211,9 @@ impl Default for HttpSettings {
             max_headers: 100,
             max_connections: 1024,
             max_batch: 1000,
+            metrics_key: String::new(),
+            metrics_open_on_loopback: false,
+            console: true,
         }
     }
 }

@@ -143,8 +143,13 @@ pub type XmlClient = StreamClient<XmlCodec>;
 
 impl<C: StreamCodec> StreamClient<C> {
     pub async fn connect(addr: SocketAddr, codec: C) -> Self {
+        Self::over(TcpStream::connect(addr).await.unwrap(), codec)
+    }
+
+    /// A client on a stream connected already (with socket options of the test's own).
+    pub fn over(stream: TcpStream, codec: C) -> Self {
         Self {
-            stream: TcpStream::connect(addr).await.unwrap(),
+            stream,
             codec,
             buf: BytesMut::new(),
         }

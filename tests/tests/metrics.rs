@@ -1,0 +1,554 @@
+//! `GET /metrics` of the real binary: binds, sends, kicks, stores, replays, acknowledgements,
+//! a full queue and refused connections move the counters by exactly what happened; every
+//! series shown is one the README lists; the metrics endpoint takes its own key, or none from
+//! loopback when configured; `GET /api/v1/stats` sums what the console shows.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cim_codec_binary::BinaryCodec;
+use cim_core::{Frame, SentBody};
+use common::process::{HttpConn, JSON, ServerProcess, http};
+use common::{StreamClient, TcpClient, WAIT, bind_body};
+use serde_json::json;
+
+const KEY: &str = "metrics-test-key";
+
+/// One scrape: every sample by its series, `name{label="value",…}` with the labels sorted.
+#[derive(Debug, Default)]
+struct Scrape {
+    samples: BTreeMap<String, f64>,
+    /// The names of the `# TYPE` lines.
+    types: BTreeSet<String>,
+}
+
+/// `name{b="2",a="1"}` as `name{a="1",b="2"}`.
+fn normalize(series: &str) -> String {
+    let Some((name, labels)) = series.split_once('{') else {
+        return series.to_owned();
+    };
+    let labels = labels.strip_suffix('}').unwrap();
+    let mut pairs = Vec::new();
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").unwrap();
+        let end = after.find('"').unwrap();
+        pairs.push(format!("{key}=\"{}\"", &after[..end]));
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    pairs.sort();
+    format!("{name}{{{}}}", pairs.join(","))
+}
+
+fn parse(text: &str) -> Scrape {
+    let mut scrape = Scrape::default();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            scrape.types.insert(t.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        scrape
+            .samples
+            .insert(normalize(series), value.parse().unwrap());
+    }
+    scrape
+}
+
+impl Scrape {
+    fn get(&self, series: &str) -> f64 {
+        self.samples.get(series).copied().unwrap_or(0.0)
+    }
+}
+
+async fn scrape_with(addr: SocketAddr, key: &str) -> Scrape {
+    let r = http(addr, "GET", "/metrics", &[("x-api-key", key)], "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    parse(&r.body)
+}
+
+/// Scrapes until every series of `expected` moved from `before` by exactly its amount (the
+/// server counts a write just after the client could read it); panics, listing what differs,
+/// if they do not within the tests' wait.
+async fn expect_deltas(addr: SocketAddr, before: &Scrape, expected: &[(&str, f64)]) -> Scrape {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = scrape_with(addr, KEY).await;
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(s, d)| now.get(s) - before.get(s) != *d)
+            .map(|(s, d)| {
+                format!(
+                    "{s}: moved by {} instead of {d}",
+                    now.get(s) - before.get(s)
+                )
+            })
+            .collect();
+        if wrong.is_empty() {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{wrong:#?}\nscrape: {:#?}",
+            now.samples
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = http(
+        addr,
+        "POST",
+        path,
+        &[JSON, ("x-api-key", KEY)],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+async fn client(p: &ServerProcess) -> TcpClient {
+    StreamClient::connect(p.addr("tcp"), BinaryCodec::new()).await
+}
+
+/// The series the README's operator section lists, from its table of metrics.
+fn readme_series() -> BTreeSet<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split("### Metrics")
+        .nth(1)
+        .expect("README has a Metrics section")
+        .split("\n### ")
+        .next()
+        .unwrap();
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `cim_"))
+        .map(|l| format!("cim_{}", l.split('`').next().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn counters_move_by_exactly_what_happened() {
+    let p = ServerProcess::start(&[("CIM_HTTP__API_KEY", KEY)]);
+    let api = p.addr("http");
+    let before = scrape_with(api, KEY).await;
+
+    // Binds: one, and one refused for its missing uid.
+    let mut alice = client(&p).await;
+    alice.bind("alice", "android", "dev-a").await;
+    let mut nobody = client(&p).await;
+    nobody
+        .send(Frame::Sent(
+            SentBody::new("client_bind").with("channel", "android"),
+        ))
+        .await;
+    assert_eq!(nobody.reply().await.code, "400");
+    drop(nobody);
+
+    // Three messages to alice, two to carol who is offline (stored), one to everyone (alice).
+    for i in 0..3 {
+        let sent = post(
+            api,
+            "/api/v1/messages",
+            json!({"receiver": "alice", "content": format!("m{i}")}),
+        )
+        .await;
+        assert_eq!(sent["delivered"], 1);
+    }
+    for i in 0..2 {
+        let sent = post(
+            api,
+            "/api/v1/messages",
+            json!({"receiver": "carol", "content": format!("c{i}")}),
+        )
+        .await;
+        assert_eq!(sent["stored"], true);
+    }
+    post(api, "/api/v1/broadcast", json!({"content": "all"})).await;
+    for want in ["m0", "m1", "m2", "all"] {
+        assert_eq!(alice.message().await.content, want);
+    }
+
+    // A tag, then a message to it.
+    alice
+        .send(Frame::Sent(
+            SentBody::new("client_set_tag").with("tag", "news"),
+        ))
+        .await;
+    assert_eq!(alice.reply().await.code, "200");
+    post(
+        api,
+        "/api/v1/tags/news/messages",
+        json!({"content": "tagged"}),
+    )
+    .await;
+    assert_eq!(alice.message().await.content, "tagged");
+
+    // An operator's kick: the notice, then the close.
+    let r = http(
+        api,
+        "DELETE",
+        "/api/v1/accounts/alice/sessions",
+        &[("x-api-key", KEY)],
+        "",
+    )
+    .await;
+    assert_eq!(r.json()["kicked"], 1);
+    let seen = alice.expect_closed().await;
+    assert!(
+        seen.iter()
+            .any(|f| matches!(f, Frame::Message(m) if m.action == "999")),
+        "{seen:?}"
+    );
+
+    // carol binds and gets her two stored messages; then she leaves.
+    let mut carol = client(&p).await;
+    carol.bind("carol", "android", "dev-c").await;
+    assert_eq!(carol.message().await.content, "c0");
+    assert_eq!(carol.message().await.content, "c1");
+    drop(carol);
+
+    // dave acknowledges: his two messages are stored first, then acknowledged together.
+    let mut dave = client(&p).await;
+    dave.send(Frame::Sent(
+        bind_body("dave", "android", "dev-d").with("clientAck", "true"),
+    ))
+    .await;
+    assert_eq!(dave.reply().await.code, "200");
+    for i in 0..2 {
+        let sent = post(
+            api,
+            "/api/v1/messages",
+            json!({"receiver": "dave", "content": format!("d{i}")}),
+        )
+        .await;
+        assert_eq!(
+            (sent["delivered"].clone(), sent["stored"].clone()),
+            (json!(1), json!(true))
+        );
+    }
+    dave.message().await;
+    let second = dave.message().await;
+    dave.send(Frame::Sent(
+        SentBody::new("client_ack").with("id", second.id.to_string()),
+    ))
+    .await;
+    assert_eq!(dave.reply().await.data.get("acked"), Some("2"));
+
+    // eve binds on a phone, then on another phone: the first is kicked by the bind.
+    let mut eve1 = client(&p).await;
+    eve1.bind("eve", "android", "phone-1").await;
+    let mut eve2 = client(&p).await;
+    eve2.bind("eve", "ios", "phone-2").await;
+    let seen = eve1.expect_closed().await;
+    assert!(
+        seen.iter()
+            .any(|f| matches!(f, Frame::Message(m) if m.action == "999")),
+        "{seen:?}"
+    );
+
+    // A caller without the right key.
+    let r = http(
+        api,
+        "GET",
+        "/api/v1/sessions",
+        &[("x-api-key", "wrong")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    let after = expect_deltas(
+        api,
+        &before,
+        &[
+            ("cim_binds_total", 5.0),
+            ("cim_bind_refusals_total{reason=\"missing_uid\"}", 1.0),
+            ("cim_bind_refusals_total{reason=\"unauthorized\"}", 0.0),
+            ("cim_messages_sent_total{to=\"account\"}", 7.0),
+            ("cim_messages_sent_total{to=\"everyone\"}", 1.0),
+            ("cim_messages_sent_total{to=\"tag\"}", 1.0),
+            // alice 3 + 1 + 1 + the kick notice, carol 2, dave 2, eve's kick notice.
+            ("cim_messages_delivered_total", 11.0),
+            ("cim_messages_stored_total", 4.0),
+            ("cim_messages_replayed_total", 2.0),
+            ("cim_messages_acknowledged_total", 2.0),
+            ("cim_messages_dropped_total{reason=\"max_per_account\"}", 0.0),
+            ("cim_messages_dropped_total{reason=\"no_store\"}", 0.0),
+            ("cim_queue_full_total", 0.0),
+            ("cim_kicks_total{by=\"operator\"}", 1.0),
+            ("cim_kicks_total{by=\"bind\"}", 1.0),
+            ("cim_connections_closed_total{reason=\"peer\"}", 2.0),
+            ("cim_connections_closed_total{reason=\"kicked_by_operator\"}", 1.0),
+            ("cim_connections_closed_total{reason=\"kicked\"}", 1.0),
+            ("cim_connections_closed_total{reason=\"protocol_error\"}", 0.0),
+            // dave and eve's second phone are still connected.
+            ("cim_connections{listener=\"tcp\",protocol=\"tcp\"}", 2.0),
+            ("cim_store_append_seconds_count", 4.0),
+            (
+                "cim_http_requests_total{method=\"POST\",route=\"/api/v1/messages\",status=\"200\"}",
+                7.0,
+            ),
+            (
+                "cim_http_requests_total{method=\"POST\",route=\"/api/v1/broadcast\",status=\"200\"}",
+                1.0,
+            ),
+            (
+                "cim_http_requests_total{method=\"POST\",route=\"/api/v1/tags/{tag}/messages\",status=\"200\"}",
+                1.0,
+            ),
+            (
+                "cim_http_requests_total{method=\"DELETE\",route=\"/api/v1/accounts/{uid}/sessions\",status=\"200\"}",
+                1.0,
+            ),
+            (
+                "cim_http_requests_total{method=\"GET\",route=\"/api/v1/sessions\",status=\"401\"}",
+                1.0,
+            ),
+        ],
+    )
+    .await;
+    // The append histogram has its buckets, the last one holding every append.
+    assert_eq!(
+        after.get("cim_store_append_seconds_bucket{le=\"+Inf\"}"),
+        4.0
+    );
+    assert!(after.get("cim_store_size_bytes") > 0.0);
+    drop((dave, eve2));
+
+    // Every series shown is listed in the README, and every one listed is shown.
+    let listed = readme_series();
+    let shown = after.types.clone();
+    assert_eq!(shown, listed, "README's metrics table and /metrics differ");
+}
+
+/// A client that does not read: once the socket's buffers and its queue of 4 are full, the
+/// push that finds the queue full is counted, once (the connection is then closing, so later
+/// pushes are refused as closed); the connection closes for its overflow once it has written
+/// what was queued, and every message is either written or stored.
+#[tokio::test]
+async fn a_full_queue_is_counted_once_and_nothing_is_lost() {
+    let p = ServerProcess::start(&[
+        ("CIM_HTTP__API_KEY", KEY),
+        ("CIM_CONNECTION__QUEUE_CAPACITY", "4"),
+        ("CIM_CONNECTION__WRITE_TIMEOUT_MS", "120000"),
+    ]);
+    let api = p.addr("http");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(p.addr("tcp")).await.unwrap();
+    let mut frank = StreamClient::over(stream, BinaryCodec::new());
+    frank.bind("frank", "android", "dev-f").await;
+    let before = scrape_with(api, KEY).await;
+    let sends = 150;
+    let content = "x".repeat(60_000);
+    for _ in 0..sends {
+        post(
+            api,
+            "/api/v1/messages",
+            json!({"receiver": "frank", "content": content}),
+        )
+        .await;
+    }
+    let got = frank
+        .expect_closed()
+        .await
+        .iter()
+        .filter(|f| matches!(f, Frame::Message(_)))
+        .count();
+    assert!(
+        got < sends,
+        "the queue never filled: {got} of {sends} written"
+    );
+    let r = http(
+        api,
+        "GET",
+        "/api/v1/accounts/frank/pending",
+        &[("x-api-key", KEY)],
+        "",
+    )
+    .await;
+    let pending = r.json()["pending"].as_u64().unwrap() as usize;
+    assert_eq!(got + pending, sends, "written {got}, stored {pending}");
+    expect_deltas(
+        api,
+        &before,
+        &[
+            ("cim_queue_full_total", 1.0),
+            ("cim_connections_closed_total{reason=\"overflow\"}", 1.0),
+            ("cim_messages_delivered_total", got as f64),
+            ("cim_messages_stored_total", pending as f64),
+            ("cim_messages_sent_total{to=\"account\"}", sends as f64),
+        ],
+    )
+    .await;
+}
+
+/// Connections over `max_connections` and `http.max_connections` are counted by listener.
+#[tokio::test]
+async fn refused_connections_are_counted_by_listener() {
+    let p = ServerProcess::start(&[
+        ("CIM_MAX_CONNECTIONS", "1"),
+        ("CIM_HTTP__MAX_CONNECTIONS", "1"),
+    ]);
+    // The one HTTP connection allowed, kept alive for every scrape.
+    let mut held = HttpConn::open(p.addr("http")).await;
+    let mut scrape = async || {
+        held.request("GET", "/metrics", &[], "").await;
+        parse(&held.response().await.unwrap().body)
+    };
+    let before = scrape().await;
+    let mut one = client(&p).await;
+    one.bind("one", "android", "d").await;
+    for _ in 0..3 {
+        let mut extra = client(&p).await;
+        assert!(extra.expect_closed().await.is_empty());
+    }
+    let busy = http(p.addr("http"), "GET", "/health", &[], "").await;
+    assert_eq!(busy.status, 503);
+    let after = scrape().await;
+    let moved = |s: &str| after.get(s) - before.get(s);
+    assert_eq!(
+        moved("cim_connections_refused_total{listener=\"tcp\",reason=\"max_connections\"}"),
+        3.0
+    );
+    assert_eq!(
+        moved("cim_connections_refused_total{listener=\"http\",reason=\"max_connections\"}"),
+        1.0
+    );
+    assert_eq!(
+        after.get("cim_connections{listener=\"tcp\",protocol=\"tcp\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_take_the_api_key_or_their_own() {
+    let p = ServerProcess::start(&[
+        ("CIM_HTTP__API_KEY", KEY),
+        ("CIM_HTTP__METRICS_KEY", "scrape-only"),
+    ]);
+    let api = p.addr("http");
+    let get = |path: &'static str, headers: Vec<(&'static str, &'static str)>| async move {
+        http(api, "GET", path, &headers, "").await
+    };
+    let reason = get("/metrics", vec![]).await.json_error(401);
+    assert!(reason.contains("key required"), "{reason}");
+    get("/metrics", vec![("x-api-key", "wrong")])
+        .await
+        .json_error(401);
+    for headers in [
+        vec![("x-api-key", "scrape-only")],
+        vec![("authorization", "Bearer scrape-only")],
+        vec![("x-api-key", KEY)],
+    ] {
+        let r = get("/metrics", headers).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.body.contains("# TYPE cim_binds_total counter"),
+            "{}",
+            r.body
+        );
+    }
+    // The metrics key opens nothing else.
+    get("/api/v1/sessions", vec![("x-api-key", "scrape-only")])
+        .await
+        .json_error(401);
+    get("/api/v1/stats", vec![]).await.json_error(401);
+
+    // The figures the console shows: connections on this node, sessions, totals.
+    let mut c = client(&p).await;
+    c.bind("stats", "android", "d").await;
+    post(
+        api,
+        "/api/v1/messages",
+        json!({"receiver": "stats", "content": "s"}),
+    )
+    .await;
+    post(
+        api,
+        "/api/v1/messages",
+        json!({"receiver": "offline", "content": "o"}),
+    )
+    .await;
+    c.message().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = get("/api/v1/stats", vec![("x-api-key", KEY)]).await.json();
+        let want = json!({"sent": 2, "delivered": 1, "stored": 1});
+        if stats["messages"] == want {
+            assert_eq!(stats["connections"], 1, "{stats}");
+            assert_eq!(stats["sessions"], 1, "{stats}");
+            assert_eq!(stats["node"], "node-0", "{stats}");
+            assert!(stats["time_ms"].as_i64().unwrap() > 0, "{stats}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_open_on_loopback_and_the_console_can_be_off() {
+    let p = ServerProcess::start(&[
+        ("CIM_HTTP__API_KEY", KEY),
+        ("CIM_HTTP__METRICS_OPEN_ON_LOOPBACK", "true"),
+        ("CIM_HTTP__CONSOLE", "false"),
+    ]);
+    let api = p.addr("http");
+    let r = http(api, "GET", "/metrics", &[], "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("cim_connections"), "{}", r.body);
+    // The rest of the API still needs the key, and there is no console.
+    http(api, "GET", "/api/v1/sessions", &[], "")
+        .await
+        .json_error(401);
+    http(api, "GET", "/console", &[], "").await.json_error(404);
+}
+
+/// The console's files are served without a key, locked to their own origin.
+#[tokio::test]
+async fn the_console_is_served_from_the_binary() {
+    let p = ServerProcess::start(&[("CIM_HTTP__API_KEY", KEY)]);
+    let api = p.addr("http");
+    for (path, kind, needle) in [
+        ("/console", "text/html", "id=\"login-form\""),
+        ("/console/", "text/html", "id=\"login-form\""),
+        ("/console/console.js", "text/javascript", "sessionStorage"),
+        ("/console/console.css", "text/css", ".login"),
+    ] {
+        let r = http(api, "GET", path, &[], "").await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(kind),
+            "{path}: {r:?}"
+        );
+        let csp = r.header("content-security-policy").unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert!(r.body.contains(needle), "{path}");
+    }
+}
