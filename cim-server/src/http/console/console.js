@@ -173,7 +173,8 @@
 
   function drawChart() {
     const h = state.history;
-    const max = Math.max(1, ...h.map(([i, o]) => Math.max(i, o)));
+    // A quarter of headroom above the highest rate.
+    const max = Math.max(1, ...h.map(([i, o]) => Math.max(i, o))) * 1.25;
     const step = 600 / (HISTORY - 1);
     const x0 = 600 - step * (h.length - 1);
     const points = (k) =>
