@@ -15,6 +15,8 @@
 //! target/release/cim-bench storm -n 10000
 //! target/release/cim-bench --tls idle -n 10000          # every connection over TLS
 //! target/release/cim-bench --tls push -n 1000 -m 1000000
+//! # two cluster nodes on a redis-server it starts, beside the same push on one node
+//! target/release/cim-bench cluster -n 1000 -m 300000
 //! # past one process's open-file limit: three generator processes, three servers
 //! target/release/cim-bench --procs 3 --servers 3 connect -n 50000
 //! ```
@@ -155,6 +157,40 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         burst: u32,
     },
+    /// A cluster of two nodes on a Redis that cim-bench starts (redis-server on a free port of
+    /// 127.0.0.1, append-only file fsynced at every write): N subscribers on the second node, a
+    /// publisher on the first — beside the same push on a single node; then binds per second
+    /// across both nodes, and how long the second node's sessions take to vanish from the
+    /// first's view after it is killed with `kill -9`.
+    Cluster {
+        /// Subscribers (accounts s0 … s{N-1}).
+        #[arg(short, long, default_value_t = 1_000)]
+        n: usize,
+        /// Messages in all, for each of the two pushes.
+        #[arg(short, long, default_value_t = 300_000)]
+        m: u64,
+        /// Content bytes per message (at least 20).
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// How the publisher sends.
+        #[arg(long, value_enum, default_value_t = Via::Socket)]
+        via: Via,
+        /// Keep-alive HTTP connections for --via http.
+        #[arg(long, default_value_t = 8)]
+        http_conns: usize,
+        /// Messages per HTTP request for --via http.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Clients that bind across the two nodes (half each) for binds per second.
+        #[arg(long, default_value_t = 10_000)]
+        binds: usize,
+        /// The nodes' cluster.heartbeat_ms.
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+        /// The nodes' cluster.node_deadline_ms.
+        #[arg(long, default_value_t = 5000)]
+        deadline_ms: u64,
+    },
     /// N bound clients; the server restarts; time until all are bound again.
     Storm {
         /// Clients that reconnect.
@@ -206,6 +242,8 @@ fn main() -> ExitCode {
 
 struct Ctx {
     server: Server,
+    /// The server binary, when cim-bench started the server.
+    bin: Option<PathBuf>,
     /// Further servers (`--servers`).
     more: Vec<Server>,
     procs: usize,
@@ -372,6 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut more = Vec::new();
     let mut tls = None;
+    let mut server_bin = None;
     let server = match c.addr {
         Some(_) if c.servers > 1 => {
             bail!("--servers starts the servers itself: leave out --addr")
@@ -403,6 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for k in 1..c.servers {
                 more.push(Server::spawn(bin.clone(), k, false)?.0);
             }
+            server_bin = Some(bin.clone());
             let (server, client_tls) = Server::spawn(bin, 0, c.tls)?;
             tls = client_tls;
             server
@@ -410,6 +450,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let mut ctx = Ctx {
         server,
+        bin: server_bin,
         more,
         procs: c.procs.max(1),
         sources: c.sources,
@@ -440,6 +481,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Scenario::Broadcast { n, count, burst } => broadcast(&ctx, n, count, burst.max(1)).await?,
         Scenario::Storm { n } => storm(&mut ctx, n).await?,
+        Scenario::Cluster {
+            n,
+            m,
+            size,
+            via,
+            http_conns,
+            batch,
+            binds,
+            heartbeat_ms,
+            deadline_ms,
+        } => {
+            let plan = publish::Plan {
+                n,
+                m,
+                per_sec: 0,
+                size: size.max(20),
+                batch: batch.max(1),
+            };
+            let nodes = ClusterPlan {
+                via,
+                http_conns,
+                binds,
+                heartbeat_ms,
+                deadline_ms,
+            };
+            cluster(&ctx, plan, nodes).await?
+        }
         Scenario::Worker { .. } => bail!("a worker takes no server of its own"),
     };
     let mut out = json!({ "machine": ctx.machine() });
@@ -563,6 +631,41 @@ async fn push(
     via: Via,
     http_conns: usize,
 ) -> anyhow::Result<Value> {
+    ctx.single("push")?;
+    let target = Target {
+        publisher: &ctx.server,
+        subscribers: vec![ctx.server.tcp],
+        measured: vec![("server", &ctx.server)],
+    };
+    push_to(ctx, &target, plan, via, http_conns).await
+}
+
+/// Where a push runs: the node the publisher sends to, the nodes the subscribers bind on, and
+/// the processes whose CPU counts.
+struct Target<'a> {
+    publisher: &'a Server,
+    subscribers: Vec<SocketAddr>,
+    /// The processes whose CPU counts, by name.
+    measured: Vec<(&'static str, &'a Server)>,
+}
+
+impl Target<'_> {
+    fn cpu_seconds(&self) -> Option<f64> {
+        self.measured.iter().map(|(_, s)| s.cpu_seconds()).sum()
+    }
+
+    fn cpu_each(&self) -> Vec<Option<f64>> {
+        self.measured.iter().map(|(_, s)| s.cpu_seconds()).collect()
+    }
+}
+
+async fn push_to(
+    ctx: &Ctx,
+    target: &Target<'_>,
+    plan: publish::Plan,
+    via: Via,
+    http_conns: usize,
+) -> anyhow::Result<Value> {
     let publish::Plan {
         n,
         m,
@@ -570,24 +673,26 @@ async fn push(
         size,
         batch,
     } = plan;
-    ctx.single("push")?;
     ctx.check_fd_limits(n + http_conns)?;
-    let pool = Pool::open(ctx.pool_options(n, "s", false)).await?;
+    let mut options = ctx.pool_options(n, "s", false);
+    options.servers.clone_from(&target.subscribers);
+    let pool = Pool::open(options).await?;
     let counters = std::sync::Arc::clone(&pool.counters);
-    let cpu0 = ctx.server.cpu_seconds();
+    let cpu0 = target.cpu_seconds();
+    let each0 = target.cpu_each();
     let own0 = server::own_cpu_seconds();
     let start_us = counters.clock.micros();
     let bar = pool::progress(m, "pushing", ctx.json);
     let publisher = match via {
         Via::Socket => tokio::spawn(publish::socket(
-            ctx.server.tcp,
+            target.publisher.tcp,
             ctx.tls.clone(),
             plan,
             std::sync::Arc::clone(&counters),
         )),
         Via::Http => {
-            let http = ctx
-                .server
+            let http = target
+                .publisher
                 .http
                 .context("push --via http needs the server's HTTP address (--http)")?;
             tokio::spawn(publish::http(
@@ -623,8 +728,19 @@ async fn push(
     };
     let received = counters.received.load(Ordering::Acquire);
     let end_us = counters.last_at.load(Ordering::Acquire);
-    let cpu = ctx.server.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
+    let cpu = target.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
     let own = server::own_cpu_seconds().zip(own0).map(|(a, b)| a - b);
+    let cpu_by_process: serde_json::Map<String, Value> = target
+        .measured
+        .iter()
+        .zip(target.cpu_each().into_iter().zip(each0))
+        .map(|((name, _), (now, before))| {
+            (
+                (*name).to_owned(),
+                json!(now.zip(before).map(|(x, y)| x - y)),
+            )
+        })
+        .collect();
     let elapsed = Duration::from_micros(end_us.saturating_sub(start_us));
     let latency = counters.latency.take()?;
     let delivered_per_sec = rate(received, elapsed);
@@ -655,6 +771,13 @@ async fn push(
             ctx,
             format!("server CPU: {cpu:.2} s, {per_m:.2} s per million deliveries"),
         );
+        if target.measured.len() > 1 {
+            let each: Vec<String> = cpu_by_process
+                .iter()
+                .map(|(k, v)| format!("{k} {:.2} s", v.as_f64().unwrap_or(0.0)))
+                .collect();
+            say(ctx, format!("  of which {}", each.join(", ")));
+        }
     }
     if let Some(own) = own {
         say(ctx, format!("generator CPU: {own:.2} s"));
@@ -671,8 +794,137 @@ async fn push(
         "via": how, "rate": per_sec, "size": size,
         "seconds": elapsed.as_secs_f64(), "delivered_per_sec": delivered_per_sec,
         "latency": percentiles(&latency), "server_cpu_seconds": cpu,
+        "cpu_seconds_by_process": cpu_by_process,
         "server_cpu_seconds_per_million": cpu_per_million,
         "generator_cpu_seconds": own,
+    }))
+}
+
+/// The cluster scenario's settings beside the push plan.
+struct ClusterPlan {
+    via: Via,
+    http_conns: usize,
+    binds: usize,
+    heartbeat_ms: u64,
+    deadline_ms: u64,
+}
+
+async fn cluster(ctx: &Ctx, plan: publish::Plan, c: ClusterPlan) -> anyhow::Result<Value> {
+    ctx.single("cluster")?;
+    let bin = ctx
+        .bin
+        .clone()
+        .context("the cluster scenario starts its nodes itself: leave out --addr")?;
+    say(ctx, "single node:");
+    let single = push(ctx, plan, c.via, c.http_conns).await?;
+    let redis = tokio::task::block_in_place(cim_cluster::testing::RedisServer::start);
+    let node_env = |name: &str, id: &str| -> Vec<(String, String)> {
+        [
+            ("CIM_CLUSTER__REDIS", redis.url()),
+            ("CIM_NODE", name.to_owned()),
+            ("CIM_NODE_ID", id.to_owned()),
+            ("CIM_CLUSTER__HEARTBEAT_MS", c.heartbeat_ms.to_string()),
+            ("CIM_CLUSTER__NODE_DEADLINE_MS", c.deadline_ms.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    };
+    let a = Server::spawn_with(bin.clone(), 1, node_env("a", "1"))?;
+    let mut b = Server::spawn_with(bin, 2, node_env("b", "2"))?;
+    let redis_proc = Server::external(redis.pid(), a.tcp, None);
+    say(
+        ctx,
+        "cluster, the publisher on node a, the subscribers on node b:",
+    );
+    let cross = {
+        let target = Target {
+            publisher: &a,
+            subscribers: vec![b.tcp],
+            measured: vec![("node a", &a), ("node b", &b), ("redis", &redis_proc)],
+        };
+        push_to(ctx, &target, plan, c.via, c.http_conns).await?
+    };
+    let per_sec = |v: &Value| v.get("delivered_per_sec").and_then(Value::as_f64);
+    let ratio = per_sec(&cross).unwrap_or(0.0) / per_sec(&single).unwrap_or(f64::MAX).max(1.0);
+    say(
+        ctx,
+        format!(
+            "cross-node push: {:.0} % of the single node's rate",
+            ratio * 100.0
+        ),
+    );
+    // Binds on the single node, then across both nodes (half each).
+    ctx.check_fd_limits(c.binds)?;
+    let single_pool = Pool::open(ctx.pool_options(c.binds, "bind1-", false)).await?;
+    let single_binds_per_sec = rate(c.binds as u64, single_pool.connect_time);
+    single_pool.close();
+    say(
+        ctx,
+        format!("binds on the single node: {single_binds_per_sec:.0} binds/s"),
+    );
+    let mut options = ctx.pool_options(c.binds, "bind", false);
+    options.servers = vec![a.tcp, b.tcp];
+    let cpu0 = [&a, &b, &redis_proc]
+        .iter()
+        .map(|s| s.cpu_seconds())
+        .sum::<Option<f64>>();
+    let pool = Pool::open(options).await?;
+    let binds_per_sec = rate(c.binds as u64, pool.connect_time);
+    let bind_cpu = [&a, &b, &redis_proc]
+        .iter()
+        .map(|s| s.cpu_seconds())
+        .sum::<Option<f64>>()
+        .zip(cpu0)
+        .map(|(x, y)| x - y);
+    say(
+        ctx,
+        format!(
+            "binds across two nodes: {} in {:.2} s, {binds_per_sec:.0} binds/s; latency {}",
+            c.binds,
+            pool.connect_time.as_secs_f64(),
+            describe(&pool.bind_latency)
+        ),
+    );
+    // Node b dies: how long until node a no longer lists its sessions.
+    let http = a.http.context("node a's HTTP address")?;
+    let on_a = c.binds.div_ceil(2) as u64;
+    b.kill()?;
+    let killed = Instant::now();
+    let mut api = cim_client::http::Api::connect(http).await?;
+    let vanished = loop {
+        let v = api
+            .request("GET", "/api/v1/sessions?limit=1", None, None)
+            .await?;
+        if v.get("total").and_then(Value::as_u64) == Some(on_a) {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > Duration::from_millis(c.deadline_ms) + Duration::from_secs(30) {
+            bail!("node b's sessions never vanished: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    say(
+        ctx,
+        format!(
+            "node b killed: its {} sessions vanished from node a's view after {:.2} s \
+             (heartbeat {} ms, deadline {} ms)",
+            c.binds - on_a as usize,
+            vanished.as_secs_f64(),
+            c.heartbeat_ms,
+            c.deadline_ms
+        ),
+    );
+    let bind_latency = percentiles(&pool.bind_latency);
+    pool.close();
+    Ok(json!({
+        "scenario": "cluster", "single_node": single, "cross_node": cross,
+        "cross_node_ratio": ratio,
+        "binds": c.binds, "binds_per_sec": binds_per_sec, "bind_cpu_seconds": bind_cpu,
+        "single_node_binds_per_sec": single_binds_per_sec,
+        "bind_latency": bind_latency,
+        "vanish_seconds": vanished.as_secs_f64(),
+        "heartbeat_ms": c.heartbeat_ms, "deadline_ms": c.deadline_ms,
     }))
 }
 

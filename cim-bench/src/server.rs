@@ -28,6 +28,7 @@ struct Spawned {
     addrs: HashMap<String, SocketAddr>,
     /// The certificate and key of a server whose TCP port speaks TLS.
     tls: Option<crate::tls::Files>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -47,15 +48,44 @@ impl Server {
             }
             false => (None, None),
         };
-        let (child, addrs) = start_on(&binary, &data, files.as_ref(), None)?;
+        let (child, addrs) = start_on(&binary, &data, files.as_ref(), None, &[])?;
         let server = Server::from_spawned(Spawned {
             child,
             binary,
             data,
             addrs,
             tls: files,
+            env: Vec::new(),
         });
         Ok((server, client))
+    }
+
+    /// [`spawn`](Self::spawn), plain, with more environment (a cluster node's settings).
+    pub fn spawn_with(
+        binary: PathBuf,
+        k: usize,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Server> {
+        let data = std::env::temp_dir().join(format!("cim-bench-{}-{k}", std::process::id()));
+        let (child, addrs) = start_on(&binary, &data, None, None, &env)?;
+        Ok(Server::from_spawned(Spawned {
+            child,
+            binary,
+            data,
+            addrs,
+            tls: None,
+            env,
+        }))
+    }
+
+    /// Kills the spawned server with SIGKILL (`kill -9`), and waits for it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let Some(s) = self.spawned.as_mut() else {
+            bail!("only a server started by cim-bench can be killed");
+        };
+        s.child.kill()?;
+        s.child.wait()?;
+        Ok(())
     }
 
     fn from_spawned(s: Spawned) -> Server {
@@ -115,7 +145,7 @@ impl Server {
         };
         terminate(&mut s.child)?;
         let start = std::time::Instant::now();
-        let (child, addrs) = start_on(&s.binary, &s.data, s.tls.as_ref(), Some(&s.addrs))?;
+        let (child, addrs) = start_on(&s.binary, &s.data, s.tls.as_ref(), Some(&s.addrs), &s.env)?;
         s.child = child;
         s.addrs = addrs;
         self.pid = s.child.id();
@@ -149,6 +179,9 @@ impl Drop for Server {
 }
 
 fn terminate(child: &mut Child) -> anyhow::Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -168,6 +201,7 @@ fn start_on(
     data: &PathBuf,
     tls: Option<&crate::tls::Files>,
     ports: Option<&HashMap<String, SocketAddr>>,
+    env: &[(String, String)],
 ) -> anyhow::Result<(Child, HashMap<String, SocketAddr>)> {
     let port = |p: &str| {
         ports
@@ -191,6 +225,7 @@ fn start_on(
         .env("CIM_STORE__PATH", data)
         .env("CIM_LOG__LEVEL", "warn")
         .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

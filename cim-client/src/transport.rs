@@ -215,7 +215,8 @@ impl Conn {
                 let _ = stream.shutdown().await;
             }
             Conn::Ws { ws, .. } => {
-                let _ = ws.close(None).await;
+                // The stream's own close (with a close frame), not the `Sink` of its box.
+                let _ = WebSocketStream::close(ws, None).await;
             }
         }
     }

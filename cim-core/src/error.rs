@@ -29,6 +29,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A backend refused what was asked of it for a reason that waiting will not fix (a cluster
+    /// node whose name is taken by a live node, say).
+    #[error("{0}")]
+    Conflict(String),
     /// A transport (WebSocket, TLS) failed.
     #[error("transport error: {0}")]
     Transport(String),

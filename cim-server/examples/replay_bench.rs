@@ -17,7 +17,7 @@ use cim_core::StreamCodec;
 use cim_core::engine::MessageStore;
 use cim_core::{Frame, Message, SentBody};
 use cim_server::{Listener, Server};
-use cim_store::{Durability, RedbStore, SledStore};
+use cim_store::{Durability, RedbStore, SledStore, StoreOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -93,10 +93,10 @@ async fn main() {
     let cap = n.max(1_000);
     for round in 0..2 {
         let dir = tempfile::tempdir().unwrap();
-        let redb = RedbStore::open(dir.path(), Durability::Always, cap).unwrap();
+        let redb = RedbStore::open(dir.path(), StoreOptions::new(Durability::Always, cap)).unwrap();
         run(&format!("round {round}, redb"), Arc::new(redb), n).await;
         let dir = tempfile::tempdir().unwrap();
-        let sled = SledStore::open(dir.path(), Durability::Always, cap).unwrap();
+        let sled = SledStore::open(dir.path(), StoreOptions::new(Durability::Always, cap)).unwrap();
         run(&format!("round {round}, sled"), Arc::new(sled), n).await;
         let memory = cim_core::engine::MemoryStore::new(cap);
         run(&format!("round {round}, memory"), Arc::new(memory), n).await;

@@ -13,10 +13,11 @@ use crate::auth::{TokenAuthenticator, TokenHandshake, TokenSigner};
 use crate::http::{self, HttpConfig, HttpState};
 use crate::listener::{Listener, Protocol};
 use crate::server::{RunningServer, Server, ServerBuilder, ServerError};
-use crate::settings::{DurabilitySetting, ListenerSettings, Settings, SettingsError, StoreBackend};
+use crate::settings::{ListenerSettings, Settings, SettingsError, StoreBackend};
 use crate::tls::{PemFile, TlsConfig};
-use cim_core::engine::{MemoryStore, MessageIds, MessageStore};
-use cim_store::{Durability, RedbStore, SledStore};
+use cim_cluster::{Cluster, ClusterConfig};
+use cim_core::engine::{Dispatch, LocalDispatch, MemoryStore, MessageIds, MessageStore, NodeAddrs};
+use cim_store::StoreOptions;
 
 /// A running reference server: long-connection listeners and the HTTP API.
 pub struct App {
@@ -25,6 +26,8 @@ pub struct App {
     upkeep: Option<JoinHandle<()>>,
     /// The TLS configuration of each listener that has one, by section.
     tls: Vec<(&'static str, TlsConfig)>,
+    dispatch: Arc<dyn Dispatch>,
+    cluster: Option<Cluster>,
     expiry: Option<JoinHandle<()>>,
     http: Option<(SocketAddr, watch::Sender<bool>, JoinHandle<()>)>,
 }
@@ -40,7 +43,11 @@ impl App {
         let node = settings.node_number().ok_or_else(|| {
             ServerError::Config(format!("node_id = {} must be 0 to 255", settings.node_id))
         })?;
-        let store = open_store(settings)?;
+        let cluster = join_cluster(settings).await?;
+        let store = match &cluster {
+            Some(c) if settings.store_backend() == StoreBackend::Redis => c.store(),
+            _ => open_store(settings)?,
+        };
         let mut builder = Server::builder()
             .node(settings.node.clone(), node)
             .message_ids(message_ids(settings, node)?)
@@ -66,6 +73,7 @@ impl App {
                 },
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.tcp.access(),
             };
             builder = add_listener(builder, listener, tls_of("tcp"), addrs.tcp_tls);
         }
@@ -75,6 +83,7 @@ impl App {
                 protocol: Protocol::WebSocket(settings.ws_settings()),
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.websocket.access(),
             };
             builder = add_listener(builder, listener, tls_of("websocket"), addrs.websocket_tls);
         }
@@ -87,9 +96,16 @@ impl App {
                 },
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.xml.access(),
             });
         }
         builder = builder.store(Arc::clone(&store));
+        if let Some(c) = &cluster {
+            builder = builder
+                .sessions(c.sessions())
+                .router(c.router())
+                .event_listener(c.delivery_listener());
+        }
         let signer = (!settings.auth.token_secret.is_empty())
             .then(|| TokenSigner::new(&settings.auth.token_secret));
         if let Some(signer) = &signer {
@@ -112,7 +128,54 @@ impl App {
         } else {
             None
         };
+        // What dispatch names: the configured addresses, else where the listeners listen.
+        let http_addr = http_socket
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let advertised = Arc::new(std::sync::Mutex::new(NodeAddrs {
+            node: settings.node.clone(),
+            tcp: settings.cluster.advertise_tcp.clone(),
+            websocket: settings.cluster.advertise_websocket.clone(),
+            http: if settings.cluster.advertise_http.is_empty() {
+                http_addr
+            } else {
+                settings.cluster.advertise_http.clone()
+            },
+        }));
+        {
+            let advertised = Arc::clone(&advertised);
+            let cluster = cluster.clone();
+            builder = builder.on_listening(move |addrs| {
+                let mut a = advertised
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (protocol, addr) in addrs {
+                    let slot = match *protocol {
+                        "tcp" => &mut a.tcp,
+                        "websocket" => &mut a.websocket,
+                        _ => continue,
+                    };
+                    if slot.is_empty() {
+                        *slot = addr.to_string();
+                    }
+                }
+                if let Some(c) = &cluster {
+                    c.advertise(a.clone());
+                }
+            });
+        }
         let server = builder.start().await?;
+        let dispatch: Arc<dyn Dispatch> = match &cluster {
+            Some(c) => c.dispatch(),
+            None => Arc::new(LocalDispatch::new(
+                advertised
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            )),
+        };
         let http = match http_socket {
             Some(socket) => {
                 let addr = socket.local_addr().map_err(|source| ServerError::Bind {
@@ -132,9 +195,13 @@ impl App {
                     metrics_key: (!settings.http.metrics_key.is_empty())
                         .then(|| settings.http.metrics_key.clone()),
                     metrics_open_on_loopback: settings.http.metrics_open_on_loopback,
-                    store_path: (settings.store.backend != StoreBackend::Memory)
-                        .then(|| settings.store.path.clone()),
+                    store_path: matches!(
+                        settings.store_backend(),
+                        StoreBackend::Redb | StoreBackend::Sled
+                    )
+                    .then(|| settings.store.path.clone()),
                     console: settings.http.console,
+                    dispatch: Arc::clone(&dispatch),
                 });
                 let config = HttpConfig {
                     max_body: settings.http.max_body,
@@ -143,6 +210,7 @@ impl App {
                     max_head: settings.http.max_head,
                     max_headers: settings.http.max_headers,
                     max_connections: settings.http.max_connections,
+                    access: settings.http.access(),
                 };
                 let router = http::router(state, &config);
                 let (stop, stop_rx) = watch::channel(false);
@@ -162,6 +230,8 @@ impl App {
             server,
             upkeep,
             tls,
+            dispatch,
+            cluster,
             expiry,
             http,
         })
@@ -210,6 +280,12 @@ impl App {
     /// Stops accepting everywhere, lets HTTP requests in flight finish, flushes and closes every
     /// connection; waits up to `grace`. Returns whether everything closed in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        // Dispatch names this node no more while it drains.
+        if self.cluster.is_some()
+            && let Err(e) = self.dispatch.set_draining(true).await
+        {
+            tracing::warn!(error = %e, "marking this node draining failed");
+        }
         if let Some(expiry) = self.expiry {
             expiry.abort();
         }
@@ -273,24 +349,68 @@ fn add_listener(
     }
 }
 
+/// The node's share of the cluster, when `cluster.redis` is set (Redis must answer).
+async fn join_cluster(settings: &Settings) -> Result<Option<Cluster>, ServerError> {
+    let c = &settings.cluster;
+    if !c.enabled() {
+        return Ok(None);
+    }
+    let mut config = ClusterConfig::new(&c.redis, &settings.node, settings.node_id);
+    config.prefix.clone_from(&c.prefix);
+    config.heartbeat = Duration::from_millis(c.heartbeat_ms);
+    config.deadline = Duration::from_millis(c.node_deadline_ms);
+    config.response_timeout = Duration::from_millis(c.timeout_ms);
+    config.handover_timeout = Duration::from_millis(c.handover_timeout_ms);
+    config.max_per_account = settings.store.max_per_account;
+    let cluster = Cluster::connect(config)
+        .await
+        .map_err(|e| ServerError::Config(format!("cluster.redis = {:?}: {e}", redact(&c.redis))))?;
+    Ok(Some(cluster))
+}
+
+/// A Redis URL with its password hidden.
+pub fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => {
+            format!("{scheme}://********{}", url.get(at..).unwrap_or(""))
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError> {
     let s = &settings.store;
-    let durability = match s.durability {
-        DurabilitySetting::Always => Durability::Always,
-        DurabilitySetting::Interval => {
-            Durability::Interval(Duration::from_millis(s.flush_interval_ms))
-        }
-        DurabilitySetting::Os => Durability::Os,
-    };
+    let options = StoreOptions::new(s.durability, s.max_per_account)
+        .flush_interval(Duration::from_millis(s.flush_interval_ms));
     let failed = |e: &dyn std::fmt::Display| ServerError::Config(e.to_string());
-    Ok(match s.backend {
+    Ok(match settings.store_backend() {
+        StoreBackend::Redis | StoreBackend::Auto => {
+            return Err(ServerError::Config(
+                "store.backend = \"redis\" needs cluster.redis".into(),
+            ));
+        }
         StoreBackend::Memory => Arc::new(MemoryStore::new(s.max_per_account)),
-        StoreBackend::Redb => Arc::new(
-            RedbStore::open(&s.path, durability, s.max_per_account).map_err(|e| failed(&e))?,
-        ),
-        StoreBackend::Sled => Arc::new(
-            SledStore::open(&s.path, durability, s.max_per_account).map_err(|e| failed(&e))?,
-        ),
+        #[cfg(feature = "redb")]
+        StoreBackend::Redb => {
+            Arc::new(cim_store::RedbStore::open(&s.path, options).map_err(|e| failed(&e))?)
+        }
+        #[cfg(feature = "sled")]
+        StoreBackend::Sled => {
+            Arc::new(cim_store::SledStore::open(&s.path, options).map_err(|e| failed(&e))?)
+        }
+        #[allow(unreachable_patterns)] // a backend this build leaves out
+        other => {
+            let _ = (options, failed);
+            return Err(ServerError::Settings(SettingsError::Invalid {
+                key: "store.backend".into(),
+                value: format!("{:?}", other.name()),
+                reason: format!(
+                    "this build has no {} store (cim-server's feature `{}`)",
+                    other.name(),
+                    other.name()
+                ),
+            }));
+        }
     })
 }
 
@@ -299,10 +419,12 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError>
 /// clock.
 fn message_ids(settings: &Settings, node: u8) -> Result<MessageIds, ServerError> {
     let s = &settings.store;
-    match s.backend {
+    match settings.store_backend() {
         StoreBackend::Memory => Ok(MessageIds::new(node)),
-        StoreBackend::Redb | StoreBackend::Sled => MessageIds::open(node, &s.path)
-            .map_err(|e| ServerError::Config(format!("store.path = {:?}: {e}", s.path))),
+        StoreBackend::Redb | StoreBackend::Sled | StoreBackend::Redis | StoreBackend::Auto => {
+            MessageIds::open(node, &s.path)
+                .map_err(|e| ServerError::Config(format!("store.path = {:?}: {e}", s.path)))
+        }
     }
 }
 

@@ -17,8 +17,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// HTTP requests answered by the API, by `method`, `route` and `status`.
 pub const HTTP_REQUESTS: &str = "cim_http_requests_total";
-/// Connections refused at the door, by `listener` and `reason`.
-pub const CONNECTIONS_REFUSED: &str = "cim_connections_refused_total";
 /// Bytes of the store's files on disk (a gauge, measured at each scrape).
 pub const STORE_SIZE: &str = "cim_store_size_bytes";
 
@@ -76,20 +74,11 @@ fn describe() {
         HTTP_REQUESTS,
         "HTTP requests answered by the API, by method, route and status."
     );
-    describe_counter!(
-        CONNECTIONS_REFUSED,
-        "Connections refused at the door, by listener and reason."
-    );
     describe_gauge!(
         STORE_SIZE,
         Unit::Bytes,
         "Bytes of the store's files on disk (store.path), measured at each scrape."
     );
-}
-
-/// The counter of connections `listener` refused for `reason` (such as `max_connections`).
-pub(crate) fn refused(listener: &'static str, reason: &'static str) -> Counter {
-    metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
 }
 
 /// The bytes of the files under `dir` (its subdirectories to a depth of 4; a store keeps a few

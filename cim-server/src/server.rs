@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::gate::ListenerLimits;
 use crate::listener::{Listener, accept_loop};
-use crate::refusal::RefusalLog;
+use crate::refusal::{RefusalLog, Refusals};
 use crate::tls::TlsConfig;
 use crate::transport::ws::HandshakeCheck;
 
@@ -65,9 +65,13 @@ impl Server {
             max_connections: 100_000,
             handshake: None,
             admission: false,
+            on_listening: None,
         }
     }
 }
+
+/// Called with every listener's address once all are open, before the hub starts.
+pub type ListeningHook = Box<dyn FnOnce(&[(&'static str, SocketAddr)]) + Send>;
 
 /// Composes a server.
 pub struct ServerBuilder {
@@ -77,9 +81,20 @@ pub struct ServerBuilder {
     handshake: Option<Arc<dyn HandshakeCheck>>,
     /// Whether an admission check of the caller's replaces the listeners' limits.
     admission: bool,
+    on_listening: Option<ListeningHook>,
 }
 
 impl ServerBuilder {
+    /// Calls `hook` with every listener's address (ports chosen) once all are open, before the
+    /// hub starts (a cluster node learns there what to advertise).
+    pub fn on_listening(
+        mut self,
+        hook: impl FnOnce(&[(&'static str, SocketAddr)]) + Send + 'static,
+    ) -> Self {
+        self.on_listening = Some(Box::new(hook));
+        self
+    }
+
     /// Checks every WebSocket upgrade with `check`.
     pub fn handshake_check(mut self, check: Arc<dyn HandshakeCheck>) -> Self {
         self.handshake = Some(check);
@@ -211,6 +226,13 @@ impl ServerBuilder {
             let addr = socket.local_addr().map_err(failed)?;
             bound.push((socket, addr, listener.clone(), tls.clone()));
         }
+        if let Some(hook) = self.on_listening {
+            let addrs: Vec<_> = bound
+                .iter()
+                .map(|(_, addr, l, tls)| (l.name(tls.is_some()), *addr))
+                .collect();
+            hook(&addrs);
+        }
         // Every socket is open: now the parts may register this node and start their readers.
         hub.start().await.map_err(ServerError::Start)?;
         let mut addrs = Vec::new();
@@ -225,9 +247,11 @@ impl ServerBuilder {
             hub.register_listener(name, listener.protocol.name());
             info!(protocol = name, %addr, "listening");
             addrs.push((name, addr));
+            // The listener's counters are registered now, before it accepts anything.
+            let refused = Refusals::new(name);
             tasks.push(tokio::spawn(accept_loop(
                 socket,
-                (listener, tls),
+                (listener, tls, refused),
                 Arc::clone(&hub),
                 Arc::clone(&slots),
                 self.handshake.clone(),

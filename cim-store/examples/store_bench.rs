@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use cim_core::Message;
 use cim_core::engine::MessageStore;
-use cim_store::{Durability, RedbStore, SledStore};
+use cim_store::{Durability, RedbStore, SledStore, StoreOptions};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Backend {
@@ -30,8 +30,8 @@ enum Backend {
 
 fn open(b: Backend, dir: &Path, d: Durability) -> Arc<dyn MessageStore> {
     match b {
-        Backend::Redb => Arc::new(RedbStore::open(dir, d, 1_000_000).unwrap()),
-        Backend::Sled => Arc::new(SledStore::open(dir, d, 1_000_000).unwrap()),
+        Backend::Redb => Arc::new(RedbStore::open(dir, StoreOptions::new(d, 1_000_000)).unwrap()),
+        Backend::Sled => Arc::new(SledStore::open(dir, StoreOptions::new(d, 1_000_000)).unwrap()),
     }
 }
 
@@ -162,10 +162,8 @@ async fn main() {
         if what.is_empty() || what == "append" {
             for (policy, d) in [
                 ("always", Durability::Always),
-                (
-                    "interval(100ms)",
-                    Durability::Interval(Duration::from_millis(100)),
-                ),
+                // (StoreOptions flush every 100 ms by default.)
+                ("interval(100ms)", Durability::Interval),
                 ("os", Durability::Os),
             ] {
                 for senders in [1, 64] {

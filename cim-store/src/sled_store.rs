@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use cim_core::engine::{Appended, MessageStore, Seq, Stored};
@@ -11,23 +10,7 @@ use cim_core::{Error, Message, Result};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::{keys, value};
-
-/// How durable an append is when it returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// On disk (fsynced) before `append` returns. Concurrent appends share one fsync (group
-    /// commit). Risks nothing an answered sender was told was stored.
-    Always,
-    /// Flushed every so often in the background. A crash loses up to that much of what was
-    /// answered as stored.
-    Interval(Duration),
-    /// Left to the operating system. With sled, a crash of the process loses what sled had not
-    /// yet written (its buffers); a crash of the machine loses what the OS had not written
-    /// either. redb has no such mode: its commits are durable or lost, so there this means a
-    /// durable commit once a second.
-    Os,
-}
+use crate::{Durability, StoreOptions, keys, value};
 
 /// Why a store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -67,17 +50,14 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`. `cap` is the most messages kept per account
-    /// (older ones are dropped first, counted and logged). Must be called inside a tokio runtime
-    /// when `durability` is [`Durability::Always`] (it starts the group-commit task).
-    pub fn open(
-        dir: impl AsRef<Path>,
-        durability: Durability,
-        cap: usize,
-    ) -> Result<SledStore, OpenError> {
+    /// Opens (or creates) the store in `dir` as `options` say. Must be called inside a tokio
+    /// runtime under [`Durability::Always`] (it starts the group-commit task).
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<SledStore, OpenError> {
         let path = dir.as_ref().to_path_buf();
+        let durability = options.durability;
+        let cap = options.max_per_account;
         let flush_every = match durability {
-            Durability::Interval(d) => Some(d.as_millis().max(1) as u64),
+            Durability::Interval => Some(options.flush_interval.as_millis().max(1) as u64),
             Durability::Always | Durability::Os => None,
         };
         let open = || -> sled::Result<(sled::Db, sled::Tree)> {

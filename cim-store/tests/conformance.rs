@@ -1,7 +1,7 @@
 //! `SledStore` passes the message store conformance suite, restart included.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use cim_store::{Durability, RedbStore, SledStore};
+use cim_store::{Durability, RedbStore, SledStore, StoreOptions};
 
 /// Opens a store, retrying for a moment while the previous owner of the files lets go.
 async fn open_retrying<S, E: std::fmt::Display>(open: impl Fn() -> Result<S, E>) -> S {
@@ -18,7 +18,7 @@ async fn open_retrying<S, E: std::fmt::Display>(open: impl Fn() -> Result<S, E>)
     }
 }
 
-async fn redb_conforms(durability: Durability) {
+async fn redb_conforms(options: StoreOptions) {
     let dir = tempfile::tempdir().unwrap();
     let n = std::sync::atomic::AtomicUsize::new(0);
     let base = dir.path().to_path_buf();
@@ -27,13 +27,13 @@ async fn redb_conforms(durability: Durability) {
             "db{}",
             n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        async move { RedbStore::open(path, durability, 5).unwrap() }
+        async move { RedbStore::open(path, options).unwrap() }
     };
     let reopen = |s: RedbStore| {
         let path = base.join("db0");
         async move {
             drop(s);
-            open_retrying(|| RedbStore::open(&path, durability, 5)).await
+            open_retrying(|| RedbStore::open(&path, options)).await
         }
     };
     cim_core::testing::store::conformance(make, Some(reopen), 5).await;
@@ -41,17 +41,21 @@ async fn redb_conforms(durability: Durability) {
 
 #[tokio::test]
 async fn redb_store_conforms_always() {
-    redb_conforms(Durability::Always).await;
+    redb_conforms(StoreOptions::new(Durability::Always, 5)).await;
 }
 
 #[tokio::test]
 async fn redb_store_conforms_interval() {
-    redb_conforms(Durability::Interval(std::time::Duration::from_millis(50))).await;
+    redb_conforms(
+        StoreOptions::new(Durability::Interval, 5)
+            .flush_interval(std::time::Duration::from_millis(50)),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn redb_store_conforms_os() {
-    redb_conforms(Durability::Os).await;
+    redb_conforms(StoreOptions::new(Durability::Os, 5)).await;
 }
 
 #[tokio::test]
@@ -59,11 +63,13 @@ async fn redb_unopenable_directory_names_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let err = RedbStore::open(&file, Durability::Os, 5).err().unwrap();
+    let err = RedbStore::open(&file, StoreOptions::new(Durability::Os, 5))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
 
-async fn conforms(durability: Durability) {
+async fn conforms(options: StoreOptions) {
     let dir = tempfile::tempdir().unwrap();
     let n = std::sync::atomic::AtomicUsize::new(0);
     let base = dir.path().to_path_buf();
@@ -72,7 +78,7 @@ async fn conforms(durability: Durability) {
             "db{}",
             n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        async move { SledStore::open(path, durability, 5).unwrap() }
+        async move { SledStore::open(path, options).unwrap() }
     };
     let reopen = |s: SledStore| {
         let path = base.join("db0");
@@ -80,7 +86,7 @@ async fn conforms(durability: Durability) {
             drop(s);
             // sled releases its file lock when its last internal handle is gone, which its
             // background threads may delay by a moment.
-            open_retrying(|| SledStore::open(&path, durability, 5)).await
+            open_retrying(|| SledStore::open(&path, options)).await
         }
     };
     cim_core::testing::store::conformance(make, Some(reopen), 5).await;
@@ -88,17 +94,21 @@ async fn conforms(durability: Durability) {
 
 #[tokio::test]
 async fn sled_store_conforms_always() {
-    conforms(Durability::Always).await;
+    conforms(StoreOptions::new(Durability::Always, 5)).await;
 }
 
 #[tokio::test]
 async fn sled_store_conforms_interval() {
-    conforms(Durability::Interval(std::time::Duration::from_millis(50))).await;
+    conforms(
+        StoreOptions::new(Durability::Interval, 5)
+            .flush_interval(std::time::Duration::from_millis(50)),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn sled_store_conforms_os() {
-    conforms(Durability::Os).await;
+    conforms(StoreOptions::new(Durability::Os, 5)).await;
 }
 
 #[tokio::test]
@@ -106,6 +116,8 @@ async fn an_unopenable_directory_names_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let err = SledStore::open(&file, Durability::Os, 5).err().unwrap();
+    let err = SledStore::open(&file, StoreOptions::new(Durability::Os, 5))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use cim_core::Message;
 use cim_core::engine::MessageStore;
-use cim_store::{Durability, RedbStore};
+use cim_store::{Durability, RedbStore, StoreOptions};
 
 const CHILD_ENV: &str = "CIM_STORE_CRASH_CHILD";
 const CAP: usize = 10;
@@ -27,7 +27,7 @@ fn message(i: i64) -> Message {
 /// The child: appends past the cap, reports, and waits (well within the 10 s after which the
 /// next write would checkpoint).
 async fn child(dir: &str) -> ! {
-    let store = RedbStore::open(dir, Durability::Always, CAP).unwrap();
+    let store = RedbStore::open(dir, StoreOptions::new(Durability::Always, CAP)).unwrap();
     let mut dropped = 0;
     for i in 0..APPENDS {
         dropped += store.append("capped", &message(i)).await.unwrap().dropped;
@@ -93,7 +93,7 @@ async fn messages_dropped_by_the_cap_stay_dropped_after_kill_9() {
         "no checkpoint was due: the log must hold the appends"
     );
 
-    let store = RedbStore::open(dir.path(), Durability::Always, CAP).unwrap();
+    let store = RedbStore::open(dir.path(), StoreOptions::new(Durability::Always, CAP)).unwrap();
     let kept: Vec<i64> = store
         .pending("capped", 0, 100)
         .await

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use cim_core::Message;
 use cim_core::engine::MessageStore;
-use cim_store::{Durability, RedbStore};
+use cim_store::{Durability, RedbStore, StoreOptions};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -20,7 +20,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn acknowledged_appends_and_acks_survive_a_crash_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
-    let store = RedbStore::open(&live, Durability::Always, 10_000).unwrap();
+    let store = RedbStore::open(&live, StoreOptions::new(Durability::Always, 10_000)).unwrap();
     for i in 0..300i64 {
         let m = Message {
             id: i,
@@ -40,7 +40,8 @@ async fn acknowledged_appends_and_acks_survive_a_crash_snapshot() {
         .len();
     assert!(wal_len > 0, "the snapshot should need the log");
 
-    let recovered = RedbStore::open(&snapshot, Durability::Always, 10_000).unwrap();
+    let recovered =
+        RedbStore::open(&snapshot, StoreOptions::new(Durability::Always, 10_000)).unwrap();
     assert_eq!(recovered.count("u0").await.unwrap(), 50);
     assert_eq!(recovered.count("u1").await.unwrap(), 100);
     assert_eq!(recovered.count("u2").await.unwrap(), 100);

@@ -162,3 +162,35 @@ fn connections_can_be_shared_among_processes_and_servers() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("push runs with one server"), "{stderr}");
 }
+
+/// The cluster scenario at a small scale: both pushes deliver everything, binds are counted, and
+/// the killed node's sessions vanish.
+#[test]
+fn the_cluster_scenario_reports_both_pushes() {
+    let v = bench(&[
+        "cluster",
+        "-n",
+        "20",
+        "-m",
+        "600",
+        "--binds",
+        "40",
+        "--heartbeat-ms",
+        "100",
+        "--deadline-ms",
+        "500",
+    ]);
+    assert_eq!(v["scenario"], "cluster");
+    for push in ["single_node", "cross_node"] {
+        assert_eq!(v[push]["sent"], 600, "{v}");
+        assert_eq!(v[push]["received"], 600, "{v}");
+        assert!(v[push]["delivered_per_sec"].as_f64().unwrap() > 0.0);
+    }
+    assert!(
+        v["cross_node"]["server_cpu_seconds"].as_f64().is_some(),
+        "{v}"
+    );
+    assert_eq!(v["bind_latency"]["count"], 40);
+    assert!(v["binds_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(v["vanish_seconds"].as_f64().unwrap() > 0.0, "{v}");
+}

@@ -21,7 +21,7 @@ use cim_client::{
 use cim_core::engine::MessageStore;
 use cim_core::{ReplyBody, RequestContext, RequestHandler, SentBody};
 use cim_server::{Listener, RunningServer, Server};
-use cim_store::{Durability, RedbStore};
+use cim_store::{Durability, RedbStore, StoreOptions};
 use common::*;
 
 /// `echo`: replies with the request's data.
@@ -383,7 +383,7 @@ async fn connect_reports_refused_connections_and_binds() {
 async fn receipts_mean_no_redelivery_and_untaken_messages_come_again() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn MessageStore> =
-        Arc::new(RedbStore::open(dir.path(), Durability::Os, 10_000).unwrap());
+        Arc::new(RedbStore::open(dir.path(), StoreOptions::new(Durability::Os, 10_000)).unwrap());
     let server = serve(loopback(), Some(Arc::clone(&store))).await;
     let endpoint = format!("tcp://{}", server.addr("tcp").unwrap());
     let mut cfg = config(&endpoint, "acker");

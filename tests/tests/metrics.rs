@@ -357,7 +357,7 @@ async fn a_full_queue_is_counted_once_and_nothing_is_lost() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(p.addr("tcp")).await.unwrap();
-    let mut frank = StreamClient::over(stream, BinaryCodec::new());
+    let mut frank = StreamClient::on(stream, BinaryCodec::new());
     frank.bind("frank", "android", "dev-f").await;
     let before = scrape_with(api, KEY).await;
     let sends = 150;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use cim_core::engine::{ConnectionConfig, MessageStore};
 use cim_core::{Frame, SentBody};
 use cim_server::{RunningServer, WsSettings};
-use cim_store::{Durability, RedbStore, SledStore};
+use cim_store::{Durability, RedbStore, SledStore, StoreOptions};
 use common::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -30,10 +30,10 @@ async fn open(backend: Backend, dir: &std::path::Path, d: Durability) -> Arc<dyn
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let opened: Result<Arc<dyn MessageStore>, String> = match backend {
-            Backend::Redb => RedbStore::open(dir, d, 10_000)
+            Backend::Redb => RedbStore::open(dir, StoreOptions::new(d, 10_000))
                 .map(|s| Arc::new(s) as _)
                 .map_err(|e| e.to_string()),
-            Backend::Sled => SledStore::open(dir, d, 10_000)
+            Backend::Sled => SledStore::open(dir, StoreOptions::new(d, 10_000))
                 .map(|s| Arc::new(s) as _)
                 .map_err(|e| e.to_string()),
         };

@@ -337,3 +337,69 @@ async fn sessions_name_their_protocol() {
     protocols.sort();
     assert_eq!(protocols, ["tcp", "websocket", "xml"]);
 }
+
+/// Records how many requests each call of a handler got.
+#[derive(Default)]
+struct Runs(Mutex<Vec<usize>>);
+
+#[async_trait]
+impl RequestHandler for Runs {
+    async fn handle(&self, _: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
+        self.0.lock().unwrap().push(1);
+        Ok(Some(ReplyBody::ok(&body.key).with("n", body.get("n"))))
+    }
+
+    async fn handle_many(
+        &self,
+        _: &RequestContext<'_>,
+        bodies: Vec<SentBody>,
+    ) -> Vec<Result<Option<ReplyBody>>> {
+        self.0.lock().unwrap().push(bodies.len());
+        bodies
+            .into_iter()
+            .map(|b| Ok(Some(ReplyBody::ok(&b.key).with("n", b.get("n")))))
+            .collect()
+    }
+}
+
+/// Requests of one key that arrive together are handed to the handler as one run, and answered
+/// in order; a request of another key in between ends the run.
+#[tokio::test]
+async fn a_burst_of_one_key_is_one_run() {
+    use cim_core::StreamCodec;
+    let runs = Arc::new(Runs::default());
+    let (server, _) = start_with(ConnectionConfig::default(), WsSettings::default(), |b| {
+        b.handler("run", Arc::clone(&runs))
+    })
+    .await;
+    let mut c = tcp(&server).await;
+    let mut out = bytes::BytesMut::new();
+    let mut codec = cim_codec_binary::BinaryCodec::new();
+    for i in 0..40 {
+        let key = if i == 20 { "other" } else { "run" };
+        let body = SentBody::new(key).with("n", i.to_string());
+        codec.encode(&Frame::Sent(body), &mut out).unwrap();
+    }
+    c.send_raw(&out).await;
+    for i in 0..40 {
+        let r = c.reply().await;
+        if i == 20 {
+            assert_eq!((r.key.as_str(), r.code.as_str()), ("other", "404"), "{r:?}");
+        } else {
+            assert_eq!(
+                (r.code.as_str(), r.data.get("n")),
+                ("200", Some(i.to_string().as_str()))
+            );
+        }
+    }
+    let runs = runs.0.lock().unwrap().clone();
+    assert_eq!(runs.iter().sum::<usize>(), 39, "{runs:?}");
+    assert!(
+        runs.iter().any(|n| *n > 1),
+        "no run of more than one: {runs:?}"
+    );
+    assert!(
+        runs.iter().all(|n| *n <= 20),
+        "a run crossed the other key: {runs:?}"
+    );
+}

@@ -34,54 +34,113 @@ pub fn defaults() -> Vec<(&'static str, Arc<dyn RequestHandler>)> {
 #[derive(Debug, Default)]
 pub struct ClientMessage;
 
+/// The reply to a `client_message` that could not be sent, carrying its `requestId`.
+fn refused(request_id: &Option<String>, e: Error) -> ReplyBody {
+    let (status, message) = match e {
+        Error::Reply { code, message } => (code, message),
+        Error::Unavailable { .. } => (code::UNAVAILABLE, e.to_string()),
+        other => (code::SERVER_ERROR, other.to_string()),
+    };
+    with_request_id(
+        request_id,
+        ReplyBody::new(key::CLIENT_MESSAGE, status).with_message(message),
+    )
+}
+
+fn with_request_id(request_id: &Option<String>, reply: ReplyBody) -> ReplyBody {
+    match request_id {
+        Some(rid) => reply.with(send::REQUEST_ID, rid.clone()),
+        None => reply,
+    }
+}
+
+/// The message a `client_message` asks to send, with its `requestId`; or the refusal.
+fn message_of(
+    ctx: &RequestContext<'_>,
+    mut body: SentBody,
+) -> std::result::Result<(Option<String>, Message), ReplyBody> {
+    let request_id = body.data.remove(send::REQUEST_ID);
+    let session = match ctx.bound() {
+        Ok(s) => s,
+        Err(e) => return Err(refused(&request_id, e)),
+    };
+    // The fields move from the request into the message (no copies on the hot path).
+    let mut take = |k: &str| body.data.remove(k).unwrap_or_default();
+    let receiver = take(send::RECEIVER);
+    if receiver.is_empty() {
+        return Err(refused(
+            &request_id,
+            Error::bad_request("receiver is required"),
+        ));
+    }
+    let message = Message {
+        action: take(send::ACTION),
+        content: take(send::CONTENT),
+        format: take(send::FORMAT),
+        title: take(send::TITLE),
+        extra: take(send::EXTRA),
+        file: take(send::FILE),
+        file_type: take(send::FILE_TYPE),
+        sender: session.uid.clone(),
+        receiver,
+        ..Message::default()
+    };
+    Ok((request_id, message))
+}
+
+fn sent_reply(request_id: &Option<String>, id: i64) -> ReplyBody {
+    with_request_id(
+        request_id,
+        ReplyBody::ok(key::CLIENT_MESSAGE).with(send::MESSAGE_ID, id.to_string()),
+    )
+}
+
 #[async_trait]
 impl RequestHandler for ClientMessage {
-    async fn handle(
-        &self,
-        ctx: &RequestContext<'_>,
-        mut body: SentBody,
-    ) -> Result<Option<ReplyBody>> {
-        let request_id = body.data.remove(send::REQUEST_ID);
-        let answer = |reply: ReplyBody| match &request_id {
-            Some(rid) => reply.with(send::REQUEST_ID, rid.clone()),
-            None => reply,
-        };
-        let refused = |e: Error| -> ReplyBody {
-            let (status, message) = match e {
-                Error::Reply { code, message } => (code, message),
-                Error::Unavailable { .. } => (code::UNAVAILABLE, e.to_string()),
-                other => (code::SERVER_ERROR, other.to_string()),
-            };
-            answer(ReplyBody::new(key::CLIENT_MESSAGE, status).with_message(message))
-        };
-        let session = match ctx.bound() {
-            Ok(s) => s,
-            Err(e) => return Ok(Some(refused(e))),
-        };
-        // The fields move from the request into the message (no copies on the hot path).
-        let mut take = |k: &str| body.data.remove(k).unwrap_or_default();
-        let receiver = take(send::RECEIVER);
-        if receiver.is_empty() {
-            return Ok(Some(refused(Error::bad_request("receiver is required"))));
-        }
-        let message = Message {
-            action: take(send::ACTION),
-            content: take(send::CONTENT),
-            format: take(send::FORMAT),
-            title: take(send::TITLE),
-            extra: take(send::EXTRA),
-            file: take(send::FILE),
-            file_type: take(send::FILE_TYPE),
-            sender: session.uid.clone(),
-            receiver,
-            ..Message::default()
+    async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
+        let (request_id, message) = match message_of(ctx, body) {
+            Ok(m) => m,
+            Err(refusal) => return Ok(Some(refusal)),
         };
         match ctx.services.send(message).await {
-            Ok(sent) => Ok(Some(answer(
-                ReplyBody::ok(body.key).with(send::MESSAGE_ID, sent.id.to_string()),
-            ))),
-            Err(e) => Ok(Some(refused(e))),
+            Ok(sent) => Ok(Some(sent_reply(&request_id, sent.id))),
+            Err(e) => Ok(Some(refused(&request_id, e))),
         }
+    }
+
+    /// A run of sends from one connection goes to the router as one batch
+    /// ([`Router::send_many`](crate::engine::Router::send_many)), in order; a failure refuses
+    /// every send of the batch.
+    async fn handle_many(
+        &self,
+        ctx: &RequestContext<'_>,
+        bodies: Vec<SentBody>,
+    ) -> Vec<Result<Option<ReplyBody>>> {
+        let mut replies: Vec<Option<ReplyBody>> = Vec::with_capacity(bodies.len());
+        let mut pending = Vec::new();
+        let mut messages = Vec::new();
+        for body in bodies {
+            match message_of(ctx, body) {
+                Ok((rid, m)) => {
+                    pending.push((replies.len(), rid));
+                    replies.push(None);
+                    messages.push(m);
+                }
+                Err(refusal) => replies.push(Some(refusal)),
+            }
+        }
+        if !messages.is_empty() {
+            let sent = ctx.services.send_many(messages).await;
+            for ((i, rid), s) in pending.iter().zip(sent) {
+                if let Some(slot) = replies.get_mut(*i) {
+                    *slot = Some(match s {
+                        Ok(s) => sent_reply(rid, s.id),
+                        Err(e) => refused(rid, e),
+                    });
+                }
+            }
+        }
+        replies.into_iter().map(Ok).collect()
     }
 }
 

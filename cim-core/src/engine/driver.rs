@@ -242,12 +242,40 @@ impl<T: Transport> Conn<T> {
             let Some(frame) = next.take() else {
                 break Ok(());
             };
-            if let Err(end) = self.on_frame(frame).await {
+            // Requests of one key (not binds) that arrived together are handled as one run, so
+            // that a handler can do them in one step (sends: one round trip in a cluster).
+            let body = match frame {
+                Frame::Sent(body) if body.key != key::CLIENT_BIND => body,
+                other => {
+                    if let Err(end) = self.on_frame(other).await {
+                        break Err(end);
+                    }
+                    match self.transport.recv_buffered() {
+                        Ok(f) => next = f,
+                        Err(e) => break Err(End::protocol(e)),
+                    }
+                    continue;
+                }
+            };
+            let mut run = vec![body];
+            let after = loop {
+                if run.len() >= self.max_batch as usize {
+                    break self.transport.recv_buffered().map_err(End::protocol);
+                }
+                match self.transport.recv_buffered() {
+                    Ok(Some(Frame::Sent(b))) if run.first().is_some_and(|r| r.key == b.key) => {
+                        run.push(b);
+                    }
+                    Ok(other) => break Ok(other),
+                    Err(e) => break Err(End::protocol(e)),
+                }
+            };
+            if let Err(end) = self.on_requests(run).await {
                 break Err(end);
             }
-            match self.transport.recv_buffered() {
+            match after {
                 Ok(f) => next = f,
-                Err(e) => break Err(End::protocol(e)),
+                Err(end) => break Err(end),
             }
         };
         let written = self.write_out().await;
@@ -286,6 +314,14 @@ impl<T: Transport> Conn<T> {
         if body.key == key::CLIENT_BIND {
             return self.bind(body).await;
         }
+        self.on_requests(vec![body]).await
+    }
+
+    /// Handles a run of requests of one key (not binds) and queues their replies, in order.
+    async fn on_requests(&mut self, run: Vec<SentBody>) -> Result<(), End> {
+        let Some(request_key) = run.first().map(|b| b.key.clone()) else {
+            return Ok(());
+        };
         let ctx = RequestContext {
             conn: self.handle.id(),
             session: self.session.as_deref(),
@@ -293,11 +329,11 @@ impl<T: Transport> Conn<T> {
             handle: &self.handle,
             services: self.hub.services(),
         };
-        let request_key = body.key.clone();
-        match self.hub.dispatch(&ctx, body).await {
-            Some(reply) => self.reply(&request_key, reply).await,
-            None => Ok(()),
+        let replies = self.hub.dispatch_many(&ctx, run).await;
+        for reply in replies.into_iter().flatten() {
+            self.reply(&request_key, reply).await?;
         }
+        Ok(())
     }
 
     async fn bind(&mut self, body: SentBody) -> Result<(), End> {

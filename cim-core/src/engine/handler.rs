@@ -44,6 +44,22 @@ impl RequestContext<'_> {
 pub trait RequestHandler: Send + Sync + 'static {
     /// Handles one request.
     async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>>;
+
+    /// Handles a run of requests of this handler's key that arrived together on one
+    /// connection, in order; returns one result per request, in the same order. The default
+    /// handles them one by one; the built-in `client_message` sends a run with one
+    /// [`Router::send_many`](crate::engine::Router::send_many) (one round trip in a cluster).
+    async fn handle_many(
+        &self,
+        ctx: &RequestContext<'_>,
+        bodies: Vec<SentBody>,
+    ) -> Vec<Result<Option<ReplyBody>>> {
+        let mut out = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            out.push(self.handle(ctx, body).await);
+        }
+        out
+    }
 }
 
 /// A shared handler is a handler, so one value can serve several keys or stay reachable.
@@ -51,6 +67,14 @@ pub trait RequestHandler: Send + Sync + 'static {
 impl<H: RequestHandler + ?Sized> RequestHandler for Arc<H> {
     async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
         (**self).handle(ctx, body).await
+    }
+
+    async fn handle_many(
+        &self,
+        ctx: &RequestContext<'_>,
+        bodies: Vec<SentBody>,
+    ) -> Vec<Result<Option<ReplyBody>>> {
+        (**self).handle_many(ctx, bodies).await
     }
 }
 

@@ -113,6 +113,11 @@ impl Hub {
         self.services.send(message).await
     }
 
+    /// Sends each of `messages` in order: see [`Services::send_many`].
+    pub async fn send_many(&self, messages: Vec<Message>) -> Vec<Result<Sent>> {
+        self.services.send_many(messages).await
+    }
+
     /// Sends `message` to every live connection tagged `tag`.
     pub async fn send_to_tag(&self, tag: &str, message: Message) -> Result<Sent> {
         self.services.send_to_tag(tag, message).await
@@ -123,36 +128,68 @@ impl Hub {
         self.services.broadcast(message).await
     }
 
-    /// Hands `body` (any request but a bind) to the handler of its key and turns what it returns into the reply to send:
-    /// `404` for a key nobody handles, the code of an [`Error::Reply`](crate::Error::Reply), `500`
-    /// (logged) for any other error; `None` when the handler sends no reply.
-    pub(crate) async fn dispatch(
+    /// Hands a run of requests of one key (not binds) that arrived together to the handler of
+    /// their key — one request to [`RequestHandler::handle`], more to
+    /// [`RequestHandler::handle_many`] — and turns what it returns into the replies to send, one
+    /// per request, in order: `404` for a key nobody handles, the code of an
+    /// [`Error::Reply`](crate::Error::Reply), `500` (logged) for any other error; `None` when
+    /// the handler sends no reply.
+    pub(crate) async fn dispatch_many(
         &self,
         ctx: &RequestContext<'_>,
-        body: SentBody,
-    ) -> Option<ReplyBody> {
-        if body.key == key::CLIENT_CLOSED {
-            return Some(
-                ReplyBody::new(key::CLIENT_CLOSED, code::FORBIDDEN)
-                    .with_message("client_closed is reserved for the server"),
-            );
-        }
-        let Some(handler) = self.handler(&body.key).cloned() else {
-            debug!(key = %body.key, "no handler");
-            let message = format!("no handler for key {:?}", body.key);
-            return Some(ReplyBody::new(body.key, code::NOT_FOUND).with_message(message));
+        bodies: Vec<SentBody>,
+    ) -> Vec<Option<ReplyBody>> {
+        let Some(request_key) = bodies.first().map(|b| b.key.clone()) else {
+            return Vec::new();
         };
-        let request_key = body.key.clone();
-        match handler.handle(ctx, body).await {
-            Ok(reply) => reply,
-            Err(Error::Reply { code, message }) => {
-                Some(ReplyBody::new(request_key, code).with_message(message))
-            }
-            Err(e) => {
-                warn!(key = %request_key, error = %e, "handler failed");
-                Some(ReplyBody::new(request_key, code::SERVER_ERROR).with_message(e.to_string()))
-            }
+        if request_key == key::CLIENT_CLOSED {
+            return bodies
+                .iter()
+                .map(|_| {
+                    Some(
+                        ReplyBody::new(key::CLIENT_CLOSED, code::FORBIDDEN)
+                            .with_message("client_closed is reserved for the server"),
+                    )
+                })
+                .collect();
         }
+        let Some(handler) = self.handler(&request_key).cloned() else {
+            debug!(key = %request_key, "no handler");
+            let message = format!("no handler for key {request_key:?}");
+            return bodies
+                .iter()
+                .map(|_| {
+                    Some(
+                        ReplyBody::new(request_key.clone(), code::NOT_FOUND).with_message(&message),
+                    )
+                })
+                .collect();
+        };
+        let results = if bodies.len() == 1 {
+            let mut bodies = bodies;
+            match bodies.pop() {
+                Some(body) => vec![handler.handle(ctx, body).await],
+                None => Vec::new(),
+            }
+        } else {
+            handler.handle_many(ctx, bodies).await
+        };
+        results
+            .into_iter()
+            .map(|r| match r {
+                Ok(reply) => reply,
+                Err(Error::Reply { code, message }) => {
+                    Some(ReplyBody::new(request_key.clone(), code).with_message(message))
+                }
+                Err(e) => {
+                    warn!(key = %request_key, error = %e, "handler failed");
+                    Some(
+                        ReplyBody::new(request_key.clone(), code::SERVER_ERROR)
+                            .with_message(e.to_string()),
+                    )
+                }
+            })
+            .collect()
     }
 
     /// Tells the listeners that want it which pushed messages of `items` were just written to

@@ -195,6 +195,57 @@ impl LocalSessionManager {
     }
 }
 
+impl LocalSessionManager {
+    /// The tags of the connection of `session` on this node (empty when it is not bound here).
+    pub fn tags_of(&self, session: &Session) -> Vec<String> {
+        let (lock, h) = self.locate(&session.uid);
+        read(lock)
+            .of(h, &session.uid)
+            .find(|e| same_connection(&e.session, session))
+            .map(|e| e.tags.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Every tag held by a connection of this node, with how many connections hold it.
+    pub fn tag_counts(&self) -> Vec<(String, usize)> {
+        read(&self.tags)
+            .iter()
+            .map(|(tag, members)| (tag.clone(), members.len()))
+            .collect()
+    }
+
+    /// Takes connection `conn` of `uid` out of this node's table. With `close`, it is asked to
+    /// close for that reason (after `notice`, when given, is queued to it). Returns the tags it had, or `None`
+    /// when it was not bound here to `uid`. (A cluster uses this to carry out, on the node that
+    /// holds a connection, what a bind or a kick on another node decided.)
+    pub fn release(
+        &self,
+        uid: &str,
+        conn: ConnId,
+        notice: Option<Message>,
+        close: Option<CloseRequest>,
+    ) -> Option<Vec<String>> {
+        let removed = {
+            let (lock, h) = self.locate(uid);
+            write(lock).remove_where(h, |e| e.session.uid == uid && e.handle.id() == conn)
+        };
+        let mut tags: Option<Vec<String>> = None;
+        for e in removed {
+            self.untag(e.handle.id(), &e.tags);
+            if let Some(n) = &notice {
+                let _ = e
+                    .handle
+                    .push(Outbound::Message(Arc::new(SharedMessage::new(n.clone()))));
+            }
+            if let Some(why) = &close {
+                e.handle.close(why.clone());
+            }
+            tags.get_or_insert_default().extend(e.tags.iter().cloned());
+        }
+        tags
+    }
+}
+
 impl Default for LocalSessionManager {
     fn default() -> Self {
         Self::new()

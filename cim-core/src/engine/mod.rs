@@ -19,6 +19,7 @@ mod builder;
 mod builtin;
 mod conn;
 mod deadlines;
+mod dispatch;
 mod driver;
 mod handler;
 mod handover;
@@ -43,6 +44,7 @@ pub use builtin::{ClientAck, ClientMessage, GetOfflineMessages, RemoveTag, SetTa
 pub use conn::{
     CloseRequest, ConnId, ConnectionHandle, Outbound, OutboundReceiver, PushError, SlowConsumer,
 };
+pub use dispatch::{Dispatch, LocalDispatch, NodeAddrs};
 pub use driver::serve_connection;
 pub use handler::{EventContext, EventListener, RequestContext, RequestHandler};
 pub use heartbeat::{Heartbeat, IdleReason, TimerAction, Timers};

@@ -46,6 +46,17 @@ pub trait Router: Send + Sync + 'static {
     /// Sends `msg` to every live connection of `msg.receiver`, or stores it (see above).
     async fn send(&self, msg: Arc<SharedMessage>) -> Result<Sent>;
 
+    /// Sends each of `msgs` as [`send`](Self::send) does, in order; returns what became of
+    /// each, in the same order. The default sends them one by one; a cluster routes a batch
+    /// with one round trip.
+    async fn send_many(&self, msgs: Vec<Arc<SharedMessage>>) -> Vec<Result<Sent>> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            out.push(self.send(m).await);
+        }
+        out
+    }
+
     /// Sends `msg` to every live connection tagged `tag`. Nothing is stored.
     async fn send_tag(&self, tag: &str, msg: Arc<SharedMessage>) -> Result<Sent>;
 

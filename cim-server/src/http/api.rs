@@ -144,10 +144,19 @@ pub async fn send_batch(
     for (i, m) in batch.messages.iter().enumerate() {
         check_message(m, true, &format!("messages[{i}]."), st.max_uid_bytes)?;
     }
-    let mut results = Vec::with_capacity(batch.messages.len());
-    for m in batch.messages {
-        results.push(SentOut::from(st.hub.send(m.into_message()).await?));
-    }
+    let messages = batch
+        .messages
+        .into_iter()
+        .map(MessageIn::into_message)
+        .collect();
+    // The first failure answers the request (the messages before it were sent).
+    let results = st
+        .hub
+        .send_many(messages)
+        .await
+        .into_iter()
+        .map(|r| r.map(SentOut::from))
+        .collect::<Result<Vec<SentOut>, _>>()?;
     Ok(Json(json!({ "results": results })))
 }
 
@@ -301,4 +310,32 @@ pub async fn pending_clear(
     check_account("uid", &uid, st.max_uid_bytes)?;
     let deleted = store(&st)?.clear(&uid).await?;
     Ok(Json(json!({ "uid": uid, "deleted": deleted })))
+}
+
+/// `GET /api/v1/dispatch`: the node a client should connect to — in a cluster one of the two
+/// least loaded live nodes that are not draining, picked at random (a slot reserved on it); on
+/// one node this one — with its TCP, WebSocket and HTTP addresses.
+pub async fn dispatch(
+    State(st): State<Arc<HttpState>>,
+) -> Result<Json<cim_core::engine::NodeAddrs>, ApiError> {
+    Ok(Json(st.dispatch.pick().await?))
+}
+
+/// A drain request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainIn {
+    /// `true`: dispatch names this node no more (its connections stay); `false`: it does again.
+    pub draining: bool,
+}
+
+/// `POST /api/v1/drain` `{"draining": true}`: takes this node out of dispatch, or back in.
+pub async fn drain(
+    State(st): State<Arc<HttpState>>,
+    ApiJson(d): ApiJson<DrainIn>,
+) -> Result<Json<Value>, ApiError> {
+    st.dispatch.set_draining(d.draining).await?;
+    Ok(Json(
+        json!({ "node": st.hub.node(), "draining": d.draining }),
+    ))
 }

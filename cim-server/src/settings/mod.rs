@@ -20,7 +20,7 @@ pub use host::Host;
 use listener::Kind;
 pub use listener::{ListenerSettings, TlsSettings};
 pub use sections::{
-    AuthSettings, ConnectionSettings, DurabilitySetting, HttpSettings, LogFormat, LogSettings,
+    AuthSettings, ClusterSettings, ConnectionSettings, HttpSettings, LogFormat, LogSettings,
     ShutdownSettings, StoreBackend, StoreSettings,
 };
 
@@ -67,6 +67,7 @@ const SECTIONS: &[&str] = &[
     "http",
     "log",
     "shutdown",
+    "cluster",
 ];
 
 /// The keys outside any section, as `CIM_<KEY>` variables name them.
@@ -100,6 +101,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// Nodes sharing one Redis.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -117,6 +120,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             log: LogSettings::default(),
             shutdown: ShutdownSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -237,7 +241,8 @@ impl Settings {
         if self.store.max_per_account == 0 {
             return Err(invalid("store.max_per_account", 0, "must be at least 1"));
         }
-        if self.store.durability == DurabilitySetting::Interval && self.store.flush_interval_ms == 0
+        if self.store.durability == cim_store::Durability::Interval
+            && self.store.flush_interval_ms == 0
         {
             return Err(invalid("store.flush_interval_ms", 0, "must be more than 0"));
         }
@@ -268,6 +273,7 @@ impl Settings {
         if self.node_number().is_none() {
             return Err(invalid("node_id", self.node_id, "must be 0 to 255"));
         }
+        listener::validate_access("http", &self.http.access())?;
         if self.http.max_batch == 0 {
             return Err(invalid("http.max_batch", 0, "must be at least 1"));
         }
@@ -299,11 +305,92 @@ impl Settings {
                 "must be 1 to 65535",
             ));
         }
+        self.validate_cluster()?;
         if !self.auth.token_secret.is_empty() && self.auth.token_secret.len() < 16 {
             return Err(invalid(
                 "auth.token_secret",
                 "(hidden)",
                 "must be at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The store the node uses: `store.backend`, with `auto` read as `redb` on one node and as
+    /// the cluster's Redis in a cluster.
+    pub fn store_backend(&self) -> StoreBackend {
+        match (self.store.backend, self.cluster.enabled()) {
+            (StoreBackend::Auto, true) => StoreBackend::Redis,
+            (StoreBackend::Auto, false) => StoreBackend::Redb,
+            (b, _) => b,
+        }
+    }
+
+    fn validate_cluster(&self) -> Result<(), SettingsError> {
+        let c = &self.cluster;
+        if !c.enabled() {
+            if self.store.backend == StoreBackend::Redis {
+                return Err(invalid(
+                    "store.backend",
+                    "\"redis\"",
+                    "needs cluster.redis (the Redis of a cluster)",
+                ));
+            }
+            return Ok(());
+        }
+        if !c.redis.starts_with("redis://") && !c.redis.starts_with("rediss://") {
+            return Err(invalid(
+                "cluster.redis",
+                format!("{:?}", c.redis),
+                "must be a redis:// URL (redis://host:port[/db])",
+            ));
+        }
+        match self.store.backend {
+            StoreBackend::Auto | StoreBackend::Redis => {}
+            local => {
+                return Err(invalid(
+                    "store.backend",
+                    format!("{:?}", local.name()),
+                    format!(
+                        "a node-local store cannot serve a cluster (cluster.redis = {:?}): every \
+                         node must read the same stored messages; use \"auto\" or \"redis\"",
+                        c.redis
+                    ),
+                ));
+            }
+        }
+        if c.heartbeat_ms == 0 {
+            return Err(invalid("cluster.heartbeat_ms", 0, "must be more than 0"));
+        }
+        if c.node_deadline_ms < c.heartbeat_ms.saturating_mul(2) {
+            return Err(invalid(
+                "cluster.node_deadline_ms",
+                c.node_deadline_ms,
+                format!(
+                    "must be at least twice cluster.heartbeat_ms ({})",
+                    c.heartbeat_ms
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("cluster.timeout_ms", c.timeout_ms),
+            ("cluster.handover_timeout_ms", c.handover_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, v, "must be more than 0"));
+            }
+        }
+        let name_ok = !self.node.is_empty()
+            && self.node.len() <= 64
+            && self
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            return Err(invalid(
+                "node",
+                format!("{:?}", self.node),
+                "in a cluster a node's name is 1 to 64 letters, digits, '.', '_' or '-'",
             ));
         }
         Ok(())
@@ -392,6 +479,7 @@ impl Settings {
                 *secret = "********".into();
             }
         }
+        shown.cluster.redis = crate::app::redact(&shown.cluster.redis);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 

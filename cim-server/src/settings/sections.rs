@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use cim_core::engine::{ConnectionConfig, SlowConsumer, Timers};
 use serde::{Deserialize, Serialize};
 
+use cim_store::Durability;
+
 use super::host::Host;
+use crate::access::{self, Access, ForwardedHeader, Networks};
 
 /// `[connection]`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,14 +55,15 @@ impl Default for ConnectionSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
-    /// `redb` (on disk under `path`, the default), `sled` (on disk under `path`) or `memory`
-    /// (lost at exit).
+    /// `auto` (the default: `redb` on one node, the cluster's Redis with `cluster.redis`),
+    /// `redb` (on disk under `path`), `sled` (on disk under `path`), `memory` (lost at exit) or
+    /// `redis` (the cluster's Redis; needs `cluster.redis`).
     pub backend: StoreBackend,
     /// Directory of the database.
     pub path: PathBuf,
     /// `always` (fsynced before a send is answered), `interval` (every `flush_interval_ms`) or
     /// `os` (left to the operating system).
-    pub durability: DurabilitySetting,
+    pub durability: Durability,
     /// Flush period for `interval`.
     pub flush_interval_ms: u64,
     /// Messages kept per account; the oldest are dropped beyond it.
@@ -73,9 +77,9 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            backend: StoreBackend::Redb,
+            backend: StoreBackend::Auto,
             path: PathBuf::from("./data"),
-            durability: DurabilitySetting::Always,
+            durability: Durability::Always,
             flush_interval_ms: 100,
             max_per_account: 10_000,
             max_age_secs: 7 * 24 * 3600,
@@ -88,12 +92,29 @@ impl Default for StoreSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
 pub enum StoreBackend {
+    /// redb on one node, the cluster's Redis in a cluster.
+    Auto,
     /// redb, on disk, with a write-ahead log under `always`.
     Redb,
     /// sled, on disk.
     Sled,
     /// In memory.
     Memory,
+    /// The cluster's Redis (streams), shared by every node.
+    Redis,
+}
+
+impl StoreBackend {
+    /// Its name in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreBackend::Auto => "auto",
+            StoreBackend::Redb => "redb",
+            StoreBackend::Sled => "sled",
+            StoreBackend::Memory => "memory",
+            StoreBackend::Redis => "redis",
+        }
+    }
 }
 
 impl TryFrom<String> for StoreBackend {
@@ -101,35 +122,14 @@ impl TryFrom<String> for StoreBackend {
 
     fn try_from(s: String) -> Result<Self, String> {
         match s.as_str() {
+            "auto" => Ok(StoreBackend::Auto),
             "redb" => Ok(StoreBackend::Redb),
             "sled" => Ok(StoreBackend::Sled),
             "memory" => Ok(StoreBackend::Memory),
-            other => Err(format!("{other:?}: expected one of redb, sled, memory")),
-        }
-    }
-}
-
-/// `store.durability`
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum DurabilitySetting {
-    /// fsync before answering (group commit).
-    Always,
-    /// fsync every `flush_interval_ms`.
-    Interval,
-    /// Leave it to the OS.
-    Os,
-}
-
-impl TryFrom<String> for DurabilitySetting {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "always" => Ok(DurabilitySetting::Always),
-            "interval" => Ok(DurabilitySetting::Interval),
-            "os" => Ok(DurabilitySetting::Os),
-            other => Err(format!("{other:?}: expected one of always, interval, os")),
+            "redis" => Ok(StoreBackend::Redis),
+            other => Err(format!(
+                "{other:?}: expected one of auto, redb, sled, memory, redis"
+            )),
         }
     }
 }
@@ -191,10 +191,27 @@ pub struct HttpSettings {
     /// A key that `GET /metrics` takes besides `api_key` (for a scraper that should not send
     /// messages). Empty: only `api_key`.
     pub metrics_key: String,
-    /// Answer `GET /metrics` without a key to a client connecting from a loopback address.
+    /// Answer `GET /metrics` without a key to a client on a loopback address (the client a
+    /// trusted proxy names, when a proxy is in between).
     pub metrics_open_on_loopback: bool,
     /// Serve the admin console at `/console`.
     pub console: bool,
+    /// Read a PROXY protocol header (v1 or v2) on every connection from `trusted_proxies`.
+    pub proxy_protocol: bool,
+    /// The networks of the proxies whose PROXY and forwarding headers are believed.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub trusted_proxies: Networks,
+    /// The header the trusted proxies name the client in: `x-forwarded-for`, `forwarded` or
+    /// `x-real-ip`.
+    pub forwarded_header: ForwardedHeader,
+    /// When not empty, only clients in these networks are served.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub allow: Networks,
+    /// Clients in these networks are refused.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub deny: Networks,
+    /// The longest PROXY header taken, in bytes.
+    pub max_proxy_header: usize,
 }
 
 impl Default for HttpSettings {
@@ -214,7 +231,77 @@ impl Default for HttpSettings {
             metrics_key: String::new(),
             metrics_open_on_loopback: false,
             console: true,
+            proxy_protocol: false,
+            trusted_proxies: Networks::none(),
+            forwarded_header: ForwardedHeader::default(),
+            allow: Networks::none(),
+            deny: Networks::none(),
+            max_proxy_header: access::DEFAULT_MAX_PROXY_HEADER,
         }
+    }
+}
+
+impl HttpSettings {
+    /// The HTTP API's [`Access`]: its PROXY protocol, trusted proxies and address lists.
+    pub fn access(&self) -> Access {
+        Access {
+            proxy_protocol: self.proxy_protocol,
+            trusted_proxies: self.trusted_proxies.clone(),
+            forwarded_header: self.forwarded_header,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            max_proxy_header: self.max_proxy_header,
+        }
+    }
+}
+
+/// `[cluster]`: nodes sharing one Redis (registry, routing, store). Off while `redis` is empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The Redis server, `redis://host:port[/db]`; empty: no cluster.
+    pub redis: String,
+    /// Prefix of every key, so that clusters can share a Redis.
+    pub prefix: String,
+    /// How often the node moves its deadline forward and looks for dead nodes.
+    pub heartbeat_ms: u64,
+    /// A node silent this long is dead: its sessions vanish, it is reaped. At least twice
+    /// `heartbeat_ms`.
+    pub node_deadline_ms: u64,
+    /// A Redis command not answered in this long fails (a send then answers `503`).
+    pub timeout_ms: u64,
+    /// A message taken from the inbox and queued to a connection that has not written it after
+    /// this long is routed again (the connection's write failed).
+    pub handover_timeout_ms: u64,
+    /// The TCP address clients are told to reach this node at (`GET /api/v1/dispatch`);
+    /// empty: where the TCP listener listens.
+    pub advertise_tcp: String,
+    /// The WebSocket address; empty: where the WebSocket listener listens.
+    pub advertise_websocket: String,
+    /// The HTTP API's address; empty: where it listens.
+    pub advertise_http: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            prefix: "cim:".into(),
+            heartbeat_ms: 1000,
+            node_deadline_ms: 5000,
+            timeout_ms: 2000,
+            handover_timeout_ms: 30_000,
+            advertise_tcp: String::new(),
+            advertise_websocket: String::new(),
+            advertise_http: String::new(),
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether the node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
     }
 }
 

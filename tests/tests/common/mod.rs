@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod certs;
+pub mod haproxy;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -102,6 +103,7 @@ pub async fn start_with(
             protocol: Protocol::WebSocket(ws),
             connection: conn,
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Default::default(),
         })
         .listener(Listener::xml(loopback()).with_connection(conn))
         .event_listener(closes.clone());
@@ -144,11 +146,11 @@ pub type XmlClient = StreamClient<XmlCodec>;
 
 impl<C: StreamCodec> StreamClient<C> {
     pub async fn connect(addr: SocketAddr, codec: C) -> Self {
-        Self::over(TcpStream::connect(addr).await.unwrap(), codec)
+        Self::on(TcpStream::connect(addr).await.unwrap(), codec)
     }
 
-    /// A client on a stream connected already (with socket options of the test's own).
-    pub fn over(stream: TcpStream, codec: C) -> Self {
+    /// A client on a stream connected already.
+    pub fn on(stream: TcpStream, codec: C) -> Self {
         Self {
             stream,
             codec,

@@ -1,0 +1,61 @@
+//! [`ClusterDispatch`]: least-loaded dispatch — of the live nodes that are not draining, the two
+//! least loaded, one picked at random (power of two choices), with a slot reserved on it, so a
+//! burst of clients (a reconnect storm after a node's death) spreads instead of piling onto one.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cim_core::engine::{Dispatch, NodeAddrs};
+
+use crate::cluster::Inner;
+use crate::value::{array, text};
+
+/// Dispatch across the cluster's nodes.
+pub struct ClusterDispatch {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ClusterDispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterDispatch").finish_non_exhaustive()
+    }
+}
+
+impl ClusterDispatch {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+}
+
+#[async_trait]
+impl Dispatch for ClusterDispatch {
+    async fn pick(&self) -> cim_core::Result<NodeAddrs> {
+        let inner = &self.inner;
+        let mut inv = inner.invocation(&inner.scripts.dispatch);
+        inv.arg(if fastrand::bool() { "1" } else { "0" });
+        let mut it = array(inner.call(&inv).await?)?.into_iter().map(text);
+        let mut next = || it.next().transpose().map(Option::unwrap_or_default);
+        let nid = next()?;
+        if nid.is_empty() {
+            return Err(cim_core::Error::unavailable(
+                "cluster",
+                "no live node that is not draining",
+            ));
+        }
+        Ok(NodeAddrs {
+            node: next()?,
+            tcp: next()?,
+            websocket: next()?,
+            http: next()?,
+        })
+    }
+
+    async fn set_draining(&self, draining: bool) -> cim_core::Result<()> {
+        let inner = &self.inner;
+        let mut inv = inner.invocation(&inner.scripts.drain);
+        inv.arg(inner.nid.as_str())
+            .arg(if draining { "1" } else { "0" });
+        inner.call(&inv).await?;
+        Ok(())
+    }
+}

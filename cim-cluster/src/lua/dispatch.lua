@@ -1,0 +1,27 @@
+-- The node a new client should connect to: of the live nodes that are not draining, the two
+-- least loaded, one of them picked by ARGV[2] (0 or 1); a slot is reserved on it (its load
+-- goes up by one until its next heartbeat). Returns {nid, name, tcp, websocket, http}, or
+-- nothing when no node qualifies.
+local now = now_ms()
+local c = {}
+for _, nid in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '(' .. now, '+inf')) do
+  if redis.call('HGET', P .. 'node:' .. nid, 'draining') ~= '1' then
+    c[#c + 1] = { nid, tonumber(redis.call('ZSCORE', P .. 'load', nid) or '0') }
+  end
+end
+if #c == 0 then
+  return {}
+end
+table.sort(c, function(a, b)
+  if a[2] == b[2] then
+    return a[1] < b[1]
+  end
+  return a[2] < b[2]
+end)
+local pick = c[1]
+if #c > 1 and ARGV[2] == '1' then
+  pick = c[2]
+end
+redis.call('ZINCRBY', P .. 'load', 1, pick[1])
+local h = redis.call('HMGET', P .. 'node:' .. pick[1], 'name', 'tcp', 'websocket', 'http')
+return { pick[1], h[1] or '', h[2] or '', h[3] or '', h[4] or '' }
