@@ -1,7 +1,8 @@
 //! The server's metrics: the Prometheus recorder behind `GET /metrics` (installed once per
-//! process by [`install`]), and the series of the server's own parts — HTTP requests,
-//! connections refused, the store's size on disk, expired messages. The engine's series are in
-//! [`cim_core::engine::metrics`].
+//! process by [`install`]), and the series of the server's own parts — HTTP requests, the
+//! store's size on disk, expired messages. The engine's series are in
+//! [`cim_core::engine::metrics`], the cluster's in [`cim_cluster::metrics`]; the connections
+//! refused are counted where they are refused, by each listener's refusals.
 //!
 //! Every series goes through the [`metrics`] facade, so any part of a process (a cluster
 //! backend, a handler of your own) adds its series the same way and `/metrics` shows them.
@@ -27,6 +28,12 @@ const APPEND_BUCKETS: &[f64] = &[
     1.0, 2.5,
 ];
 
+/// Buckets of the cluster's inbox lag, in seconds: from an entry taken at once to a reader
+/// that fell far behind (or was cut off from Redis).
+const INBOX_LAG_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process's Prometheus recorder, once, and returns the handle that renders it;
@@ -36,14 +43,21 @@ static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<PrometheusHandle> {
     RECORDER
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new();
-            let builder = match builder.set_buckets_for_metric(
-                Matcher::Full(cim_core::engine::metrics::STORE_APPEND_SECONDS.to_owned()),
-                APPEND_BUCKETS,
-            ) {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(cim_core::engine::metrics::STORE_APPEND_SECONDS.to_owned()),
+                    APPEND_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(cim_cluster::metrics::INBOX_LAG_SECONDS.to_owned()),
+                        INBOX_LAG_BUCKETS,
+                    )
+                });
+            let builder = match builder {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(error = %e, "store append buckets refused; a summary instead");
+                    tracing::warn!(error = %e, "histogram buckets refused; summaries instead");
                     PrometheusBuilder::new()
                 }
             };
@@ -66,7 +80,7 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 /// Gives every series its help text: the engine's, then the server's own. (A cluster backend
-/// describes its series itself when it starts.)
+/// describes its series itself when it starts, and a listener its refusals.)
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge};
     cim_core::engine::describe_metrics();
