@@ -1,6 +1,7 @@
 //! The admin console in a real browser: headless Chromium, driven through chromedriver, against
-//! the real binary with an API key. It signs in (a wrong key first), sees a client the test
-//! bound, sends it a message from the form (the client gets it), counts and deletes an
+//! the real binary with an API key. It signs in (a wrong key first), sees the clients the test
+//! bound with their node and their own address (one behind a load balancer's PROXY header),
+//! sends it a message from the form (the client gets it), counts and deletes an
 //! account's stored messages, watches the live figures, and kicks the client (which gets `999`).
 //! It takes a screenshot of each page: into `$CIM_CONSOLE_SCREENSHOTS` when set (relative to the
 //! repository; the ones in `docs/` were taken with `CIM_CONSOLE_SCREENSHOTS=docs`), else into the
@@ -22,6 +23,7 @@ use std::time::Duration;
 use cim_codec_binary::BinaryCodec;
 use cim_core::Frame;
 use common::browser::Browser;
+use common::haproxy::connect_from;
 use common::process::{JSON, ServerProcess, http};
 use common::{StreamClient, TcpClient, WAIT};
 use fantoccini::{Client, Locator};
@@ -101,18 +103,41 @@ async fn type_into(browser: &Client, css: &str, text: &str) {
     el.send_keys(text).await.unwrap();
 }
 
-async fn bound(p: &ServerProcess, uid: &str, channel: &str, device: &str) -> TcpClient {
-    let mut c = StreamClient::connect(p.addr("tcp"), BinaryCodec::new()).await;
+/// A client of `uid` bound from the loopback address `from`; through the trusted proxy
+/// (127.0.0.1) with `proxied`'s PROXY header first, when given.
+async fn bound(
+    p: &ServerProcess,
+    from: &str,
+    proxied: Option<&[u8]>,
+    (uid, channel, device): (&str, &str, &str),
+) -> TcpClient {
+    let stream = connect_from(from, p.addr("tcp")).await;
+    let mut c = StreamClient::on(stream, BinaryCodec::new());
+    if let Some(header) = proxied {
+        c.send_raw(header).await;
+    }
     c.bind(uid, channel, device).await;
     c
 }
 
 #[tokio::test]
 async fn the_console_lists_sends_counts_and_kicks_in_chromium() {
-    let p = ServerProcess::start(&[("CIM_HTTP__API_KEY", KEY), ("CIM_NODE", "edge-1")]);
+    // Behind a load balancer (127.0.0.1, which sends PROXY headers), and reached directly.
+    let p = ServerProcess::start(&[
+        ("CIM_HTTP__API_KEY", KEY),
+        ("CIM_NODE", "edge-1"),
+        ("CIM_TCP__PROXY_PROTOCOL", "true"),
+        ("CIM_TCP__TRUSTED_PROXIES", "127.0.0.1"),
+    ]);
     let api = p.addr("http");
-    let mut alice = bound(&p, "alice", "android", "pixel-8").await;
-    let _web = bound(&p, "marta", "web", "firefox-tab").await;
+    let mut alice = bound(&p, "127.0.0.7", None, ("alice", "android", "pixel-8")).await;
+    let _web = bound(
+        &p,
+        "127.0.0.1",
+        Some(b"PROXY TCP4 198.51.100.20 127.0.0.1 40000 23456\r\n"),
+        ("marta", "web", "firefox-tab"),
+    )
+    .await;
     // Three messages wait for bob, who is offline.
     for i in 0..3 {
         let r = http(
@@ -126,7 +151,7 @@ async fn the_console_lists_sends_counts_and_kicks_in_chromium() {
         assert_eq!(r.json()["stored"], true, "{r:?}");
     }
     // A steady trickle to a reader of its own, so the live figures have something to show.
-    let mut feed = bound(&p, "feed", "ios", "iphone").await;
+    let mut feed = bound(&p, "127.0.0.8", None, ("feed", "ios", "iphone")).await;
     let trickling = Arc::new(AtomicBool::new(true));
     let trickle = tokio::spawn({
         let on = Arc::clone(&trickling);
@@ -224,10 +249,21 @@ async fn the_console_lists_sends_counts_and_kicks_in_chromium() {
     click(browser, "button[data-view=sessions]").await;
     wait_text(browser, "#sessions-total", |t| t == "1–3 of 3").await;
     let row = wait_text(browser, "tr[data-uid=alice]", |t| !t.is_empty()).await;
-    for want in ["alice", "android", "pixel-8", "edge-1", "tcp", "no"] {
+    // Its node and the client's own address.
+    for want in [
+        "alice",
+        "android",
+        "pixel-8",
+        "edge-1",
+        "tcp",
+        "127.0.0.7:",
+        "no",
+    ] {
         assert!(row.contains(want), "{want} missing from {row:?}");
     }
-    wait_text(browser, "tr[data-uid=marta]", |t| t.contains("firefox-tab")).await;
+    // The client the load balancer named, not the load balancer.
+    let row = wait_text(browser, "tr[data-uid=marta]", |t| t.contains("firefox-tab")).await;
+    assert!(row.contains("198.51.100.20:40000"), "{row:?}");
     screenshot(browser, "console-sessions.png").await;
     type_into(browser, "#sessions-uid", "alice").await;
     click(browser, "#sessions-search").await;
