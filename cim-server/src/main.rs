@@ -55,8 +55,9 @@ enum Command {
         ttl: Option<u64>,
     },
     /// Ask the server this configuration describes for `GET /health` (at `http.host` and
-    /// `http.port`; an unspecified host such as 0.0.0.0 is asked on loopback) and exit 0 when it
-    /// answers 200: a container's health check, with nothing else in the image.
+    /// `http.port`; an unspecified host such as 0.0.0.0 is asked on loopback; with a PROXY
+    /// header when `http.proxy_protocol` is on and that address is a trusted proxy's) and exit 0
+    /// when it answers 200: a container's health check, with nothing else in the image.
     Health {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 5)]
@@ -67,15 +68,19 @@ enum Command {
 /// Largest answer `health` reads.
 const MAX_HEALTH_ANSWER: u64 = 64 * 1024;
 
-/// `GET /health` at `addr`: the body of a `200`, or why not.
-async fn ask_health(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+/// `GET /health` at `addr`: the body of a `200`, or why not. With `proxied`, the request
+/// starts with a PROXY header naming no client (`PROXY UNKNOWN`, a proxy's own health check),
+/// as the API takes from a trusted proxy.
+async fn ask_health(addr: std::net::SocketAddr, proxied: bool) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
+    let proxy = if proxied { "PROXY UNKNOWN\r\n" } else { "" };
     stream
         .write_all(
-            format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("{proxy}GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .with_context(|| format!("asking {addr}"))?;
@@ -113,7 +118,10 @@ async fn health(settings: &Settings, timeout: u64) -> anyhow::Result<()> {
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let body = tokio::time::timeout(Duration::from_secs(timeout), ask_health(addr))
+    // From loopback to the API: a PROXY header is expected when loopback is a trusted proxy.
+    let access = settings.http.access();
+    let proxied = access.proxy_protocol && access.trusts(addr.ip());
+    let body = tokio::time::timeout(Duration::from_secs(timeout), ask_health(addr, proxied))
         .await
         .map_err(|_| anyhow::anyhow!("{addr} did not answer GET /health within {timeout} s"))??;
     println!("{body}");

@@ -1,6 +1,8 @@
 //! The files for deploying: `cim-server health` (the container's health check) against the real
 //! binary; the example production configuration and the container's start only with their
-//! secrets; the Dockerfile and the systemd unit agree with the configurations they ship.
+//! secrets; the Dockerfile and the systemd unit agree with the configurations they ship; the
+//! unit passes `systemd-analyze verify` without a warning, and its exposure rates "OK" or
+//! better (`systemd-analyze security --offline=yes`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,7 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use cim_server::Settings;
-use common::process::{ServerProcess, run_once};
+use common::process::{ServerProcess, run_once, server_binary};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -65,6 +67,24 @@ async fn health_answers_while_the_server_runs() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(p.terminate().success());
+
+    // Behind a load balancer that sends PROXY headers, loopback among the trusted proxies: the
+    // check says it is the proxy's own (PROXY UNKNOWN), as a trusted connection must.
+    let proxied = [
+        ("CIM_HTTP__PROXY_PROTOCOL", "true"),
+        ("CIM_HTTP__TRUSTED_PROXIES", "127.0.0.0/8"),
+    ];
+    let mut p = ServerProcess::start(&proxied);
+    let port = p.addr("http").port().to_string();
+    let mut env = proxied.to_vec();
+    env.push(("CIM_HTTP__PORT", &port));
+    let (code, out, err) = run_once(&["health"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    // Without the header the server would have refused the check.
+    let (code, _, err) = run_once(&["health"], &[("CIM_HTTP__PORT", &port)]);
+    assert_ne!(code, 0, "{err}");
+    assert!(p.terminate().success());
+
     let (code, _, err) = run_once(&["health"], &[("CIM_HTTP__PORT", &port)]);
     assert_ne!(code, 0);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
@@ -151,5 +171,67 @@ async fn the_image_serves_what_its_configuration_says() {
             .filter(|l| l.starts_with("FROM "))
             .count(),
         2
+    );
+}
+
+/// The unit as installed, but running the binary this build made (`/usr/local/bin/cim-server`
+/// is not installed here), in a directory of its own.
+fn unit_with_built_binary(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = read("packaging/cim-server.service").replace(
+        "/usr/local/bin/cim-server",
+        server_binary().to_str().unwrap(),
+    );
+    std::fs::write(dir.path().join("cim-server.service"), edit(unit)).unwrap();
+    dir
+}
+
+/// `systemd-analyze` with `args`, then the unit in `dir`: its exit status and what it wrote.
+fn systemd_analyze(args: &[&str], dir: &Path) -> (bool, String) {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(args)
+        .arg(dir.join("cim-server.service"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("systemd-analyze: {e} (Debian's `systemd` package; scripts/test installs it)")
+        });
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze() {
+    let dir = unit_with_built_binary(|u| u);
+    let (ok, said) = systemd_analyze(&["verify"], dir.path());
+    assert!(
+        ok && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+    // It would have said so: a misspelt key is a warning, a missing binary an error.
+    let misspelt = unit_with_built_binary(|u| u.replace("LimitNOFILE=", "LimitNOFILES="));
+    let (_, said) = systemd_analyze(&["verify"], misspelt.path());
+    assert!(said.contains("LimitNOFILES"), "{said}");
+    let missing = unit_with_built_binary(|u| {
+        u.replace(server_binary().to_str().unwrap(), "/nonexistent/cim-server")
+    });
+    assert!(!systemd_analyze(&["verify"], missing.path()).0);
+
+    // Its exposure: "OK" or better (the README gives the figure).
+    let (ok, said) = systemd_analyze(&["security", "--offline=yes"], dir.path());
+    assert!(ok, "{said}");
+    let level = said
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for cim-server.service: ")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("no overall exposure in {said}"));
+    let score: f64 = level.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(score < 2.0, "exposure {level}");
+    let readme = read("README.md");
+    assert!(
+        readme.contains(&format!("rates its exposure {score:.1}")),
+        "the README does not give the exposure {score:.1}"
     );
 }
