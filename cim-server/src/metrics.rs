@@ -9,7 +9,6 @@
 //! Handles on a busy path are registered once and kept; the few series below that take labels
 //! from a request are kept in [`HttpMetrics`] the first time each combination is seen.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{OnceLock, RwLock};
 
@@ -138,47 +137,69 @@ pub(crate) fn total(text: &str, name: &str) -> Option<f64> {
 /// method, and every label value is a series kept for ever).
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
-/// `method` as the `method` label: itself when it is one of the standard methods, else `other`.
-pub(crate) fn method_label(method: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|known| **known == method)
-        .copied()
-        .unwrap_or("other")
-}
+/// The label of a method, route or status not in the list.
+const OTHER: &str = "other";
 
 /// The counters of `cim_http_requests_total`, each registered the first time its method, route
 /// and status are seen. Every label comes from a fixed set (the methods above, the routes of
-/// the API, the status codes), so their number is bounded; a request seen before costs a read
-/// lock and a hash, no allocation.
-#[derive(Default)]
+/// the API, the status codes), so their number is bounded. A request seen before costs two
+/// short scans of names, a read lock and a scan of the few statuses its route has answered:
+/// no hash, no allocation.
 pub(crate) struct HttpMetrics {
-    counters: RwLock<HashMap<(&'static str, &'static str, u16), Counter>>,
+    routes: &'static [&'static str],
+    /// By method and route (`method * (routes + 1) + route`, the last of each being `other`):
+    /// the counter of each status seen.
+    counters: Vec<RwLock<Vec<(u16, Counter)>>>,
 }
 
 impl HttpMetrics {
-    /// Counts a request of `method` (a [`method_label`]) to `route` (a route's pattern, or
-    /// `other`) answered with `status`.
-    pub(crate) fn request(&self, method: &'static str, route: &'static str, status: u16) {
-        let key = (method, route, status);
-        let found = self
-            .counters
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            .cloned();
+    /// The counters of an API with `routes` (their patterns, as `MatchedPath` gives them).
+    pub(crate) fn new(routes: &'static [&'static str]) -> Self {
+        let cells = (METHODS.len() + 1) * (routes.len() + 1);
+        Self {
+            routes,
+            counters: (0..cells).map(|_| RwLock::new(Vec::new())).collect(),
+        }
+    }
+
+    /// Counts a request of `method` to `route` (a route's pattern; `None` when none matched)
+    /// answered with `status`.
+    pub(crate) fn request(&self, method: &str, route: Option<&str>, status: u16) {
+        let m = METHODS
+            .iter()
+            .position(|known| *known == method)
+            .unwrap_or(METHODS.len());
+        let r = route
+            .and_then(|route| self.routes.iter().position(|known| *known == route))
+            .unwrap_or(self.routes.len());
+        let Some(cell) = self.counters.get(m * (self.routes.len() + 1) + r) else {
+            return;
+        };
+        let seen = |all: &[(u16, Counter)]| {
+            all.iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, c)| c.clone())
+        };
+        let found = seen(
+            &cell
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let counter = found.unwrap_or_else(|| {
-            let counter = metrics::counter!(
-                HTTP_REQUESTS,
-                "method" => method,
-                "route" => route,
-                "status" => status.to_string()
-            );
-            self.counters
+            let mut all = cell
                 .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key, counter.clone());
-            counter
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Another request may have registered it meanwhile.
+            seen(&all).unwrap_or_else(|| {
+                let counter = metrics::counter!(
+                    HTTP_REQUESTS,
+                    "method" => METHODS.get(m).copied().unwrap_or(OTHER),
+                    "route" => self.routes.get(r).copied().unwrap_or(OTHER),
+                    "status" => status.to_string()
+                );
+                all.push((status, counter.clone()));
+                counter
+            })
         });
         counter.increment(1);
     }
