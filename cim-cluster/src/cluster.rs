@@ -18,6 +18,7 @@ use crate::config::ClusterConfig;
 use crate::error::ClusterError;
 use crate::inbox::{DeliveryListener, Tracker};
 use crate::lua::Scripts;
+use crate::metrics::ClusterMetrics;
 use crate::store::{RedisStore, encode_message};
 use crate::value::{array, count};
 
@@ -58,6 +59,7 @@ pub(crate) struct Inner {
     pub(crate) sweeping: AtomicBool,
     /// The id of the last inbox entry the reader handled, as (milliseconds, sequence).
     pub(crate) handled: watch::Sender<(u64, u64)>,
+    pub(crate) metrics: ClusterMetrics,
     sends: mpsc::UnboundedSender<Pending>,
 }
 
@@ -83,18 +85,20 @@ impl Inner {
 
     pub(crate) async fn call(&self, inv: &ScriptInvocation<'_>) -> Result<Value, ClusterError> {
         let mut r = self.redis.clone();
-        match inv.invoke_async(&mut r).await {
-            Err(e) if reconnected(&e) => Ok(inv.invoke_async(&mut r).await?),
-            other => Ok(other?),
-        }
+        let v = match inv.invoke_async(&mut r).await {
+            Err(e) if reconnected(&e) => inv.invoke_async(&mut r).await,
+            other => other,
+        };
+        counted(v, &self.metrics.node_errors)
     }
 
     pub(crate) async fn cmd(&self, c: &redis::Cmd) -> Result<Value, ClusterError> {
         let mut r = self.redis.clone();
-        match c.query_async(&mut r).await {
-            Err(e) if reconnected(&e) => Ok(c.query_async(&mut r).await?),
-            other => Ok(other?),
-        }
+        let v = match c.query_async(&mut r).await {
+            Err(e) if reconnected(&e) => c.query_async(&mut r).await,
+            other => other,
+        };
+        counted(v, &self.metrics.node_errors)
     }
 
     /// Routes each message (with the node or session ids it must skip) in one script call per
@@ -170,6 +174,17 @@ impl Inner {
 /// may so run twice — for a send, a duplicate, never a loss.
 pub(crate) fn reconnected(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
+}
+
+/// `v`, its error counted in `errors`.
+pub(crate) fn counted(
+    v: redis::RedisResult<Value>,
+    errors: &metrics::Counter,
+) -> Result<Value, ClusterError> {
+    v.map_err(|e| {
+        errors.increment(1);
+        ClusterError::from(e)
+    })
 }
 
 /// Gathers concurrent sends into batches, each one script call; a few batches in flight.
@@ -262,6 +277,7 @@ impl Cluster {
             started: AtomicBool::new(false),
             sweeping: AtomicBool::new(false),
             handled: watch::channel((0, 0)).0,
+            metrics: ClusterMetrics::register(),
             sends,
         });
         tokio::spawn(batcher(Arc::downgrade(&inner), rx));

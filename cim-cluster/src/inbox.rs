@@ -237,8 +237,13 @@ impl Inner {
                         again.push((msg, had));
                     }
                 }
-                if !again.is_empty() && !self.route_again(&again).await {
-                    return;
+                if !again.is_empty() {
+                    if !self.route_again(&again).await {
+                        return;
+                    }
+                    self.metrics
+                        .rerouted_not_taken
+                        .increment(again.len() as u64);
                 }
                 lock(&self.tracker).hold(&entry.id, &copies);
             }
@@ -364,6 +369,7 @@ impl Inner {
                 if !self.route_again(&again).await {
                     return;
                 }
+                self.metrics.rerouted_handover.increment(again.len() as u64);
             }
             lock(&self.tracker).done.push(id);
         }
@@ -445,6 +451,7 @@ pub(crate) async fn reader(inner: Arc<Inner>) {
             None => match inner.reader_connection().await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
+                    inner.metrics.inbox_errors.increment(1);
                     if !failing {
                         warn!(error = %e, "the inbox reader cannot reach redis; retrying");
                         failing = true;
@@ -475,6 +482,7 @@ pub(crate) async fn reader(inner: Arc<Inner>) {
         let batch = match v.map_err(ClusterError::from).and_then(xread_entries) {
             Ok(batch) => batch,
             Err(e) => {
+                inner.metrics.inbox_errors.increment(1);
                 if !failing {
                     warn!(error = %e, "reading the inbox failed; connecting again");
                     failing = true;
@@ -488,7 +496,11 @@ pub(crate) async fn reader(inner: Arc<Inner>) {
             failing = false;
         }
         wait = Duration::from_millis(20);
+        let now = crate::metrics::now_ms();
         for entry in batch {
+            if let Some((added, _)) = stream_id(&entry.id) {
+                inner.metrics.inbox_entry_taken(added, now);
+            }
             last.clone_from(&entry.id);
             inner.handle(entry).await;
         }

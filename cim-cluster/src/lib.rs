@@ -5,7 +5,9 @@
 //! the inboxes of the nodes that hold the receiver, or to the store — ([`ClusterRouter`]), one
 //! message store on Redis streams ([`RedisStore`]), per-node inbox readers, heartbeats, the
 //! reaping of dead nodes, the epoch check for a Redis that came back empty, tags and broadcasts
-//! across nodes, and least-loaded dispatch ([`ClusterDispatch`]).
+//! across nodes, and least-loaded dispatch ([`ClusterDispatch`]). Its series (inbox lag, reaps,
+//! messages routed again, Redis errors, epoch losses) go through the `metrics` facade; see
+//! [`metrics`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,6 +39,7 @@ mod dispatch;
 mod error;
 mod inbox;
 mod lua;
+pub mod metrics;
 mod node;
 mod router;
 mod sessions;

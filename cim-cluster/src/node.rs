@@ -252,6 +252,11 @@ impl Inner {
             if !again.is_empty() {
                 self.route(&again).await?;
                 rerouted += again.len();
+                if nid != self.nid {
+                    self.metrics
+                        .rerouted_dead_node
+                        .increment(again.len() as u64);
+                }
             }
             let mut del = redis::cmd("XDEL");
             del.arg(&inbox);
@@ -264,6 +269,7 @@ impl Inner {
         inv.arg(nid);
         self.call(&inv).await?;
         if nid != self.nid {
+            self.metrics.reaps.increment(1);
             warn!(node = %nid, rerouted, "dead node reaped");
         } else {
             debug!(rerouted, "this node deregistered");
@@ -294,6 +300,7 @@ impl Inner {
             "epoch" => {
                 let now = it.next().map(text).transpose()?.unwrap_or_default();
                 self.epoch_losses.fetch_add(1, Ordering::Relaxed);
+                self.metrics.epoch_losses.increment(1);
                 error!(
                     was = %epoch,
                     now = %now,

@@ -23,6 +23,8 @@ pub struct RedisStore {
     scripts: std::sync::Arc<Scripts>,
     prefix: String,
     cap: usize,
+    /// `cim_cluster_redis_errors_total{part="store"}`.
+    errors: metrics::Counter,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -68,6 +70,7 @@ impl RedisStore {
             scripts: std::sync::Arc::new(Scripts::new()),
             prefix: prefix.to_owned(),
             cap: cap.max(1),
+            errors: crate::metrics::store_errors(),
         }
     }
 
@@ -82,10 +85,11 @@ impl RedisStore {
 
     async fn cmd(&self, c: &redis::Cmd) -> Result<Value, ClusterError> {
         let mut r = self.redis.clone();
-        match c.query_async(&mut r).await {
-            Err(e) if crate::cluster::reconnected(&e) => Ok(c.query_async(&mut r).await?),
-            other => Ok(other?),
-        }
+        let v = match c.query_async(&mut r).await {
+            Err(e) if crate::cluster::reconnected(&e) => c.query_async(&mut r).await,
+            other => other,
+        };
+        crate::cluster::counted(v, &self.errors)
     }
 
     async fn script(&self, s: &redis::Script, args: &[&[u8]]) -> Result<Value, ClusterError> {
@@ -95,10 +99,11 @@ impl RedisStore {
             inv.arg(*a);
         }
         let mut r = self.redis.clone();
-        match inv.invoke_async(&mut r).await {
-            Err(e) if crate::cluster::reconnected(&e) => Ok(inv.invoke_async(&mut r).await?),
-            other => Ok(other?),
-        }
+        let v = match inv.invoke_async(&mut r).await {
+            Err(e) if crate::cluster::reconnected(&e) => inv.invoke_async(&mut r).await,
+            other => other,
+        };
+        crate::cluster::counted(v, &self.errors)
     }
 }
 

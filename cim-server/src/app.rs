@@ -22,6 +22,8 @@ use cim_store::StoreOptions;
 /// A running reference server: long-connection listeners and the HTTP API.
 pub struct App {
     server: RunningServer,
+    /// Folds the metrics' histograms every few seconds (between scrapes too).
+    upkeep: Option<JoinHandle<()>>,
     /// The TLS configuration of each listener that has one, by section.
     tls: Vec<(&'static str, TlsConfig)>,
     dispatch: Arc<dyn Dispatch>,
@@ -31,9 +33,12 @@ pub struct App {
 }
 
 impl App {
-    /// Opens every configured listener and starts serving.
+    /// Opens every configured listener and starts serving. The process's metrics recorder is
+    /// installed first (see [`crate::metrics::install`]), so that every part registers its
+    /// series with it.
     pub async fn start(settings: &Settings) -> Result<App, ServerError> {
         let addrs = settings.resolve().await?;
+        let recorder = crate::metrics::install();
         let conn = settings.connection_config();
         let node = settings.node_number().ok_or_else(|| {
             ServerError::Config(format!("node_id = {} must be 0 to 255", settings.node_id))
@@ -186,6 +191,16 @@ impl App {
                     token_ttl_secs: settings.auth.token_ttl_secs,
                     max_batch: settings.http.max_batch,
                     max_uid_bytes: settings.auth.max_uid_bytes,
+                    metrics: recorder.clone(),
+                    metrics_key: (!settings.http.metrics_key.is_empty())
+                        .then(|| settings.http.metrics_key.clone()),
+                    metrics_open_on_loopback: settings.http.metrics_open_on_loopback,
+                    store_path: matches!(
+                        settings.store_backend(),
+                        StoreBackend::Redb | StoreBackend::Sled
+                    )
+                    .then(|| settings.store.path.clone()),
+                    console: settings.http.console,
                     dispatch: Arc::clone(&dispatch),
                 });
                 let config = HttpConfig {
@@ -210,8 +225,10 @@ impl App {
             let every = Duration::from_secs(settings.store.expire_every_secs);
             tokio::spawn(expire_loop(store, max_age, every))
         });
+        let upkeep = recorder.map(|handle| tokio::spawn(upkeep_loop(handle)));
         Ok(App {
             server,
+            upkeep,
             tls,
             dispatch,
             cluster,
@@ -271,6 +288,9 @@ impl App {
         }
         if let Some(expiry) = self.expiry {
             expiry.abort();
+        }
+        if let Some(upkeep) = self.upkeep {
+            upkeep.abort();
         }
         if let Some((_, stop, task)) = self.http {
             stop.send_replace(true);
@@ -409,18 +429,37 @@ fn message_ids(settings: &Settings, node: u8) -> Result<MessageIds, ServerError>
     }
 }
 
+/// How often the metrics' histograms are folded into their buckets: the recorder keeps each
+/// sample until then, so this bounds what it holds between scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+async fn upkeep_loop(handle: metrics_exporter_prometheus::PrometheusHandle) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 /// Deletes stored messages older than `max_age`, every `every`.
 async fn expire_loop(store: Arc<dyn MessageStore>, max_age: Duration, every: Duration) {
+    let expired = metrics::counter!(
+        cim_core::engine::metrics::MESSAGES_DROPPED,
+        "reason" => "expired"
+    );
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let cut = cim_core::now_ms() - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
         match store.expire(cut).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(
-                expired = n,
-                "stored messages past store.max_age_secs deleted"
-            ),
+            Ok(n) => {
+                expired.increment(n as u64);
+                tracing::info!(
+                    expired = n,
+                    "stored messages past store.max_age_secs deleted"
+                );
+            }
             Err(e) => tracing::warn!(error = %e, "expiring stored messages failed"),
         }
     }

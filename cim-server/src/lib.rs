@@ -46,6 +46,7 @@ mod flash;
 pub mod gate;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 mod refusal;
 pub mod server;
 pub mod settings;

@@ -5,6 +5,7 @@
 //! cargo run --release -p cim-server -- --config cim.toml # a TOML file; CIM_* variables override it
 //! cargo run --release -p cim-server -- --print-config    # the effective configuration
 //! cargo run --release -p cim-server -- token --uid 10000 # mint a bind token (needs auth.token_secret)
+//! cargo run --release -p cim-server -- health            # ask the running server's GET /health
 //! ```
 //!
 //! SIGINT and SIGTERM shut it down gracefully; SIGHUP reloads the TLS certificates.
@@ -53,6 +54,78 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// Ask the server this configuration describes for `GET /health` (at `http.host` and
+    /// `http.port`; an unspecified host such as 0.0.0.0 is asked on loopback; with a PROXY
+    /// header when `http.proxy_protocol` is on and that address is a trusted proxy's) and exit 0
+    /// when it answers 200: a container's health check, with nothing else in the image.
+    Health {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+}
+
+/// Largest answer `health` reads.
+const MAX_HEALTH_ANSWER: u64 = 64 * 1024;
+
+/// `GET /health` at `addr`: the body of a `200`, or why not. With `proxied`, the request
+/// starts with a PROXY header naming no client (`PROXY UNKNOWN`, a proxy's own health check),
+/// as the API takes from a trusted proxy.
+async fn ask_health(addr: std::net::SocketAddr, proxied: bool) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let proxy = if proxied { "PROXY UNKNOWN\r\n" } else { "" };
+    stream
+        .write_all(
+            format!("{proxy}GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .with_context(|| format!("asking {addr}"))?;
+    let mut answer = Vec::new();
+    (&mut stream)
+        .take(MAX_HEALTH_ANSWER)
+        .read_to_end(&mut answer)
+        .await
+        .with_context(|| format!("reading the answer of {addr}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "{addr} answered {status:?} to GET /health"
+    );
+    Ok(body.trim().to_owned())
+}
+
+/// The `health` subcommand.
+async fn health(settings: &Settings, timeout: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.http.enabled,
+        "http.enabled is false: there is no GET /health to ask"
+    );
+    let mut addr = settings
+        .http
+        .host
+        .resolve(settings.http.port)
+        .await
+        .map_err(|e| anyhow::anyhow!("`http.host` = {:?}: {e}", settings.http.host.to_string()))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    // From loopback to the API: a PROXY header is expected when loopback is a trusted proxy.
+    let access = settings.http.access();
+    let proxied = access.proxy_protocol && access.trusts(addr.ip());
+    let body = tokio::time::timeout(Duration::from_secs(timeout), ask_health(addr, proxied))
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} did not answer GET /health within {timeout} s"))??;
+    println!("{body}");
+    Ok(())
 }
 
 /// The log filter: `RUST_LOG` when set, else `log.level`; either one invalid is an error that
@@ -165,6 +238,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .mint(&uid, now_secs().saturating_add(ttl))
         );
         return Ok(());
+    }
+    if let Some(Command::Health { timeout }) = args.command {
+        return health(&settings, timeout).await;
     }
     init_logs(&settings, filter);
     let signal = shutdown_signal()?;

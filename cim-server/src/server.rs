@@ -244,6 +244,7 @@ impl ServerBuilder {
         )));
         for (socket, addr, listener, tls) in bound {
             let name = listener.name(tls.is_some());
+            hub.register_listener(name, listener.protocol.name());
             info!(protocol = name, %addr, "listening");
             addrs.push((name, addr));
             // The listener's counters are registered now, before it accepts anything.

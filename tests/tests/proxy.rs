@@ -389,8 +389,14 @@ impl Counters {
         found.map_or(0, |(_, c)| c.load(Ordering::Relaxed))
     }
 
+    /// The refusal counters registered (the engine registers series of its own besides).
     fn registered(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.name() == "cim_connections_refused_total")
+            .count()
     }
 }
 

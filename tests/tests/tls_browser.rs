@@ -10,55 +10,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cim_server::{Listener, Server, TlsConfig};
+use common::browser::Browser;
 use common::certs::{Ca, write};
 use common::*;
 use serde_json::{Value, json};
-
-/// chromedriver on a free port of 127.0.0.1; killed (by pid) when dropped.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Driver {
-    async fn start() -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver (Debian package chromium-driver)");
-        let driver = Driver { child, port };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        driver
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Serves a blank page on 127.0.0.1 to every request: the page the browser opens the socket
 /// from (a page of the loopback address may reach the loopback address; one of no address,
@@ -155,27 +113,13 @@ async fn chromium_binds_over_wss_and_takes_a_push() {
         .unwrap();
     let port = server.addr("wss").unwrap().port();
 
-    let driver = Driver::start().await;
-    let profile = tempfile::tempdir().unwrap();
-    let capabilities = json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                format!("--user-data-dir={}", profile.path().display()),
-                // Trusts this one certificate, by the hash of its public key.
-                format!("--ignore-certificate-errors-spki-list={}", leaf.spki_sha256),
-            ],
-        },
-    });
-    let browser =
-        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities.as_object().unwrap().clone())
-            .connect(&format!("http://127.0.0.1:{}", driver.port))
-            .await
-            .expect("a chromedriver session");
+    // Trusts this one certificate, by the hash of its public key.
+    let session = Browser::open(&[format!(
+        "--ignore-certificate-errors-spki-list={}",
+        leaf.spki_sha256
+    )])
+    .await;
+    let browser = &session.client;
 
     let page = page_server().await;
     browser.goto(&format!("http://{page}/")).await.unwrap();
@@ -184,15 +128,14 @@ async fn chromium_binds_over_wss_and_takes_a_push() {
         .execute(PAGE_SCRIPT, vec![json!(url)])
         .await
         .unwrap();
-    let reply = wait_packet(&browser, 4, |b| b["key"] == "client_bind").await;
+    let reply = wait_packet(browser, 4, |b| b["key"] == "client_bind").await;
     assert_eq!(reply["code"], "200", "{reply}");
     server
         .hub()
         .send(message_to("browser", "hello, browser"))
         .await
         .unwrap();
-    let message = wait_packet(&browser, 2, |b| b["content"] == "hello, browser").await;
+    let message = wait_packet(browser, 2, |b| b["content"] == "hello, browser").await;
     assert_eq!(message["receiver"], "browser");
-    browser.close().await.unwrap();
-    drop(driver);
+    session.close().await;
 }

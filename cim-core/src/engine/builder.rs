@@ -10,6 +10,7 @@ use crate::engine::hub::Hub;
 use crate::engine::ids::MessageIds;
 use crate::engine::local::LocalSessionManager;
 use crate::engine::local_router::LocalRouter;
+use crate::engine::metrics::EngineMetrics;
 use crate::engine::policy::{AllowAll, BindAuthenticator, CimKickPolicy, KickPolicy};
 use crate::engine::registry::Registry;
 use crate::engine::router::Router;
@@ -141,7 +142,8 @@ impl HubBuilder {
         self
     }
 
-    /// The hub.
+    /// The hub. Its series are registered with the metrics recorder installed now (see
+    /// [`metrics`](crate::engine::metrics)).
     pub fn build(self) -> Hub {
         let sessions = self
             .sessions
@@ -159,6 +161,7 @@ impl HubBuilder {
                 self.ids
                     .unwrap_or_else(|| MessageIds::new(self.node_number)),
                 self.admission,
+                Arc::new(EngineMetrics::register()),
             ),
             max_uid_bytes: self.max_uid_bytes,
             handlers: self.handlers,

@@ -207,6 +207,7 @@ impl RequestHandler for ClientAck {
             .parse()
             .map_err(|_| Error::bad_request("id must be a message id"))?;
         let n = store_of(ctx)?.ack_id(&session.uid, id).await?;
+        ctx.services.metrics().acknowledged.increment(n as u64);
         Ok(Some(ReplyBody::ok(&body.key).with("acked", n.to_string())))
     }
 }
@@ -245,6 +246,7 @@ impl RequestHandler for GetOfflineMessages {
                 }
             }
             replay.finish().await?;
+            ctx.services.metrics().replayed.increment(queued as u64);
         }
         Ok(Some(
             ReplyBody::ok(&body.key).with("count", queued.to_string()),

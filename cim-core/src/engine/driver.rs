@@ -18,6 +18,7 @@ use crate::engine::handler::RequestContext;
 use crate::engine::handover::{self, Replay};
 use crate::engine::heartbeat::{Heartbeat, TimerAction};
 use crate::engine::hub::Hub;
+use crate::engine::metrics::Cause;
 use crate::engine::transport::{Closing, ConnectionConfig, End, Transport};
 use crate::error::Error;
 use crate::frame::Frame;
@@ -78,6 +79,12 @@ pub fn serve_connection<T: Transport>(
     };
     async move {
         debug!(conn = id.0, peer = %remote, "connected");
+        // Looked up now and at the end rather than held: every connection's task would carry it.
+        conn.hub
+            .services()
+            .metrics()
+            .connections(conn.protocol)
+            .increment(1.0);
         // A shutdown reaches the connection through its queue, as a close request.
         conn.hub.live.insert(&conn.handle);
         let mut armed = conn.arm();
@@ -88,8 +95,10 @@ pub fn serve_connection<T: Transport>(
                 () = rx.ready() => None,
                 frame = conn.transport.recv() => match frame {
                     Ok(Some(frame)) => Some(Box::new(frame)),
-                    Ok(None) => break End::normal("closed by peer"),
-                    Err(Error::Io(e)) => break End::normal(format!("read failed: {e}")),
+                    Ok(None) => break End::normal(Cause::Peer, "closed by peer"),
+                    Err(Error::Io(e)) => {
+                        break End::normal(Cause::ReadError, format!("read failed: {e}"));
+                    }
                     Err(e) => break End::protocol(e),
                 },
             };
@@ -116,7 +125,7 @@ pub fn serve_connection<T: Transport>(
                             break end;
                         }
                     }
-                    TimerAction::Close(why) => break End::normal(why.to_string()),
+                    TimerAction::Close(why) => break End::idle(why),
                 }
             }
             // Boxed, so that an idle connection's task does not carry the write path.
@@ -127,7 +136,11 @@ pub fn serve_connection<T: Transport>(
         conn.hub.deadlines.clear(armed, conn.handle.id());
         conn.hub.live.remove(conn.handle.id());
         let span = conn.span();
+        let cause = end.cause;
         Box::pin(conn.finish(end, &rx).instrument(span)).await;
+        let metrics = conn.hub.services().metrics();
+        metrics.closed(cause);
+        metrics.connections(conn.protocol).decrement(1.0);
     }
 }
 
@@ -166,6 +179,19 @@ impl<T: Transport> Conn<T> {
         };
         if res.as_ref().is_ok_and(Result::is_ok) {
             self.heartbeat.on_write(Instant::now());
+            // One count per write, not per message.
+            let messages = self
+                .out
+                .iter()
+                .filter(|o| matches!(o, Outbound::Message(_)))
+                .count();
+            if messages > 0 {
+                self.hub
+                    .services()
+                    .metrics()
+                    .delivered
+                    .increment(messages as u64);
+            }
             if let Some(session) = &self.session {
                 self.hub.delivered(session, &self.out);
             }
@@ -174,11 +200,11 @@ impl<T: Transport> Conn<T> {
         self.out = Vec::new();
         match res {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::normal(format!("write failed: {e}"))),
-            Err(_) => Err(End::normal(format!(
-                "write stalled for {:?} (slow reader)",
-                stall
-            ))),
+            Ok(Err(e)) => Err(End::normal(Cause::WriteError, format!("write failed: {e}"))),
+            Err(_) => Err(End::normal(
+                Cause::WriteStalled,
+                format!("write stalled for {stall:?} (slow reader)"),
+            )),
         }
     }
 
@@ -323,9 +349,9 @@ impl<T: Transport> Conn<T> {
             Ok((session, _)) => session,
             Err(refusal) => {
                 self.reply(key::CLIENT_BIND, refusal.reply).await?;
-                return refusal
-                    .close
-                    .map_or(Ok(()), |why| Err(End::new(why, Closing::Refused)));
+                return refusal.close.map_or(Ok(()), |why| {
+                    Err(End::new(Cause::BindRefused, why, Closing::Refused))
+                });
             }
         };
         self.heartbeat.on_bound();
@@ -351,9 +377,11 @@ impl<T: Transport> Conn<T> {
             .next_batch(&mut self.replayed, |m| self.transport.can_carry(m))
             .await
         {
+            let written = batch.len() as u64;
             self.out.extend(batch);
             self.write_out().await?;
             replay.batch_written();
+            self.hub.services().metrics().replayed.increment(written);
         }
         replay.end().await;
         Ok(())

@@ -100,12 +100,11 @@ impl<'a> EventContext<'a> {
         tokio::spawn(async move { services.send(message).await })
     }
 
-    /// Kicks every connection of `uid` (see
-    /// [`SessionManager::kick`](crate::engine::SessionManager::kick)) on a task of its own.
+    /// Kicks every connection of `uid` (see [`Services::kick`]) on a task of its own.
     pub fn kick(&self, uid: &str) -> JoinHandle<Result<usize>> {
         let services = self.services.clone();
         let uid = uid.to_owned();
-        tokio::spawn(async move { services.sessions().kick(&uid).await })
+        tokio::spawn(async move { services.kick(&uid).await })
     }
 }
 

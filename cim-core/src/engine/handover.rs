@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 use crate::engine::conn::{ConnectionHandle, Outbound};
 use crate::engine::handler::{EventContext, RequestContext};
 use crate::engine::hub::Hub;
+use crate::engine::metrics::{BindRefusal, EngineMetrics};
 use crate::engine::services::Services;
 use crate::engine::sessions::BindOutcome;
 use crate::engine::shared::SharedMessage;
@@ -48,14 +49,18 @@ pub(crate) async fn bind(
     current: Option<&Session>,
     body: &SentBody,
 ) -> Result<(Arc<Session>, BindOutcome), Refusal> {
+    let metrics = hub.services().metrics();
     let mut session = Session::from_bind(body);
     if session.uid.is_empty() {
+        metrics.bind_refused(BindRefusal::MissingUid);
         return Err(refuse(code::BAD_REQUEST, "uid is required"));
     }
     if let Err(e) = crate::check_uid(&session.uid, hub.max_uid_bytes) {
+        metrics.bind_refused(BindRefusal::InvalidUid);
         return Err(refuse(code::BAD_REQUEST, format!("uid {e}")));
     }
     if let Err(e) = hub.authenticator().authenticate(body, &session).await {
+        metrics.bind_refused(BindRefusal::Unauthorized);
         let mut refusal = refuse(code::UNAUTHORIZED, e.0.clone());
         refusal.close = Some(format!("bind refused: {e}"));
         return Err(refusal);
@@ -78,8 +83,11 @@ pub(crate) async fn bind(
         .await
         .map_err(|e| {
             warn!(error = %e, "bind failed");
+            metrics.bind_refused(BindRefusal::Failed);
             refuse(code::SERVER_ERROR, e.to_string())
         })?;
+    metrics.binds.increment(1);
+    metrics.kicks_by_bind.increment(outcome.kicked.len() as u64);
     let ctx = EventContext::new(hub.services());
     for l in hub.listeners() {
         l.on_bound(&ctx, &session);
@@ -96,6 +104,7 @@ pub(crate) async fn bind(
 /// deleted by [`finish`](Self::finish); a client with receipts acknowledges it itself.
 pub(crate) struct Replay {
     store: Arc<dyn MessageStore>,
+    metrics: Arc<EngineMetrics>,
     uid: String,
     client_ack: bool,
     boundary: Seq,
@@ -123,6 +132,7 @@ impl Replay {
         }
         Ok(Some(Replay {
             store: Arc::clone(store),
+            metrics: Arc::clone(services.metrics()),
             uid: session.uid.clone(),
             client_ack: session.client_ack,
             boundary,
@@ -214,7 +224,12 @@ impl Replay {
                 continue;
             }
             let id = message.message().id;
-            match self.store.append(&self.uid, message.message()).await {
+            let appended = self
+                .metrics
+                .store
+                .append(&*self.store, &self.uid, message.message())
+                .await;
+            match appended {
                 Ok(_) => warn!(
                     id,
                     "a stored message this connection cannot carry is kept for another"
@@ -332,6 +347,13 @@ pub(crate) async fn keep_undelivered(
         .collect();
     let Some(session) = session.filter(|_| hub.store().is_some()) else {
         if !messages.is_empty() {
+            if hub.store().is_none() {
+                let lost = messages.iter().filter(|m| !m.message().is_kick()).count();
+                hub.services()
+                    .metrics()
+                    .dropped_no_store
+                    .increment(lost as u64);
+            }
             warn!(
                 undelivered = messages.len(),
                 "connection closed with messages still queued"
@@ -352,7 +374,10 @@ pub(crate) async fn keep_undelivered(
     let queued = messages.len();
     match hub.router().keep_undelivered(session, messages).await {
         Ok(0) => {}
-        Ok(stored) => debug!(stored, "undelivered messages stored"),
+        Ok(stored) => {
+            hub.services().metrics().stored.increment(stored as u64);
+            debug!(stored, "undelivered messages stored");
+        }
         Err(e) => warn!(error = %e, queued, "storing undelivered messages failed"),
     }
 }

@@ -208,6 +208,15 @@ impl Hub {
         }
     }
 
+    /// Registers the open-connections series of a listener, `cim_connections{listener,
+    /// protocol}` (see [`metrics`](crate::engine::metrics)), so that it is there before the
+    /// first connection; `name` is the listener's
+    /// [`ConnectionConfig::protocol`](crate::engine::ConnectionConfig::protocol). A listener not
+    /// registered is counted from its first connection, with its name as its protocol.
+    pub fn register_listener(&self, name: &'static str, protocol: &'static str) {
+        drop(self.services.metrics().listener(name, protocol));
+    }
+
     /// Starts the session manager and the router (their readers and heartbeats, if they have
     /// any). The server calls this once, before it accepts connections.
     pub async fn start(&self) -> Result<()> {

@@ -5,9 +5,10 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
+use metrics::Counter;
 use smallvec::SmallVec;
 
-use crate::engine::conn::{CloseRequest, ConnId, ConnectionHandle, Outbound};
+use crate::engine::conn::{CloseRequest, ConnId, ConnectionHandle, Outbound, PushError};
 use crate::engine::locks::{read, write};
 use crate::engine::policy::{KickDecision, KickPolicy};
 use crate::engine::sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
@@ -105,6 +106,8 @@ pub struct LocalSessionManager {
     /// collide with every other.
     hash_mask: u64,
     tags: RwLock<TagMap>,
+    /// Pushes refused by a full queue (`cim_queue_full_total`).
+    queue_full: Counter,
 }
 
 /// Who an operator's kick names as the new device (the kick notice's content).
@@ -129,10 +132,22 @@ fn same_connection(a: &Session, b: &Session) -> bool {
     a.nid == b.nid && a.node == b.node && a.uid == b.uid
 }
 
-fn deliver(handle: &ConnectionHandle, msg: &Arc<SharedMessage>, d: &mut Delivery) {
+/// Queues `msg` to `handle`, counted in `d`; a push its full queue refused is counted in
+/// `queue_full` too.
+fn deliver(
+    handle: &ConnectionHandle,
+    msg: &Arc<SharedMessage>,
+    d: &mut Delivery,
+    queue_full: &Counter,
+) {
     match handle.push(Outbound::Message(Arc::clone(msg))) {
         Ok(()) => d.delivered += 1,
-        Err(_) => d.failed += 1,
+        Err((e, _)) => {
+            d.failed += 1;
+            if e == PushError::Full {
+                queue_full.increment(1);
+            }
+        }
     }
 }
 
@@ -142,7 +157,8 @@ impl LocalSessionManager {
         Self::with_shards(64)
     }
 
-    /// A manager with `n` shards (at least 1).
+    /// A manager with `n` shards (at least 1). Its series (pushes refused by a full queue) are
+    /// registered with the metrics recorder installed now.
     pub fn with_shards(n: usize) -> Self {
         Self {
             shards: (0..n.max(1))
@@ -151,6 +167,7 @@ impl LocalSessionManager {
             hasher: RandomState::new(),
             hash_mask: u64::MAX,
             tags: RwLock::new(HashMap::new()),
+            queue_full: metrics::counter!(crate::engine::metrics::QUEUE_FULL),
         }
     }
 
@@ -307,7 +324,7 @@ impl SessionManager for LocalSessionManager {
         let mut d = Delivery::default();
         let (lock, h) = self.locate(uid);
         for e in read(lock).of(h, uid) {
-            deliver(&e.handle, &msg, &mut d);
+            deliver(&e.handle, &msg, &mut d, &self.queue_full);
         }
         Ok(d)
     }
@@ -321,7 +338,7 @@ impl SessionManager for LocalSessionManager {
         }
         let mut d = Delivery::default();
         for e in shard.of(h, uid) {
-            deliver(&e.handle, &msg, &mut d);
+            deliver(&e.handle, &msg, &mut d, &self.queue_full);
         }
         Ok(Some(d))
     }
@@ -330,7 +347,7 @@ impl SessionManager for LocalSessionManager {
         let mut d = Delivery::default();
         let tags = read(&self.tags);
         for handle in tags.get(tag).into_iter().flat_map(HashMap::values) {
-            deliver(handle, &msg, &mut d);
+            deliver(handle, &msg, &mut d, &self.queue_full);
         }
         Ok(d)
     }
@@ -340,7 +357,7 @@ impl SessionManager for LocalSessionManager {
         for shard in self.shards.iter() {
             let shard = read(shard);
             for e in shard.by_uid.values().flatten() {
-                deliver(&e.handle, &msg, &mut d);
+                deliver(&e.handle, &msg, &mut d, &self.queue_full);
             }
         }
         Ok(d)

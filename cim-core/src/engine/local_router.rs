@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::engine::metrics::{MESSAGES_DROPPED, StoreMetrics};
 use crate::engine::router::{Router, Sent};
 use crate::engine::sessions::SessionManager;
 use crate::engine::shared::SharedMessage;
@@ -30,6 +31,9 @@ pub struct LocalRouter {
     store: Option<Arc<dyn MessageStore>>,
     locks: Box<[Mutex<()>]>,
     hasher: std::hash::RandomState,
+    metrics: StoreMetrics,
+    /// Messages nobody took, without a store to keep them.
+    dropped_no_store: metrics::Counter,
 }
 
 impl std::fmt::Debug for LocalRouter {
@@ -41,13 +45,16 @@ impl std::fmt::Debug for LocalRouter {
 }
 
 impl LocalRouter {
-    /// A router over `sessions`, storing in `store`.
+    /// A router over `sessions`, storing in `store`. Its series (the store's append time, the
+    /// messages it drops) are registered with the metrics recorder installed now.
     pub fn new(sessions: Arc<dyn SessionManager>, store: Option<Arc<dyn MessageStore>>) -> Self {
         Self {
             sessions,
             store,
             locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: std::hash::RandomState::new(),
+            metrics: StoreMetrics::register(),
+            dropped_no_store: metrics::counter!(MESSAGES_DROPPED, "reason" => "no_store"),
         }
     }
 
@@ -65,6 +72,9 @@ impl Router for LocalRouter {
         let id = msg.message().id;
         let Some(store) = &self.store else {
             let d = self.sessions.push(msg).await?;
+            if d.delivered == 0 {
+                self.dropped_no_store.increment(1);
+            }
             return Ok(Sent {
                 id,
                 delivered: d.delivered,
@@ -76,7 +86,7 @@ impl Router for LocalRouter {
         if let Some(d) = self.sessions.push_unless_receipts(Arc::clone(&msg)).await? {
             let stored = d.delivered == 0;
             if stored {
-                store.append(uid, msg.message()).await?;
+                self.metrics.append(&**store, uid, msg.message()).await?;
             }
             return Ok(Sent {
                 id,
@@ -85,7 +95,7 @@ impl Router for LocalRouter {
             });
         }
         // The account acknowledges messages: stored first, kept until acknowledged.
-        store.append(uid, msg.message()).await?;
+        self.metrics.append(&**store, uid, msg.message()).await?;
         let d = self.sessions.push(Arc::clone(&msg)).await?;
         Ok(Sent {
             id,
@@ -144,7 +154,11 @@ impl Router for LocalRouter {
         let mut first_error = None;
         let mut stored = 0;
         for m in &messages {
-            match store.append(&session.uid, m.message()).await {
+            match self
+                .metrics
+                .append(&**store, &session.uid, m.message())
+                .await
+            {
                 Ok(_) => stored += 1,
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -29,6 +29,7 @@ pub mod ids;
 mod local;
 mod local_router;
 mod locks;
+pub mod metrics;
 mod policy;
 mod registry;
 mod router;
@@ -51,6 +52,7 @@ pub use hub::Hub;
 pub use ids::MessageIds;
 pub use local::{LocalSessionManager, OPERATOR, kick_notice};
 pub use local_router::LocalRouter;
+pub use metrics::describe_metrics;
 pub use policy::{
     AllowAll, AuthError, BindAuthenticator, CimKickPolicy, KeepAll, KickDecision, KickPolicy,
 };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tracing::debug;
 
 use crate::engine::ids::MessageIds;
+use crate::engine::metrics::{EngineMetrics, Target};
 use crate::engine::router::{Router, Sent};
 use crate::engine::sessions::SessionManager;
 use crate::engine::shared::SharedMessage;
@@ -34,6 +35,7 @@ pub struct Services {
     store: Option<Arc<dyn MessageStore>>,
     ids: Arc<MessageIds>,
     admission: Option<Arc<dyn Admission>>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl std::fmt::Debug for Services {
@@ -53,6 +55,7 @@ impl Services {
         store: Option<Arc<dyn MessageStore>>,
         ids: MessageIds,
         admission: Option<Arc<dyn Admission>>,
+        metrics: Arc<EngineMetrics>,
     ) -> Self {
         Self {
             node: node.into(),
@@ -61,7 +64,13 @@ impl Services {
             store,
             ids: Arc::new(ids),
             admission,
+            metrics,
         }
+    }
+
+    /// The handles of the engine's series.
+    pub(crate) fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
     }
 
     /// This node's name.
@@ -116,6 +125,10 @@ impl Services {
     pub async fn send(&self, message: Message) -> Result<Sent> {
         self.admit(&message)?;
         let sent = self.router.send(self.stamp(message)).await?;
+        self.metrics.sent(Target::Account).increment(1);
+        if sent.stored {
+            self.metrics.stored.increment(1);
+        }
         debug!(
             id = sent.id,
             delivered = sent.delivered,
@@ -136,6 +149,7 @@ impl Services {
     pub async fn send_to_tag(&self, tag: &str, message: Message) -> Result<Sent> {
         self.admit(&message)?;
         let sent = self.router.send_tag(tag, self.stamp(message)).await?;
+        self.metrics.sent(Target::Tag).increment(1);
         debug!(
             id = sent.id,
             tag,
@@ -149,7 +163,17 @@ impl Services {
     pub async fn broadcast(&self, message: Message) -> Result<Sent> {
         self.admit(&message)?;
         let sent = self.router.broadcast(self.stamp(message)).await?;
+        self.metrics.sent(Target::Everyone).increment(1);
         debug!(id = sent.id, delivered = sent.delivered, "broadcast");
         Ok(sent)
+    }
+
+    /// An operator's kick (the HTTP API, a handler, an event listener): sends every connection
+    /// of `uid` the kick notice and closes them (see
+    /// [`SessionManager::kick`](crate::engine::SessionManager::kick)); returns how many.
+    pub async fn kick(&self, uid: &str) -> Result<usize> {
+        let kicked = self.sessions.kick(uid).await?;
+        self.metrics.kicks_by_operator.increment(kicked as u64);
+        Ok(kicked)
     }
 }

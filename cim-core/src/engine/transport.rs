@@ -5,7 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::engine::conn::{CloseRequest, Outbound, SlowConsumer};
-use crate::engine::heartbeat::Timers;
+use crate::engine::heartbeat::{IdleReason, Timers};
+use crate::engine::metrics::Cause;
 use crate::engine::shared::SharedMessage;
 use crate::error::Result;
 use crate::frame::Frame;
@@ -56,37 +57,56 @@ pub enum Closing {
     ProtocolError,
 }
 
-/// Why a connection ended, for logs, listeners and the peer.
+/// Why a connection ended, for logs, listeners, the peer and the metrics.
 pub(crate) struct End {
     pub(crate) reason: String,
     pub(crate) closing: Closing,
+    pub(crate) cause: Cause,
 }
 
 impl End {
     /// A normal end: the peer left, a timer fired, the server asked.
-    pub(crate) fn normal(reason: impl Into<String>) -> Self {
-        Self::new(reason, Closing::Normal)
+    pub(crate) fn normal(cause: Cause, reason: impl Into<String>) -> Self {
+        Self::new(cause, reason, Closing::Normal)
     }
 
     /// The peer broke the protocol.
     pub(crate) fn protocol(reason: impl std::fmt::Display) -> Self {
-        Self::new(format!("protocol error: {reason}"), Closing::ProtocolError)
+        Self::new(
+            Cause::ProtocolError,
+            format!("protocol error: {reason}"),
+            Closing::ProtocolError,
+        )
     }
 
-    pub(crate) fn new(reason: impl Into<String>, closing: Closing) -> Self {
+    pub(crate) fn new(cause: Cause, reason: impl Into<String>, closing: Closing) -> Self {
         Self {
             reason: reason.into(),
             closing,
+            cause,
         }
+    }
+
+    /// The timers closed the connection.
+    pub(crate) fn idle(why: IdleReason) -> Self {
+        let cause = match why {
+            IdleReason::BindTimeout => Cause::BindTimeout,
+            IdleReason::UnboundIdle => Cause::UnboundIdle,
+            IdleReason::NoPong { .. } => Cause::Heartbeat,
+        };
+        Self::normal(cause, why.to_string())
     }
 
     /// The end another part asked for through the queue.
     pub(crate) fn requested(req: &CloseRequest) -> Self {
-        let closing = match req {
-            CloseRequest::Shutdown => Closing::Shutdown,
-            _ => Closing::Normal,
+        let (cause, closing) = match req {
+            CloseRequest::Kicked => (Cause::Kicked, Closing::Normal),
+            CloseRequest::KickedByOperator => (Cause::KickedByOperator, Closing::Normal),
+            CloseRequest::Overflow => (Cause::Overflow, Closing::Normal),
+            CloseRequest::Closed(_) => (Cause::ClosedByServer, Closing::Normal),
+            CloseRequest::Shutdown => (Cause::Shutdown, Closing::Shutdown),
         };
-        Self::new(req.to_string(), closing)
+        Self::new(cause, req.to_string(), closing)
     }
 }
 

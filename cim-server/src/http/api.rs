@@ -240,7 +240,7 @@ pub async fn kick(
     Path(uid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_account("uid", &uid, st.max_uid_bytes)?;
-    let kicked = st.hub.sessions().kick(&uid).await?;
+    let kicked = st.hub.services().kick(&uid).await?;
     Ok(Json(json!({ "kicked": kicked })))
 }
 

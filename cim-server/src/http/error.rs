@@ -7,8 +7,7 @@ use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -63,12 +62,12 @@ pub fn error_response_bytes(status: StatusCode, reason: &str) -> Bytes {
 /// Longest text of an axum refusal kept as the reason.
 const MAX_REASON: usize = 1024;
 
-/// Middleware: an error response that is not JSON yet — axum's own, such as `405` for a
-/// method a route does not take, or a path it cannot decode — gets the JSON error body, with
-/// its text (or the status's name) as the reason. Its other headers (`Allow`) are kept.
-pub async fn json_errors(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let res = next.run(req).await;
+/// The answer `res` to a request of `method`, but an error response that is not JSON yet —
+/// axum's own, such as `405` for a method a route does not take, or a path it cannot decode —
+/// gets the JSON error body, with its text (or the status's name) as the reason. Its other
+/// headers (`Allow`) are kept. Every answer of the router goes through it (the middleware that
+/// counts requests calls it).
+pub(super) async fn json_errors(method: &Method, res: Response) -> Response {
     let status = res.status();
     let is_json = res
         .headers()

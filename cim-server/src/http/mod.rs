@@ -1,4 +1,5 @@
-//! The HTTP API: CIM's `POST /api/message/send`, a JSON API under `/api/v1`, and `GET /health`.
+//! The HTTP API: CIM's `POST /api/message/send`, a JSON API under `/api/v1`, `GET /health`,
+//! `GET /metrics` (Prometheus's text format) and the admin console at `/console`.
 //!
 //! Served through hyper, with limits on everything a client controls: a header-read timeout (a
 //! client that trickles its headers, or idles on a keep-alive connection, is cut off), a body
@@ -15,16 +16,19 @@ mod api;
 mod body;
 mod client;
 mod compat;
+mod console;
 mod error;
 mod framed_io;
 mod framing;
+mod observe;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +37,7 @@ use cim_core::Hub;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{debug, info};
@@ -47,6 +52,7 @@ use framing::HeadLimits;
 
 use crate::access::{self, Access, Refused};
 use crate::auth::TokenSigner;
+use crate::metrics::HttpMetrics;
 use crate::refusal::{Reason, RefusalLog, Refusals, refuse_busy};
 use client::{ClientCheck, WithConn};
 
@@ -64,6 +70,18 @@ pub struct HttpState {
     pub max_batch: usize,
     /// Longest account id, in bytes.
     pub max_uid_bytes: usize,
+    /// The process's metrics, rendered by `GET /metrics` and summed by `GET /api/v1/stats`;
+    /// `None`: both answer `404`.
+    pub metrics: Option<PrometheusHandle>,
+    /// A key `GET /metrics` takes besides the API key.
+    pub metrics_key: Option<String>,
+    /// Whether `GET /metrics` answers a client connecting from a loopback address without a
+    /// key.
+    pub metrics_open_on_loopback: bool,
+    /// The store's directory, whose size `GET /metrics` reports; `None` for a store in memory.
+    pub store_path: Option<PathBuf>,
+    /// Whether to serve the admin console at `/console`.
+    pub console: bool,
     /// Which node a client should connect to.
     pub dispatch: Arc<dyn cim_core::engine::Dispatch>,
 }
@@ -122,6 +140,99 @@ async fn require_key(State(st): State<Arc<HttpState>>, req: Request, next: Next)
     next.run(req).await
 }
 
+/// The check of `GET /metrics`: the API key or the metrics key (open when neither is set), or
+/// no key at all for a client on a loopback address with `http.metrics_open_on_loopback`.
+async fn metrics_access(State(st): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    // The client, not the connection: behind a proxy on this host every connection is from
+    // loopback, but the client a trusted proxy names is who asks.
+    let from_loopback = req
+        .extensions()
+        .get::<ClientAddr>()
+        .is_some_and(|ClientAddr(client)| client.ip().to_canonical().is_loopback());
+    if st.metrics_open_on_loopback && from_loopback {
+        return next.run(req).await;
+    }
+    let keys = [st.api_key.as_deref(), st.metrics_key.as_deref()];
+    if keys.iter().all(Option::is_none) {
+        return next.run(req).await;
+    }
+    match presented_key(req.headers()) {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "API key or metrics key required (X-API-Key header or Authorization: Bearer)",
+        )
+        .into_response(),
+        Some(k)
+            if keys
+                .iter()
+                .flatten()
+                .any(|key| same_secret(k.as_bytes(), key.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong key").into_response(),
+    }
+}
+
+/// The routes, as the `route` label of `cim_http_requests_total` names them (anything else is
+/// `other`).
+mod routes {
+    pub const COMPAT_SEND: &str = "/api/message/send";
+    pub const MESSAGES: &str = "/api/v1/messages";
+    pub const BATCH: &str = "/api/v1/messages/batch";
+    pub const BROADCAST: &str = "/api/v1/broadcast";
+    pub const TAG_MESSAGES: &str = "/api/v1/tags/{tag}/messages";
+    pub const SESSIONS: &str = "/api/v1/sessions";
+    pub const ACCOUNT_SESSIONS: &str = "/api/v1/accounts/{uid}/sessions";
+    pub const PENDING: &str = "/api/v1/accounts/{uid}/pending";
+    pub const TOKENS: &str = "/api/v1/tokens";
+    pub const DISPATCH: &str = "/api/v1/dispatch";
+    pub const DRAIN: &str = "/api/v1/drain";
+    pub const STATS: &str = "/api/v1/stats";
+    pub const HEALTH: &str = "/health";
+    pub const METRICS: &str = "/metrics";
+    pub const CONSOLE: &str = "/console";
+    pub const CONSOLE_SLASH: &str = "/console/";
+    pub const CONSOLE_SCRIPT: &str = "/console/console.js";
+    pub const CONSOLE_STYLE: &str = "/console/console.css";
+
+    pub const ALL: &[&str] = &[
+        COMPAT_SEND,
+        MESSAGES,
+        BATCH,
+        BROADCAST,
+        TAG_MESSAGES,
+        SESSIONS,
+        ACCOUNT_SESSIONS,
+        PENDING,
+        TOKENS,
+        DISPATCH,
+        DRAIN,
+        STATS,
+        HEALTH,
+        METRICS,
+        CONSOLE,
+        CONSOLE_SLASH,
+        CONSOLE_SCRIPT,
+        CONSOLE_STYLE,
+    ];
+}
+
+/// Every answer of the router: an error given its JSON body when it has none
+/// ([`error::json_errors`]), then counted in `cim_http_requests_total`. One layer for both: each
+/// layer costs every request a clone of the services below it.
+async fn finish(State(m): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let res = error::json_errors(&method, next.run(req).await).await;
+    m.request(
+        method.as_str(),
+        route.as_ref().map(MatchedPath::as_str),
+        res.status().as_u16(),
+    );
+    res
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
@@ -129,23 +240,24 @@ async fn not_found() -> ApiError {
 /// The API's routes.
 pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
     let api = Router::new()
-        .route("/api/message/send", post(compat::send))
-        .route("/api/v1/messages", post(api::send))
-        .route("/api/v1/messages/batch", post(api::send_batch))
-        .route("/api/v1/broadcast", post(api::broadcast))
-        .route("/api/v1/tags/{tag}/messages", post(api::send_to_tag))
-        .route("/api/v1/sessions", get(api::online))
+        .route(routes::COMPAT_SEND, post(compat::send))
+        .route(routes::MESSAGES, post(api::send))
+        .route(routes::BATCH, post(api::send_batch))
+        .route(routes::BROADCAST, post(api::broadcast))
+        .route(routes::TAG_MESSAGES, post(api::send_to_tag))
+        .route(routes::SESSIONS, get(api::online))
         .route(
-            "/api/v1/accounts/{uid}/sessions",
+            routes::ACCOUNT_SESSIONS,
             get(api::account_sessions).delete(api::kick),
         )
         .route(
-            "/api/v1/accounts/{uid}/pending",
+            routes::PENDING,
             get(api::pending_count).delete(api::pending_clear),
         )
-        .route("/api/v1/tokens", post(api::mint_token))
-        .route("/api/v1/dispatch", get(api::dispatch))
-        .route("/api/v1/drain", post(api::drain))
+        .route(routes::TOKENS, post(api::mint_token))
+        .route(routes::DISPATCH, get(api::dispatch))
+        .route(routes::DRAIN, post(api::drain))
+        .route(routes::STATS, get(observe::stats))
         // The key is checked first: nobody reads a body for a caller without the key.
         .route_layer(middleware::from_fn_with_state(
             BodyLimits {
@@ -158,9 +270,22 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             Arc::clone(&state),
             require_key,
         ));
-    Router::new()
-        .route("/health", get(api::health))
-        .merge(api)
+    let metrics = Router::new()
+        .route(routes::METRICS, get(observe::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            metrics_access,
+        ));
+    let mut open = Router::new().route(routes::HEALTH, get(api::health));
+    if state.console {
+        open = open
+            .route(routes::CONSOLE, get(console::page))
+            .route(routes::CONSOLE_SLASH, get(console::page))
+            .route(routes::CONSOLE_SCRIPT, get(console::script))
+            .route(routes::CONSOLE_STYLE, get(console::style));
+    }
+    open.merge(api)
+        .merge(metrics)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             ClientCheck {
@@ -170,7 +295,10 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             client::client_addr,
         ))
         .layer(DefaultBodyLimit::max(config.max_body))
-        .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(HttpMetrics::new(routes::ALL)),
+            finish,
+        ))
         .with_state(state)
 }
 

@@ -477,7 +477,11 @@ impl Settings {
     /// The settings as TOML, secrets masked.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
-        for secret in [&mut shown.auth.token_secret, &mut shown.http.api_key] {
+        for secret in [
+            &mut shown.auth.token_secret,
+            &mut shown.http.api_key,
+            &mut shown.http.metrics_key,
+        ] {
             if !secret.is_empty() {
                 *secret = "********".into();
             }

@@ -191,6 +191,14 @@ pub struct HttpSettings {
     pub max_connections: usize,
     /// Messages accepted in one batch request.
     pub max_batch: usize,
+    /// A key that `GET /metrics` takes besides `api_key` (for a scraper that should not send
+    /// messages). Empty: only `api_key`.
+    pub metrics_key: String,
+    /// Answer `GET /metrics` without a key to a client on a loopback address (the client a
+    /// trusted proxy names, when a proxy is in between).
+    pub metrics_open_on_loopback: bool,
+    /// Serve the admin console at `/console`.
+    pub console: bool,
     /// Read a PROXY protocol header (v1 or v2) on every connection from `trusted_proxies`.
     pub proxy_protocol: bool,
     /// The networks of the proxies whose PROXY and forwarding headers are believed.
@@ -223,6 +231,9 @@ impl Default for HttpSettings {
             max_headers: 100,
             max_connections: 1024,
             max_batch: 1000,
+            metrics_key: String::new(),
+            metrics_open_on_loopback: false,
+            console: true,
             proxy_protocol: false,
             trusted_proxies: Networks::none(),
             forwarded_header: ForwardedHeader::default(),

@@ -212,8 +212,13 @@ fn sample_file_is_the_defaults() {
 fn print_masks_secrets() {
     let mut s = Settings::default();
     s.http.api_key = "topsecret".into();
+    s.http.metrics_key = "scrapesecret".into();
     let t = s.to_toml();
     assert!(!t.contains("topsecret") && t.contains("api_key"), "{t}");
+    assert!(
+        !t.contains("scrapesecret") && t.contains("metrics_key"),
+        "{t}"
+    );
 }
 
 /// `[tcp.tls]` in a file: with `port`, TLS beside the plain listener; without, on it.

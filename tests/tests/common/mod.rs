@@ -6,6 +6,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod browser;
 pub mod certs;
 pub mod haproxy;
 pub mod process;
