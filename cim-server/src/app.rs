@@ -126,15 +126,19 @@ impl App {
             .and_then(|s| s.local_addr().ok())
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let advertise = &settings.cluster;
         let advertised = Arc::new(std::sync::Mutex::new(NodeAddrs {
             node: settings.node.clone(),
-            tcp: settings.cluster.advertise_tcp.clone(),
-            websocket: settings.cluster.advertise_websocket.clone(),
-            http: if settings.cluster.advertise_http.is_empty() {
+            tcp: advertise.advertise_tcp.clone(),
+            websocket: advertise.advertise_websocket.clone(),
+            http: if advertise.advertise_http.is_empty() {
                 http_addr
             } else {
-                settings.cluster.advertise_http.clone()
+                advertise.advertise_http.clone()
             },
+            tls: advertise.advertise_tls.clone(),
+            wss: advertise.advertise_wss.clone(),
+            xml: advertise.advertise_xml.clone(),
         }));
         {
             let advertised = Arc::clone(&advertised);
@@ -147,6 +151,9 @@ impl App {
                     let slot = match *protocol {
                         "tcp" => &mut a.tcp,
                         "websocket" => &mut a.websocket,
+                        "tls" => &mut a.tls,
+                        "wss" => &mut a.wss,
+                        "xml" => &mut a.xml,
                         _ => continue,
                     };
                     if slot.is_empty() {

@@ -312,16 +312,17 @@ pub async fn pending_clear(
     Ok(Json(json!({ "uid": uid, "deleted": deleted })))
 }
 
-/// `GET /api/v1/dispatch`: the node a client should connect to — in a cluster one of the two
-/// least loaded live nodes that are not draining, picked at random (a slot reserved on it); on
-/// one node this one — with its TCP, WebSocket and HTTP addresses.
+/// `GET /api/v1/dispatch` (no API key needed): the node a client should connect to — in a
+/// cluster the least loaded live node that is not draining (one of the two least loaded, at
+/// random, when they are within a connection of each other; a slot reserved on it); on one node
+/// this one, unless it is draining — with its addresses.
 pub async fn dispatch(
     State(st): State<Arc<HttpState>>,
 ) -> Result<Json<cim_core::engine::NodeAddrs>, ApiError> {
     Ok(Json(st.dispatch.pick().await?))
 }
 
-/// A drain request.
+/// A request to take the node out of dispatch, or back in.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainIn {

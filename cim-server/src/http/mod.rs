@@ -137,7 +137,6 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             get(api::pending_count).delete(api::pending_clear),
         )
         .route("/api/v1/tokens", post(api::mint_token))
-        .route("/api/v1/dispatch", get(api::dispatch))
         .route("/api/v1/drain", post(api::drain))
         // The key is checked first: nobody reads a body for a caller without the key.
         .route_layer(middleware::from_fn_with_state(
@@ -151,8 +150,10 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             Arc::clone(&state),
             require_key,
         ));
+    // Open to all, as /health is: clients ask dispatch, and an API key is not theirs to hold.
     Router::new()
         .route("/health", get(api::health))
+        .route("/api/v1/dispatch", get(api::dispatch))
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body))

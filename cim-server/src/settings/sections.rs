@@ -232,6 +232,13 @@ pub struct ClusterSettings {
     pub advertise_websocket: String,
     /// The HTTP API's address; empty: where it listens.
     pub advertise_http: String,
+    /// The binary protocol's TLS address (`tls://`); empty: where the TCP listener speaks TLS
+    /// (its own port, or `tcp.tls.port`).
+    pub advertise_tls: String,
+    /// The WebSocket TLS address (`wss://`); empty: where the WebSocket listener speaks TLS.
+    pub advertise_wss: String,
+    /// The XML listener's address; empty: where it listens.
+    pub advertise_xml: String,
 }
 
 impl Default for ClusterSettings {
@@ -246,6 +253,9 @@ impl Default for ClusterSettings {
             advertise_tcp: String::new(),
             advertise_websocket: String::new(),
             advertise_http: String::new(),
+            advertise_tls: String::new(),
+            advertise_wss: String::new(),
+            advertise_xml: String::new(),
         }
     }
 }
