@@ -41,6 +41,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod drain;
 mod flash;
 pub mod gate;
 pub mod http;

@@ -330,13 +330,40 @@ pub struct DrainIn {
     pub draining: bool,
 }
 
-/// `POST /api/v1/drain` `{"draining": true}`: takes this node out of dispatch, or back in.
+/// `POST /api/v1/drain` `{"draining": true}`: takes this node out of dispatch, or back in; its
+/// connections stay. Once a drain to exit (`/api/v1/admin/drain`, SIGUSR1) has begun, the node
+/// cannot come back in (`409`).
 pub async fn drain(
     State(st): State<Arc<HttpState>>,
     ApiJson(d): ApiJson<DrainIn>,
 ) -> Result<Json<Value>, ApiError> {
+    if !d.draining && st.drain.requested() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "this node is draining to exit (POST /api/v1/admin/drain or SIGUSR1): it cannot go \
+             back into dispatch",
+        ));
+    }
     st.dispatch.set_draining(d.draining).await?;
     Ok(Json(
         json!({ "node": st.hub.node(), "draining": d.draining }),
+    ))
+}
+
+/// `POST /api/v1/admin/drain` (no body): drains this node to exit, as SIGUSR1 does — out of
+/// dispatch before the answer, then no new connections, the open ones closed spread over
+/// `shutdown.drain_ms`, and the node exits. Answers `202` with `started: false` when a drain
+/// was already under way.
+pub async fn admin_drain(
+    State(st): State<Arc<HttpState>>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    st.dispatch.set_draining(true).await?;
+    let started = st.drain.request();
+    let drain_ms = u64::try_from(st.drain.window().as_millis()).unwrap_or(u64::MAX);
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({
+            "node": st.hub.node(), "draining": true, "drain_ms": drain_ms, "started": started,
+        })),
     ))
 }

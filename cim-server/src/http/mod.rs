@@ -62,6 +62,8 @@ pub struct HttpState {
     pub max_uid_bytes: usize,
     /// Which node a client should connect to.
     pub dispatch: Arc<dyn cim_core::engine::Dispatch>,
+    /// Flipped by `POST /api/v1/admin/drain`.
+    pub drain: crate::drain::DrainSwitch,
 }
 
 /// Settings of the HTTP listener.
@@ -138,6 +140,7 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         )
         .route("/api/v1/tokens", post(api::mint_token))
         .route("/api/v1/drain", post(api::drain))
+        .route("/api/v1/admin/drain", post(api::admin_drain))
         // The key is checked first: nobody reads a body for a caller without the key.
         .route_layer(middleware::from_fn_with_state(
             BodyLimits {

@@ -312,12 +312,20 @@ impl TryFrom<String> for LogFormat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
-    /// Time allowed, after SIGINT or SIGTERM, for connections to flush and close.
+    /// Time allowed, after SIGINT or SIGTERM (or once a drain has closed its connections), for
+    /// connections to flush and close.
     pub grace_ms: u64,
+    /// A drain (SIGUSR1, `POST /api/v1/admin/drain`) closes the node's connections spread
+    /// evenly over this long, so that their clients reconnect elsewhere at a steady rate;
+    /// `0` closes them all at once.
+    pub drain_ms: u64,
 }
 
 impl Default for ShutdownSettings {
     fn default() -> Self {
-        Self { grace_ms: 10_000 }
+        Self {
+            grace_ms: 10_000,
+            drain_ms: 30_000,
+        }
     }
 }
