@@ -283,7 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client.destroy().await;
                 println!(
                     "{}: connected and bound in {:.2} ms",
-                    cfg.endpoint,
+                    cfg.target,
                     took.as_secs_f64() * 1e3
                 );
                 times.push(took);
@@ -306,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let endpoint = cfg.endpoint.to_string();
+    let endpoint = cfg.target.to_string();
     let uid = cfg.bind.uid.clone();
     let (client, mut events) = Client::connect(cfg).await.map_err(|e| match e {
         ClientError::Refused(r) => anyhow::anyhow!(

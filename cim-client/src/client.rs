@@ -2,17 +2,17 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cim_core::protocol::{action, code, key, send};
 use cim_core::{Frame, Message, ReplyBody, SentBody};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Endpoint, Target};
 use crate::error::{ClientError, Result};
 use crate::transport::Conn;
 
@@ -65,6 +65,14 @@ enum Command {
 
 struct Shared {
     connected: AtomicBool,
+    /// Where the current (or last) connection went, and the node dispatch named for it.
+    at: Mutex<(Option<Endpoint>, Option<String>)>,
+    /// Copies of messages seen before, dropped.
+    duplicates: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A handle to a client: cheap to clone; the connection lives in a task of its own, which ends
@@ -140,6 +148,8 @@ impl Client {
         let (event_tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
+            at: Mutex::new((None, None)),
+            duplicates: AtomicU64::new(0),
         });
         let client = Client {
             commands: commands.clone(),
@@ -151,14 +161,15 @@ impl Client {
             commands,
             receipts: config.receipts,
         };
-        let span = info_span!("cim_client", uid = %config.bind.uid, endpoint = %config.endpoint);
+        let span = info_span!("cim_client", uid = %config.bind.uid, target = %config.target);
         let task = Task {
+            seen: Seen::new(config.dedup_window),
             config,
             commands: command_rx,
             events: event_tx,
             shared,
             bound_before: false,
-            seen: Seen::new(4096),
+            last_good: None,
             deferred: VecDeque::new(),
         };
         tokio::spawn(task.run().instrument(span));
@@ -169,7 +180,7 @@ impl Client {
     /// (the client is then destroyed); after a successful bind the client reconnects by itself
     /// as [`start`](Self::start) does.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events)> {
-        let endpoint = config.endpoint.to_string();
+        let endpoint = config.target.to_string();
         let (client, mut events) = Client::start(config);
         let failed = loop {
             match events.recv().await {
@@ -189,6 +200,25 @@ impl Client {
     /// Whether the client is connected and bound now.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// The endpoint of the current connection (or of the last one, between reconnects); `None`
+    /// before the first bind. With dispatch, the address dispatch named (or the last good one).
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        lock(&self.shared.at).0.clone()
+    }
+
+    /// The node dispatch named for the current (or last) connection; `None` with a fixed
+    /// server, and when the connection went to the last good address because dispatch could
+    /// not be asked.
+    pub fn node(&self) -> Option<String> {
+        lock(&self.shared.at).1.clone()
+    }
+
+    /// How many copies of messages seen before (within
+    /// [`ClientConfig::dedup_window`]) were dropped instead of reaching [`Events`].
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.shared.duplicates.load(Ordering::Relaxed)
     }
 
     /// Sends `body` and returns the reply to it: replies are matched by key, in order, and for
@@ -267,7 +297,8 @@ impl Client {
 }
 
 /// Ids of recent messages, to drop the copies a reconnect can bring (a message sent again
-/// because its receipt had not reached the server).
+/// because its receipt had not reached the server, or routed again after a cluster node died).
+/// Holds the last `cap` ids (none with `cap` 0).
 struct Seen {
     ids: HashSet<i64>,
     order: VecDeque<i64>,
@@ -285,6 +316,9 @@ impl Seen {
 
     /// Whether `id` is new (and remembers it).
     fn first_time(&mut self, id: i64) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
         if id == 0 || !self.ids.insert(id) {
             return id == 0;
         }
@@ -393,6 +427,9 @@ struct Task {
     shared: Arc<Shared>,
     bound_before: bool,
     seen: Seen,
+    /// The endpoint of the last successful bind: where a client that follows dispatch goes
+    /// when dispatch cannot be asked.
+    last_good: Option<Endpoint>,
     /// Commands taken while waiting for room in `events`, in order.
     deferred: VecDeque<Command>,
 }
@@ -418,33 +455,44 @@ impl Task {
                 }
                 Wake::Abandoned => return,
             }
-            let conn = match tokio::time::timeout(self.config.connect_timeout, self.connect()).await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(ClientError::Refused(reply))) => {
-                    self.emit(Event::Refused(reply)).await;
-                    wake = self.stay_down().await;
-                    attempt = 0;
-                    continue;
-                }
-                Ok(Err(ClientError::Connect { reason, .. })) => {
-                    wake = self.retry_later(reason, &mut attempt).await;
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    wake = self.retry_later(e.to_string(), &mut attempt).await;
-                    continue;
-                }
-                Err(_) => {
-                    let reason = format!(
-                        "no bind within {:?} (connect_timeout)",
-                        self.config.connect_timeout
-                    );
+            let (endpoint, node) = match self.resolve().await {
+                Ok(at) => at,
+                Err(reason) => {
                     wake = self.retry_later(reason, &mut attempt).await;
                     continue;
                 }
             };
+            let conn =
+                match tokio::time::timeout(self.config.connect_timeout, self.connect(&endpoint))
+                    .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(ClientError::Refused(reply))) => {
+                        self.emit(Event::Refused(reply)).await;
+                        wake = self.stay_down().await;
+                        attempt = 0;
+                        continue;
+                    }
+                    Ok(Err(ClientError::Connect { reason, .. })) => {
+                        wake = self.retry_later(reason, &mut attempt).await;
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        wake = self.retry_later(e.to_string(), &mut attempt).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        let reason = format!(
+                            "no bind within {:?} (connect_timeout)",
+                            self.config.connect_timeout
+                        );
+                        wake = self.retry_later(reason, &mut attempt).await;
+                        continue;
+                    }
+                };
             attempt = 0;
+            *lock(&self.shared.at) = (Some(endpoint.clone()), node);
+            self.last_good = Some(endpoint);
             let rebound = std::mem::replace(&mut self.bound_before, true);
             self.shared.connected.store(true, Ordering::Release);
             self.emit(Event::Connected { rebound }).await;
@@ -587,9 +635,48 @@ impl Task {
         }
     }
 
-    /// Connects and binds.
-    async fn connect(&mut self) -> Result<Conn> {
-        let mut conn = Conn::connect(&self.config).await?;
+    /// Where to connect now, and the node dispatch named: the fixed endpoint; or, following
+    /// dispatch, the address it names for the protocol — or, when it cannot be asked, the last
+    /// address a bind succeeded on. `Err` (retried with back-off) when there is neither.
+    async fn resolve(&mut self) -> std::result::Result<(Endpoint, Option<String>), String> {
+        let (url, protocol) = match &self.config.target {
+            Target::Endpoint(e) => return Ok((e.clone(), None)),
+            Target::Dispatch { url, protocol } => (url, protocol),
+        };
+        let limit = self.config.connect_timeout;
+        let asked = tokio::time::timeout(
+            limit,
+            crate::dispatch::ask(url, self.config.ca_file.as_deref(), self.config.max_frame),
+        )
+        .await;
+        let why = match asked {
+            Ok(Ok(node)) => {
+                let addr = protocol.address_in(&node);
+                if !addr.is_empty() {
+                    debug!(node = %node.node, %addr, "dispatch named a node");
+                    return Ok((protocol.at(addr), Some(node.node.clone())));
+                }
+                format!(
+                    "dispatch {url} named node {:?}, which has no {} address",
+                    node.node,
+                    protocol.listener()
+                )
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("dispatch {url}: no answer within {limit:?} (connect_timeout)"),
+        };
+        match &self.last_good {
+            Some(last) => {
+                warn!(reason = %why, fallback = %last, "dispatch failed; trying the last good address");
+                Ok((last.clone(), None))
+            }
+            None => Err(why),
+        }
+    }
+
+    /// Connects to `endpoint` and binds.
+    async fn connect(&mut self, endpoint: &Endpoint) -> Result<Conn> {
+        let mut conn = Conn::connect(endpoint, &self.config).await?;
         let bind = self.config.bind.request(self.config.receipts);
         conn.send(&Frame::Sent(bind)).await?;
         loop {
@@ -695,6 +782,7 @@ impl Task {
                 if self.seen.first_time(m.id) {
                     self.emit(Event::Message(m)).await;
                 } else {
+                    self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
                     debug!(id = m.id, "a message seen before; dropped");
                 }
             }
@@ -717,5 +805,30 @@ impl Task {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_holds_the_last_ids_and_no_more() {
+        let mut seen = Seen::new(3);
+        for id in [1, 2, 3] {
+            assert!(seen.first_time(id));
+        }
+        assert!(!seen.first_time(1), "within the window: a copy");
+        assert!(seen.first_time(4), "pushes 1 out");
+        assert!(seen.first_time(1), "beyond the window: new again");
+        assert!(!seen.first_time(4));
+        // Messages without an id are never taken for copies.
+        assert!(seen.first_time(0) && seen.first_time(0));
+        let mut off = Seen::new(0);
+        assert!(
+            off.first_time(7) && off.first_time(7),
+            "a window of 0 drops nothing"
+        );
+        assert!(off.ids.is_empty());
     }
 }
