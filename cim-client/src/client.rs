@@ -332,6 +332,26 @@ impl Seen {
     }
 }
 
+/// Where an attempt connects, and why there.
+struct Resolved {
+    endpoint: Endpoint,
+    /// The node dispatch named.
+    node: Option<String>,
+    /// Why dispatch could not be asked, when this is the last good address instead.
+    fallback: Option<String>,
+}
+
+impl Resolved {
+    /// A failed attempt's reason, saying where it went when dispatch chose (or failed to).
+    fn explain(&self, reason: String) -> String {
+        match (&self.fallback, &self.node) {
+            (Some(why), _) => format!("{why}; the last good address {}: {reason}", self.endpoint),
+            (None, Some(node)) => format!("node {node} at {}: {reason}", self.endpoint),
+            (None, None) => reason,
+        }
+    }
+}
+
 /// How a bound session ended.
 enum End {
     /// The connection dropped or failed: reconnect.
@@ -455,7 +475,7 @@ impl Task {
                 }
                 Wake::Abandoned => return,
             }
-            let (endpoint, node) = match self.resolve().await {
+            let at = match self.resolve().await {
                 Ok(at) => at,
                 Err(reason) => {
                     wake = self.retry_later(reason, &mut attempt).await;
@@ -463,7 +483,7 @@ impl Task {
                 }
             };
             let conn =
-                match tokio::time::timeout(self.config.connect_timeout, self.connect(&endpoint))
+                match tokio::time::timeout(self.config.connect_timeout, self.connect(&at.endpoint))
                     .await
                 {
                     Ok(Ok(conn)) => conn,
@@ -474,11 +494,13 @@ impl Task {
                         continue;
                     }
                     Ok(Err(ClientError::Connect { reason, .. })) => {
-                        wake = self.retry_later(reason, &mut attempt).await;
+                        wake = self.retry_later(at.explain(reason), &mut attempt).await;
                         continue;
                     }
                     Ok(Err(e)) => {
-                        wake = self.retry_later(e.to_string(), &mut attempt).await;
+                        wake = self
+                            .retry_later(at.explain(e.to_string()), &mut attempt)
+                            .await;
                         continue;
                     }
                     Err(_) => {
@@ -486,13 +508,13 @@ impl Task {
                             "no bind within {:?} (connect_timeout)",
                             self.config.connect_timeout
                         );
-                        wake = self.retry_later(reason, &mut attempt).await;
+                        wake = self.retry_later(at.explain(reason), &mut attempt).await;
                         continue;
                     }
                 };
             attempt = 0;
-            *lock(&self.shared.at) = (Some(endpoint.clone()), node);
-            self.last_good = Some(endpoint);
+            *lock(&self.shared.at) = (Some(at.endpoint.clone()), at.node);
+            self.last_good = Some(at.endpoint);
             let rebound = std::mem::replace(&mut self.bound_before, true);
             self.shared.connected.store(true, Ordering::Release);
             self.emit(Event::Connected { rebound }).await;
@@ -635,12 +657,18 @@ impl Task {
         }
     }
 
-    /// Where to connect now, and the node dispatch named: the fixed endpoint; or, following
-    /// dispatch, the address it names for the protocol — or, when it cannot be asked, the last
-    /// address a bind succeeded on. `Err` (retried with back-off) when there is neither.
-    async fn resolve(&mut self) -> std::result::Result<(Endpoint, Option<String>), String> {
+    /// Where to connect now: the fixed endpoint; or, following dispatch, the address it names
+    /// for the protocol — or, when it cannot be asked, the last address a bind succeeded on.
+    /// `Err` (retried with back-off) when there is neither.
+    async fn resolve(&mut self) -> std::result::Result<Resolved, String> {
         let (url, protocol) = match &self.config.target {
-            Target::Endpoint(e) => return Ok((e.clone(), None)),
+            Target::Endpoint(e) => {
+                return Ok(Resolved {
+                    endpoint: e.clone(),
+                    node: None,
+                    fallback: None,
+                });
+            }
             Target::Dispatch { url, protocol } => (url, protocol),
         };
         let limit = self.config.connect_timeout;
@@ -654,7 +682,11 @@ impl Task {
                 let addr = protocol.address_in(&node);
                 if !addr.is_empty() {
                     debug!(node = %node.node, %addr, "dispatch named a node");
-                    return Ok((protocol.at(addr), Some(node.node.clone())));
+                    return Ok(Resolved {
+                        endpoint: protocol.at(addr),
+                        node: Some(node.node.clone()),
+                        fallback: None,
+                    });
                 }
                 format!(
                     "dispatch {url} named node {:?}, which has no {} address",
@@ -668,7 +700,11 @@ impl Task {
         match &self.last_good {
             Some(last) => {
                 warn!(reason = %why, fallback = %last, "dispatch failed; trying the last good address");
-                Ok((last.clone(), None))
+                Ok(Resolved {
+                    endpoint: last.clone(),
+                    node: None,
+                    fallback: Some(why),
+                })
             }
             None => Err(why),
         }
