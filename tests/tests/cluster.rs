@@ -19,32 +19,10 @@ use std::time::Duration;
 use cim_cluster::testing::RedisServer;
 use cim_codec_binary::BinaryCodec;
 use cim_core::{Frame, Message, SentBody};
+use common::cluster::*;
 use common::process::*;
 use common::*;
 use tokio::time::Instant;
-
-const HEARTBEAT_MS: &str = "100";
-const DEADLINE_MS: u64 = 1000;
-
-/// Starts node `name` (number `id`) of the cluster on `redis`.
-fn node(redis: &RedisServer, name: &str, id: u16) -> ServerProcess {
-    node_with(redis, name, id, &[])
-}
-
-fn node_with(redis: &RedisServer, name: &str, id: u16, extra: &[(&str, &str)]) -> ServerProcess {
-    let url = redis.url();
-    let id = id.to_string();
-    let deadline = DEADLINE_MS.to_string();
-    let mut env = vec![
-        ("CIM_CLUSTER__REDIS", url.as_str()),
-        ("CIM_NODE", name),
-        ("CIM_NODE_ID", id.as_str()),
-        ("CIM_CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS),
-        ("CIM_CLUSTER__NODE_DEADLINE_MS", deadline.as_str()),
-    ];
-    env.extend_from_slice(extra);
-    ServerProcess::start(&env)
-}
 
 /// A synchronous connection to the test's Redis, for looking at keys.
 fn redis_conn(redis: &RedisServer) -> redis::Connection {
@@ -82,69 +60,6 @@ fn inbox_added(redis: &RedisServer, nid: &str) -> i64 {
         },
         Err(e) if e.to_string().contains("no such key") => 0,
         Err(e) => panic!("XINFO: {e}"),
-    }
-}
-
-async fn send(http_addr: SocketAddr, to: &str, content: &str) -> Resp {
-    let body = serde_json::json!({ "receiver": to, "action": "2", "content": content }).to_string();
-    http(http_addr, "POST", "/api/v1/messages", &[JSON], &body).await
-}
-
-/// Sends and expects a 200; returns the message id.
-async fn send_ok(http_addr: SocketAddr, to: &str, content: &str) -> i64 {
-    let r = send(http_addr, to, content).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()["id"].as_str().unwrap().parse().unwrap()
-}
-
-async fn client(p: &ServerProcess) -> TcpClient {
-    StreamClient::connect(p.addr("tcp"), BinaryCodec::new()).await
-}
-
-async fn bound(p: &ServerProcess, uid: &str, channel: &str, device: &str) -> TcpClient {
-    let mut c = client(p).await;
-    c.bind(uid, channel, device).await;
-    c
-}
-
-/// The sessions of `uid` as node `p` lists them: (node, channel, device).
-async fn sessions_of(p: &ServerProcess, uid: &str) -> Vec<(String, String, String)> {
-    let r = http(
-        p.addr("http"),
-        "GET",
-        &format!("/api/v1/accounts/{uid}/sessions"),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let mut out: Vec<_> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["node"].as_str().unwrap().to_owned(),
-                s["channel"].as_str().unwrap().to_owned(),
-                s["deviceId"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Polls `check` every 20 ms until it holds; fails after `within`.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -200,12 +115,6 @@ async fn tag_push(h: SocketAddr, content: &str) -> u64 {
     .await;
     assert_eq!(r.status, 200, "{r:?}");
     r.json()["delivered"].as_u64().unwrap()
-}
-
-async fn dispatch(p: &ServerProcess) -> serde_json::Value {
-    let r = http(p.addr("http"), "GET", "/api/v1/dispatch", &[], "").await;
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()
 }
 
 /// 1. Routed, not broadcast: the receiver on B, sent through A's HTTP API — B's connection gets
