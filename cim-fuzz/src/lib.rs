@@ -13,7 +13,9 @@
 //! - a decoded frame encodes (when the codec can carry it) and decodes back to itself;
 //! - a decoded `data` map has no more entries than the codec's limit;
 //! - the compatibility form parser agrees with serde_urlencoded on input it accepts;
-//! - [`DataMap`] behaves as a plain list of pairs would.
+//! - [`DataMap`] behaves as a plain list of pairs would;
+//! - a PROXY header is read the same however its bytes arrive, taking exactly its own bytes,
+//!   and the client it names reads back from a header written for it.
 //!
 //! [`TARGETS`] lists them by name, the name of their corpus directory.
 
@@ -22,6 +24,9 @@ use cim_codec_binary::{BinaryCodec, WsBinaryCodec};
 use cim_codec_json::JsonCodec;
 use cim_codec_xml::XmlCodec;
 use cim_core::{CodecError, DataMap, Frame, Packet, PacketCodec, StreamCodec};
+use cim_server::access::proxy_header::{
+    HeaderError, HeaderReader, MIN_LIMIT, Probe, Scan, Step, probe, scan,
+};
 
 /// A target: takes the fuzzer's bytes, panics on a broken rule.
 pub type Target = fn(&[u8]);
@@ -34,6 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("xml_stream", xml_stream),
     ("compat_form", compat_form),
     ("data_map", data_map),
+    ("proxy_header", proxy_header),
 ];
 
 /// The entries of a decoded frame's map, if it has one.
@@ -263,5 +269,108 @@ pub fn data_map(data: &[u8]) {
             assert!(model.len() > limit);
             assert_eq!(e, CodecError::TooManyEntries { max: limit });
         }
+    }
+}
+
+/// What reading a PROXY header gave: the outcome (a refusal by its kind only: its text shows
+/// the bytes seen, which depend on how they arrived), and how many bytes were taken from the
+/// stream.
+#[derive(Debug, PartialEq)]
+struct HeaderRead {
+    outcome: Result<(usize, Option<std::net::SocketAddr>), std::mem::Discriminant<HeaderError>>,
+    taken: usize,
+}
+
+/// Reads a header from `input` with a [`HeaderReader`] as the listener does with a socket:
+/// `chunk` bytes arrive at a time, a peek sees what has arrived and not been taken (as much as
+/// the window holds), and only what the reader says is taken.
+fn read_header(input: &[u8], max: usize, chunk: usize) -> HeaderRead {
+    let bytes = |from: usize, n: usize| input.get(from..from + n).unwrap_or_default();
+    let mut reader = HeaderReader::new(max);
+    let mut pos = 0;
+    let mut arrived = chunk.min(input.len());
+    loop {
+        let window = reader.window();
+        let n = window.len().min(arrived - pos);
+        if let Some(peek) = window.get_mut(..n) {
+            peek.copy_from_slice(bytes(pos, n));
+        }
+        let (take, done) = match reader.peeked(n) {
+            Step::Take(k) => (k, None),
+            Step::Done { take, source } => (take, Some(source)),
+            Step::Bad(e) => {
+                return HeaderRead {
+                    outcome: Err(std::mem::discriminant(&e)),
+                    taken: pos,
+                };
+            }
+        };
+        assert!(take <= n, "takes {take} of the {n} bytes peeked");
+        if let Some(read) = reader.window().get_mut(..take) {
+            read.copy_from_slice(bytes(pos, take));
+        }
+        reader.took(take);
+        pos += take;
+        assert_eq!(reader.taken(), bytes(0, pos));
+        if let Some(source) = done {
+            return HeaderRead {
+                outcome: Ok((pos, source)),
+                taken: pos,
+            };
+        }
+        arrived = (arrived + chunk).min(input.len());
+    }
+}
+
+/// The PROXY header a listener reads from a trusted proxy (`cim_server::access::proxy_header`):
+/// the first byte gives a chunk size (1 to 256), the second the limit (232 to 1252 bytes), the
+/// rest is the stream.
+pub fn proxy_header(data: &[u8]) {
+    let Some((chunk, rest)) = chunked(data) else {
+        return;
+    };
+    let Some((&limit, stream)) = rest.split_first() else {
+        return;
+    };
+    let max = MIN_LIMIT + usize::from(limit) * 4;
+    let whole = read_header(stream, max, stream.len().max(1));
+    let split = read_header(stream, max, chunk);
+    // A refusal may come after more bytes were taken when they arrived a few at a time (they
+    // were the header's start); a header is whole with exactly its bytes taken, either way.
+    assert_eq!(whole.outcome, split.outcome, "split into chunks of {chunk}");
+    match whole.outcome {
+        Ok((len, source)) => {
+            assert_eq!((whole.taken, split.taken), (len, len));
+            assert!(len <= max && len <= stream.len());
+            // The header alone makes the same header; and it starts with a signature.
+            assert_eq!(
+                scan(stream.get(..len).unwrap_or_default(), max),
+                Scan::Done { len, source },
+                "the header alone"
+            );
+            assert_eq!(probe(stream), Probe::Header);
+            // A version 1 header written for the client names it again.
+            if let Some(src) = source {
+                let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+                let dst = if src.is_ipv4() { "127.0.0.1" } else { "::1" };
+                let line = format!("PROXY {family} {} {dst} {} 443\r\n", src.ip(), src.port());
+                assert_eq!(
+                    scan(line.as_bytes(), max),
+                    Scan::Done {
+                        len: line.len(),
+                        source: Some(src)
+                    },
+                    "{line}"
+                );
+            }
+        }
+        Err(_) => assert!(whole.taken <= stream.len()),
+    }
+    // What does not start like a header is never taken for one.
+    if probe(stream) == Probe::Other {
+        assert!(matches!(
+            scan(stream, max),
+            Scan::Bad(HeaderError::Missing(_))
+        ));
     }
 }

@@ -18,7 +18,7 @@ use crate::settings::{ListenerSettings, Settings, SettingsError, StoreBackend};
 use crate::tls::{PemFile, TlsConfig};
 use cim_cluster::{Cluster, ClusterConfig};
 use cim_core::engine::{Dispatch, LocalDispatch, MemoryStore, MessageIds, MessageStore, NodeAddrs};
-use cim_store::{RedbStore, SledStore, StoreOptions};
+use cim_store::StoreOptions;
 
 /// A running reference server: long-connection listeners and the HTTP API.
 pub struct App {
@@ -71,6 +71,7 @@ impl App {
                 },
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.tcp.access(),
             };
             builder = add_listener(builder, listener, tls_of("tcp"), addrs.tcp_tls);
         }
@@ -80,6 +81,7 @@ impl App {
                 protocol: Protocol::WebSocket(settings.ws_settings()),
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.websocket.access(),
             };
             builder = add_listener(builder, listener, tls_of("websocket"), addrs.websocket_tls);
         }
@@ -92,6 +94,7 @@ impl App {
                 },
                 connection: conn,
                 max_data_entries: settings.connection.max_data_entries,
+                access: settings.xml.access(),
             });
         }
         builder = builder.store(Arc::clone(&store));
@@ -204,6 +207,7 @@ impl App {
                     max_head: settings.http.max_head,
                     max_headers: settings.http.max_headers,
                     max_connections: settings.http.max_connections,
+                    access: settings.http.access(),
                 };
                 let router = http::router(state, &config);
                 let (stop, stop_rx) = watch::channel(false);
@@ -430,8 +434,27 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError>
             ));
         }
         StoreBackend::Memory => Arc::new(MemoryStore::new(s.max_per_account)),
-        StoreBackend::Redb => Arc::new(RedbStore::open(&s.path, options).map_err(|e| failed(&e))?),
-        StoreBackend::Sled => Arc::new(SledStore::open(&s.path, options).map_err(|e| failed(&e))?),
+        #[cfg(feature = "redb")]
+        StoreBackend::Redb => {
+            Arc::new(cim_store::RedbStore::open(&s.path, options).map_err(|e| failed(&e))?)
+        }
+        #[cfg(feature = "sled")]
+        StoreBackend::Sled => {
+            Arc::new(cim_store::SledStore::open(&s.path, options).map_err(|e| failed(&e))?)
+        }
+        #[allow(unreachable_patterns)] // a backend this build leaves out
+        other => {
+            let _ = (options, failed);
+            return Err(ServerError::Settings(SettingsError::Invalid {
+                key: "store.backend".into(),
+                value: format!("{:?}", other.name()),
+                reason: format!(
+                    "this build has no {} store (cim-server's feature `{}`)",
+                    other.name(),
+                    other.name()
+                ),
+            }));
+        }
     })
 }
 

@@ -39,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod drain;

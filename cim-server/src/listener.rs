@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info, warn};
 
-use crate::refusal::{RefusalLog, refuse_busy};
+use crate::access::{self, Access, Refused};
+use crate::refusal::{Reason, RefusalLog, Refusals, refuse_busy};
 use crate::tls::{self, TlsConfig};
 use crate::transport::ws::HandshakeCheck;
 use crate::transport::{StreamTransport, WsSettings, WsTransport, ws};
@@ -63,6 +64,9 @@ pub struct Listener {
     /// more closes its connection. (A WebSocket listener's codecs of its own,
     /// [`WsCodecs::Custom`](crate::WsCodecs::Custom), keep their own limits.)
     pub max_data_entries: usize,
+    /// Who may connect, and where the client's real address comes from (a PROXY header,
+    /// forwarding headers): see [`access`](crate::access). Default: everyone, as they connect.
+    pub access: Access,
 }
 
 impl Listener {
@@ -75,6 +79,7 @@ impl Listener {
             },
             connection: ConnectionConfig::default(),
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Access::default(),
         }
     }
 
@@ -85,6 +90,7 @@ impl Listener {
             protocol: Protocol::WebSocket(WsSettings::default()),
             connection: ConnectionConfig::default(),
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Access::default(),
         }
     }
 
@@ -98,6 +104,7 @@ impl Listener {
             },
             connection: ConnectionConfig::default(),
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Access::default(),
         }
     }
 
@@ -123,6 +130,12 @@ impl Listener {
         self.max_data_entries = max;
         self
     }
+
+    /// Sets who may connect and where the client's address comes from.
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
 }
 
 /// What every connection of one listener is started with.
@@ -135,13 +148,15 @@ struct Accepting {
     /// The connections' settings, the listener's name among them.
     conf: ConnectionConfig,
     check: Option<Arc<dyn HandshakeCheck>>,
+    access: Access,
+    refusals: Refusals,
 }
 
 /// Starts the task of one accepted connection on `stream` (a TCP stream, or TLS over one).
 /// Each protocol gets a task of its own shape, so that a TCP connection's task is not as large
 /// as a WebSocket one's.
 fn spawn_connection<S>(
-    acc: &Accepting,
+    acc: &Arc<Accepting>,
     conf: ConnectionConfig,
     stream: S,
     peer: SocketAddr,
@@ -166,56 +181,141 @@ fn spawn_connection<S>(
                 spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
             }
         }
-        Protocol::WebSocket(settings) => {
-            let settings = settings.clone();
-            let check = acc.check.clone();
+        Protocol::WebSocket(_) => {
+            let acc = Arc::clone(acc);
             tokio::spawn(async move {
-                // The handshake's future is boxed: it is done before the connection idles.
-                match Box::pin(ws::accept(stream, &settings)).await {
-                    Ok(Some((socket, request))) => {
-                        let transport = WsTransport::new(socket, &settings);
-                        if let Some(Err(why)) = check.as_ref().map(|c| c.check(&request)) {
-                            info!(%peer, reason = %why, "websocket handshake refused");
-                            transport.refuse(settings.handshake_timeout).await;
-                        } else {
-                            serve_connection(hub, transport, conf, peer).await;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => debug!(%peer, error = %e, "websocket upgrade failed"),
-                }
+                serve_websocket(&acc, conf, stream, peer).await;
                 drop(permit);
             });
         }
     }
 }
 
-/// Starts the task of a TLS connection: the handshake, in a task of its own, bounded by the bind
-/// timeout (and counted against it); then the connection's own task, the size of a plain one
-/// plus the TLS stream.
-fn spawn_tls(
+/// The upgrade of a WebSocket connection from `peer`, then the connection. Forwarding headers
+/// from a trusted proxy name the client; it is checked against the lists before the upgrade is
+/// answered.
+async fn serve_websocket<S>(acc: &Accepting, conf: ConnectionConfig, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Protocol::WebSocket(settings) = &acc.protocol else {
+        return;
+    };
+    let mut client = peer;
+    let forwarded = |request: &ws::HandshakeRequest| {
+        client = acc.access.forwarded_client(
+            peer,
+            request
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes())),
+        );
+        if client == peer {
+            return Ok(());
+        }
+        debug!(%peer, %client, "client address from the forwarding headers");
+        acc.access.admits(client.ip()).map_err(|why| {
+            let refused = Refused::Denied { addr: client, why };
+            acc.refusals.refuse(Reason::Denied, peer, &refused);
+            "address not allowed".to_owned()
+        })
+    };
+    // The handshake's future is boxed: it is done before the connection idles.
+    match Box::pin(ws::accept_checked(stream, settings, forwarded)).await {
+        Ok(Some((socket, request))) => {
+            let transport = WsTransport::new(socket, settings);
+            if let Some(Err(why)) = acc.check.as_ref().map(|c| c.check(&request)) {
+                info!(peer = %client, reason = %why, "websocket handshake refused");
+                transport.refuse(settings.handshake_timeout).await;
+            } else {
+                serve_connection(Arc::clone(&acc.hub), transport, conf, client).await;
+            }
+        }
+        Ok(None) => {}
+        Err(e) => debug!(peer = %client, error = %e, "websocket upgrade failed"),
+    }
+}
+
+/// Starts the task of a connection that needs something done before its protocol starts: its
+/// PROXY header read (or looked for), then its address checked; then, with `tls`, the TLS
+/// handshake. It is bounded by the bind timeout (and counted against it), in a task of its own;
+/// then the connection's own task starts, the size of a plain one (plus the TLS stream).
+fn spawn_prelude(
     acc: Arc<Accepting>,
-    (stream, peer, permit): (TcpStream, SocketAddr, OwnedSemaphorePermit),
-    tls: Arc<rustls::ServerConfig>,
+    (mut stream, peer, permit): (TcpStream, SocketAddr, OwnedSemaphorePermit),
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     tokio::spawn(async move {
         let started = tokio::time::Instant::now();
         let mut conf = acc.conf;
         let limit = conf.timers.bind_timeout;
-        match tokio::time::timeout(limit, tls::accept(stream, tls)).await {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let client = if acc.access.proxy_protocol {
+            let read = access::client_of(&mut stream, peer, &acc.access);
+            match tokio::time::timeout(limit, read).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(refused)) => return refuse(&acc, stream, peer, &refused),
+                Err(_) if acc.access.trusts(peer.ip()) => {
+                    let why =
+                        format!("PROXY header not whole within the bind timeout ({limit_ms} ms)");
+                    acc.refusals.refuse(Reason::ProxyHeader, peer, &why);
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, bind_timeout_ms = limit_ms, "nothing sent within the bind timeout; connection closed");
+                    return;
+                }
+            }
+        } else {
+            peer
+        };
+        if client != peer {
+            debug!(%peer, %client, "client address from the PROXY header");
+        }
+        let Some(tls) = tls else {
+            conf.timers.bind_timeout = limit.saturating_sub(started.elapsed());
+            return spawn_connection(&acc, conf, stream, client, permit);
+        };
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, tls::accept(stream, tls)).await {
             Ok(Ok(stream)) => {
                 conf.timers.bind_timeout = limit.saturating_sub(started.elapsed());
-                spawn_connection(&acc, conf, stream, peer, permit);
+                spawn_connection(&acc, conf, stream, client, permit);
             }
-            Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed; connection closed"),
+            Ok(Err(e)) => {
+                info!(peer = %client, error = %e, "TLS handshake failed; connection closed")
+            }
             Err(_) => info!(
-                %peer,
-                bind_timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                peer = %client,
+                bind_timeout_ms = limit_ms,
                 "TLS handshake not done within the bind timeout; connection closed"
             ),
         }
     });
 }
+
+/// Closes a connection refused before its protocol started, counted and logged (rate-limited);
+/// a denied WebSocket client is told why, as HTTP.
+fn refuse(acc: &Accepting, stream: TcpStream, peer: SocketAddr, refused: &Refused) {
+    let reason = match refused {
+        Refused::Denied { .. } => Reason::Denied,
+        Refused::Untrusted(_) => Reason::UntrustedProxy,
+        Refused::Header(_) => Reason::ProxyHeader,
+        Refused::Gone(e) => {
+            debug!(%peer, error = %e, "connection closed before sending anything");
+            return;
+        }
+    };
+    acc.refusals.refuse(reason, peer, refused);
+    let answer = match (refused, &acc.protocol) {
+        (Refused::Denied { .. }, Protocol::WebSocket(_)) => DENIED_HTTP,
+        _ => b"",
+    };
+    refuse_busy(stream, answer);
+}
+
+/// What a WebSocket client whose address is denied is answered.
+const DENIED_HTTP: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\naddress not allowed\n";
 
 /// Starts the task of a connection on a stream protocol; the permit goes with the connection.
 fn spawn_stream<S, C>(
@@ -238,7 +338,7 @@ fn spawn_stream<S, C>(
 /// connection starts with a TLS handshake.
 pub(crate) async fn accept_loop(
     socket: TcpListener,
-    (listener, tls): (Listener, Option<TlsConfig>),
+    (listener, tls, refused): (Listener, Option<TlsConfig>, Refusals),
     hub: Arc<Hub>,
     slots: Arc<Semaphore>,
     check: Option<Arc<dyn HandshakeCheck>>,
@@ -263,6 +363,8 @@ pub(crate) async fn accept_loop(
             ..listener.connection
         },
         check,
+        access: listener.access,
+        refusals: refused,
     });
     // A WebSocket client is told why, as HTTP; a stream client is closed (its protocol has no
     // way to say it).
@@ -284,11 +386,19 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        // Without a PROXY header to wait for, the address is the client's: checked at once.
+        if !acc.access.proxy_protocol
+            && let Err(why) = acc.access.admits(peer.ip())
+        {
+            refuse(&acc, stream, peer, &Refused::Denied { addr: peer, why });
+            continue;
+        }
         let permit: OwnedSemaphorePermit = match Arc::clone(&slots).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 debug!(%peer, "connection limit reached; connection refused");
                 refuse_busy(stream, busy);
+                acc.refusals.count(Reason::MaxConnections);
                 refusals
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -298,11 +408,13 @@ pub(crate) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         match &tls {
-            None => spawn_connection(&acc, acc.conf, stream, peer, permit),
-            Some(tls) => spawn_tls(
+            None if !acc.access.proxy_protocol => {
+                spawn_connection(&acc, acc.conf, stream, peer, permit);
+            }
+            tls => spawn_prelude(
                 Arc::clone(&acc),
                 (stream, peer, permit),
-                Arc::clone(tls.server_config()),
+                tls.as_ref().map(|t| Arc::clone(t.server_config())),
             ),
         }
     }

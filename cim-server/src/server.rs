@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::gate::ListenerLimits;
 use crate::listener::{Listener, accept_loop};
-use crate::refusal::RefusalLog;
+use crate::refusal::{RefusalLog, Refusals};
 use crate::tls::TlsConfig;
 use crate::transport::ws::HandshakeCheck;
 
@@ -246,9 +246,11 @@ impl ServerBuilder {
             let name = listener.name(tls.is_some());
             info!(protocol = name, %addr, "listening");
             addrs.push((name, addr));
+            // The listener's counters are registered now, before it accepts anything.
+            let refused = Refusals::new(name);
             tasks.push(tokio::spawn(accept_loop(
                 socket,
-                (listener, tls),
+                (listener, tls, refused),
                 Arc::clone(&hub),
                 Arc::clone(&slots),
                 self.handshake.clone(),

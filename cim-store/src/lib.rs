@@ -1,7 +1,8 @@
 //! # cim-store
 //!
 //! Offline messages for cim-rs: two [`MessageStore`](cim_core::engine::MessageStore)s on
-//! disk, with a configurable [`Durability`] and a per-account cap.
+//! disk, with a configurable [`Durability`] and a per-account cap. Each is a feature (`redb`,
+//! `sled`; both on by default), so a build that needs one compiles only that database.
 //!
 //! - [`RedbStore`] (the server's default): redb, one writer thread that commits queued
 //!   operations in batches, and under [`Durability::Always`] a write-ahead log so that concurrent
@@ -31,13 +32,20 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "sled")]
 mod keys;
 mod options;
+#[cfg(feature = "redb")]
 mod redb_store;
+#[cfg(feature = "sled")]
 mod sled_store;
+#[cfg_attr(not(any(feature = "redb", feature = "sled")), allow(dead_code))]
 mod value;
+#[cfg(feature = "redb")]
 mod wal;
 
 pub use options::{Durability, StoreOptions};
+#[cfg(feature = "redb")]
 pub use redb_store::{RedbOpenError, RedbStore};
+#[cfg(feature = "sled")]
 pub use sled_store::{OpenError, SledStore};

@@ -90,6 +90,7 @@ fn body<T: Decode<()>>(rest: &[u8]) -> Result<T, ValueError> {
 
 /// The storage time of a value written by [`encode`], read without decoding the message (it is
 /// the first field); `None` if the value is not one this build can read.
+#[cfg_attr(not(feature = "redb"), allow(dead_code))] // redb's expiry index reads it
 pub fn stored_at(bytes: &[u8]) -> Option<i64> {
     let (&tag, rest) = bytes.split_first()?;
     match tag {

@@ -35,6 +35,7 @@ async fn limited_server() -> (RunningServer, Arc<Closes>) {
             protocol: Protocol::WebSocket(WsSettings::default()),
             connection: conn,
             max_data_entries: LIMIT,
+            access: Default::default(),
         })
         .listener(Listener::xml(loopback()).with_max_data_entries(LIMIT))
         .event_listener(closes.clone())

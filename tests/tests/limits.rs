@@ -36,6 +36,7 @@ async fn small_server(
             protocol: Protocol::Binary { max_frame: 100 },
             connection: conn,
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Default::default(),
         })
         .listener(Listener {
             addr: loopback(),
@@ -45,6 +46,7 @@ async fn small_server(
             }),
             connection: conn,
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Default::default(),
         })
         .listener(Listener {
             addr: loopback(),
@@ -54,6 +56,7 @@ async fn small_server(
             },
             connection: conn,
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Default::default(),
         })
         .event_listener(closes.clone())
         .max_connections(max_connections)

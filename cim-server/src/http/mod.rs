@@ -13,6 +13,7 @@
 
 mod api;
 mod body;
+mod client;
 mod compat;
 mod error;
 mod framed_io;
@@ -36,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::{debug, info};
 
+pub use client::ClientAddr;
 pub use compat::{FormError, parse_send_form};
 pub use error::ApiError;
 
@@ -43,8 +45,10 @@ use body::BodyLimits;
 use framed_io::FramedIo;
 use framing::HeadLimits;
 
+use crate::access::{self, Access, Refused};
 use crate::auth::TokenSigner;
-use crate::refusal::{RefusalLog, refuse_busy};
+use crate::refusal::{Reason, RefusalLog, Refusals, refuse_busy};
+use client::{ClientCheck, WithConn};
 
 /// What the HTTP handlers share.
 pub struct HttpState {
@@ -81,6 +85,9 @@ pub struct HttpConfig {
     pub max_headers: usize,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Who may connect, and where the client's address comes from (a PROXY header, forwarding
+    /// headers).
+    pub access: Access,
 }
 
 /// Compares in time independent of where the strings differ.
@@ -159,12 +166,19 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         .route("/api/v1/dispatch", get(api::dispatch))
         .merge(api)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            ClientCheck {
+                access: Arc::new(config.access.clone()),
+                refusals: Arc::new(Refusals::new("http")),
+            },
+            client::client_addr,
+        ))
         .layer(DefaultBodyLimit::max(config.max_body))
         .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
-type HttpConnection = http1::Connection<TokioIo<FramedIo>, TowerToHyperService<Router>>;
+type HttpConnection = http1::Connection<TokioIo<FramedIo>, TowerToHyperService<WithConn>>;
 
 /// Drives one connection to its end; shuts it down gracefully when its framer refuses a head
 /// or the server stops. Holds `_slot` (of `max_connections`) until then.
@@ -206,6 +220,74 @@ async fn drive(
     }
 }
 
+/// What every connection of the HTTP listener starts with.
+struct Accepting {
+    http: http1::Builder,
+    router: Router,
+    limits: HeadLimits,
+    header_timeout: Duration,
+    access: Access,
+    refusals: Refusals,
+}
+
+impl Accepting {
+    /// Serves the connection `stream` of `client` (holding `slot`) until it ends.
+    fn start(
+        &self,
+        stream: tokio::net::TcpStream,
+        client: SocketAddr,
+        stop: watch::Receiver<bool>,
+        slot: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (io, refused) = FramedIo::new(stream, self.limits, self.header_timeout);
+        let service = TowerToHyperService::new(WithConn {
+            router: self.router.clone(),
+            addr: client,
+        });
+        let conn = self.http.serve_connection(TokioIo::new(io), service);
+        drive(conn, refused, stop, client, slot)
+    }
+}
+
+/// Reads the PROXY header of a connection (within the header timeout), checks the client it
+/// names, and serves the connection.
+async fn start_proxied(
+    acc: Arc<Accepting>,
+    (mut stream, peer): (tokio::net::TcpStream, SocketAddr),
+    stop: watch::Receiver<bool>,
+    slot: OwnedSemaphorePermit,
+    denied: Arc<bytes::Bytes>,
+) {
+    let read = access::client_of(&mut stream, peer, &acc.access);
+    let refused = match tokio::time::timeout(acc.header_timeout, read).await {
+        Ok(Ok(client)) => {
+            if client != peer {
+                debug!(%peer, %client, "client address from the PROXY header");
+            }
+            return acc.start(stream, client, stop, slot).await;
+        }
+        Ok(Err(refused)) => refused,
+        Err(_) if acc.access.trusts(peer.ip()) => {
+            let why = "PROXY header not whole within http.header_timeout_ms";
+            return acc.refusals.refuse(Reason::ProxyHeader, peer, &why);
+        }
+        Err(_) => return,
+    };
+    let reason = match &refused {
+        Refused::Denied { .. } => Reason::Denied,
+        Refused::Untrusted(_) => Reason::UntrustedProxy,
+        Refused::Header(_) => Reason::ProxyHeader,
+        Refused::Gone(_) => return,
+    };
+    acc.refusals.refuse(reason, peer, &refused);
+    let answer: &[u8] = if reason == Reason::Denied {
+        &denied
+    } else {
+        b""
+    };
+    refuse_busy(stream, answer);
+}
+
 /// Serves `router` on `socket` until `stop` turns true, then lets requests in flight finish
 /// (for up to `grace`).
 pub async fn serve(
@@ -232,10 +314,22 @@ pub async fn serve(
             "too many HTTP connections: the limit is {max_connections} (http.max_connections)"
         ),
     );
+    let denied = Arc::new(error::error_response_bytes(
+        StatusCode::FORBIDDEN,
+        "this address is not allowed here (http.allow, http.deny)",
+    ));
     let mut refusals = RefusalLog::new(
         "HTTP connections refused with 503: http.max_connections reached",
         max_connections,
     );
+    let acc = Arc::new(Accepting {
+        http,
+        router,
+        limits,
+        header_timeout: config.header_timeout,
+        access: config.access,
+        refusals: Refusals::new("http"),
+    });
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             res = socket.accept() => match res {
@@ -248,15 +342,32 @@ pub async fn serve(
             },
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
+        if !acc.access.proxy_protocol
+            && let Err(why) = acc.access.admits(peer.ip())
+        {
+            let refused = Refused::Denied { addr: peer, why };
+            acc.refusals.refuse(Reason::Denied, peer, &refused);
+            refuse_busy(stream, &denied);
+            continue;
+        }
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             refuse_busy(stream, &busy);
+            acc.refusals.count(Reason::MaxConnections);
             refusals.refused();
             continue;
         };
-        let (io, refused) = FramedIo::new(stream, limits, config.header_timeout);
-        let service = TowerToHyperService::new(router.clone());
-        let conn = http.serve_connection(TokioIo::new(io), service);
-        tokio::spawn(drive(conn, refused, stop.clone(), peer, slot));
+        if acc.access.proxy_protocol {
+            let (acc, denied) = (Arc::clone(&acc), Arc::clone(&denied));
+            tokio::spawn(start_proxied(
+                acc,
+                (stream, peer),
+                stop.clone(),
+                slot,
+                denied,
+            ));
+        } else {
+            tokio::spawn(acc.start(stream, peer, stop.clone(), slot));
+        }
     }
     drop(socket);
     // Every connection holds a slot until it ends: all slots back means all ended.

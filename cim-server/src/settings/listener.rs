@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::host::Host;
 use super::{SettingsError, invalid};
+use crate::access::{self, Access, ForwardedHeader, Networks};
 use crate::transport::WsMode;
 
-/// A long-connection listener: where it listens and the largest frame it takes. The keys
-/// `path`, `mode` and `require_token` are the WebSocket listener's; `flash_policy` the XML
-/// listener's: set on another listener, they are refused.
+/// A long-connection listener: where it listens, the largest frame it takes, and who may
+/// connect. The keys `path`, `mode`, `require_token` and `forwarded_header` are the WebSocket
+/// listener's; `flash_policy` the XML listener's: set on another listener, they are refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSettings {
@@ -33,6 +34,23 @@ pub struct ListenerSettings {
     pub require_token: bool,
     /// XML: answer a Flash client's `<policy-file-request/>` with a cross-domain policy.
     pub flash_policy: bool,
+    /// Read a PROXY protocol header (v1 or v2) on every connection from `trusted_proxies`.
+    pub proxy_protocol: bool,
+    /// The networks of the load balancers whose PROXY headers (and, on the WebSocket listener,
+    /// forwarding headers) are believed.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub trusted_proxies: Networks,
+    /// WebSocket: the header the trusted proxies name the client in: `x-forwarded-for`,
+    /// `forwarded` or `x-real-ip`.
+    pub forwarded_header: ForwardedHeader,
+    /// When not empty, only clients in these networks are served.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub allow: Networks,
+    /// Clients in these networks are refused.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub deny: Networks,
+    /// The longest PROXY header taken, in bytes.
+    pub max_proxy_header: usize,
     /// TCP and WebSocket: TLS (`[tcp.tls]`, `[websocket.tls]`).
     pub tls: TlsSettings,
 }
@@ -93,7 +111,25 @@ impl ListenerSettings {
             mode: WsMode::Auto,
             require_token: false,
             flash_policy: false,
+            proxy_protocol: false,
+            trusted_proxies: Networks::none(),
+            forwarded_header: ForwardedHeader::default(),
+            allow: Networks::none(),
+            deny: Networks::none(),
+            max_proxy_header: access::DEFAULT_MAX_PROXY_HEADER,
             tls: TlsSettings::default(),
+        }
+    }
+
+    /// The listener's [`Access`]: its PROXY protocol, trusted proxies and address lists.
+    pub fn access(&self) -> Access {
+        Access {
+            proxy_protocol: self.proxy_protocol,
+            trusted_proxies: self.trusted_proxies.clone(),
+            forwarded_header: self.forwarded_header,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            max_proxy_header: self.max_proxy_header,
         }
     }
 
@@ -140,6 +176,13 @@ impl ListenerSettings {
             if self.require_token {
                 return Err(invalid(key("require_token"), true, only_ws));
             }
+            if self.forwarded_header != defaults.forwarded_header {
+                return Err(invalid(
+                    key("forwarded_header"),
+                    format!("{:?}", self.forwarded_header.name()),
+                    "only the websocket listener (and the HTTP API) read forwarding headers",
+                ));
+            }
         } else if !self.path.starts_with('/') {
             return Err(invalid(
                 key("path"),
@@ -154,6 +197,7 @@ impl ListenerSettings {
                 "only the xml listener takes it",
             ));
         }
+        validate_access(section, &self.access())?;
         self.validate_tls(kind)
     }
 
@@ -208,4 +252,28 @@ impl ListenerSettings {
             _ => Ok(()),
         }
     }
+}
+
+/// Checks the access keys of `section` (a listener, or `http`): the PROXY header's limit, and
+/// trusted proxies for the PROXY protocol.
+pub(crate) fn validate_access(section: &str, access: &Access) -> Result<(), SettingsError> {
+    let range = access::proxy_header::MIN_LIMIT..=access::proxy_header::MAX_LIMIT;
+    if !range.contains(&access.max_proxy_header) {
+        return Err(invalid(
+            format!("{section}.max_proxy_header"),
+            access.max_proxy_header,
+            format!("must be {} to {}", range.start(), range.end()),
+        ));
+    }
+    if access.proxy_protocol && access.trusted_proxies.is_empty() {
+        return Err(invalid(
+            format!("{section}.proxy_protocol"),
+            true,
+            format!(
+                "needs {section}.trusted_proxies: the networks of the load balancers whose \
+                 PROXY headers are believed"
+            ),
+        ));
+    }
+    Ok(())
 }

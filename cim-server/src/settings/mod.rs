@@ -273,6 +273,7 @@ impl Settings {
         if self.node_number().is_none() {
             return Err(invalid("node_id", self.node_id, "must be 0 to 255"));
         }
+        listener::validate_access("http", &self.http.access())?;
         if self.http.max_batch == 0 {
             return Err(invalid("http.max_batch", 0, "must be at least 1"));
         }

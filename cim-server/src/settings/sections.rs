@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use cim_store::Durability;
 
 use super::host::Host;
+use crate::access::{self, Access, ForwardedHeader, Networks};
 
 /// `[connection]`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +188,22 @@ pub struct HttpSettings {
     pub max_connections: usize,
     /// Messages accepted in one batch request.
     pub max_batch: usize,
+    /// Read a PROXY protocol header (v1 or v2) on every connection from `trusted_proxies`.
+    pub proxy_protocol: bool,
+    /// The networks of the proxies whose PROXY and forwarding headers are believed.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub trusted_proxies: Networks,
+    /// The header the trusted proxies name the client in: `x-forwarded-for`, `forwarded` or
+    /// `x-real-ip`.
+    pub forwarded_header: ForwardedHeader,
+    /// When not empty, only clients in these networks are served.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub allow: Networks,
+    /// Clients in these networks are refused.
+    #[serde(default)] // an empty list is left out of the merged defaults
+    pub deny: Networks,
+    /// The longest PROXY header taken, in bytes.
+    pub max_proxy_header: usize,
 }
 
 impl Default for HttpSettings {
@@ -203,6 +220,26 @@ impl Default for HttpSettings {
             max_headers: 100,
             max_connections: 1024,
             max_batch: 1000,
+            proxy_protocol: false,
+            trusted_proxies: Networks::none(),
+            forwarded_header: ForwardedHeader::default(),
+            allow: Networks::none(),
+            deny: Networks::none(),
+            max_proxy_header: access::DEFAULT_MAX_PROXY_HEADER,
+        }
+    }
+}
+
+impl HttpSettings {
+    /// The HTTP API's [`Access`]: its PROXY protocol, trusted proxies and address lists.
+    pub fn access(&self) -> Access {
+        Access {
+            proxy_protocol: self.proxy_protocol,
+            trusted_proxies: self.trusted_proxies.clone(),
+            forwarded_header: self.forwarded_header,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            max_proxy_header: self.max_proxy_header,
         }
     }
 }

@@ -309,3 +309,80 @@ fn a_cluster_needs_the_shared_store() {
         .to_string();
     assert!(e.contains("`node`") && e.contains("a b"), "{e}");
 }
+
+/// The access keys: lists from a file and from the environment, and errors that name the key.
+#[test]
+fn access_keys_read_and_refuse_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cim.toml");
+    std::fs::write(
+        &file,
+        "[tcp]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\"]\n\
+         [http]\ndeny = [\"203.0.113.0/24\"]\nforwarded_header = \"x-real-ip\"\n",
+    )
+    .unwrap();
+    let s = Settings::load(
+        Some(&file),
+        env(&[("CIM_WEBSOCKET__ALLOW", "127.0.0.0/8, ::1")]),
+    )
+    .unwrap();
+    let tcp = s.tcp.access();
+    assert!(tcp.proxy_protocol && tcp.trusts("10.1.1.1".parse().unwrap()));
+    assert!(!tcp.trusts("192.168.1.8".parse().unwrap()));
+    assert_eq!(s.websocket.allow.to_string(), "127.0.0.0/8,::1/128");
+    assert_eq!(
+        s.http.access().forwarded_header,
+        crate::access::ForwardedHeader::XRealIp
+    );
+    assert!(
+        s.http
+            .access()
+            .admits("203.0.113.9".parse().unwrap())
+            .is_err()
+    );
+
+    let e = Settings::load(None, env(&[("CIM_TCP__DENY", "10.0.0.0/33")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tcp.deny") && e.contains("10.0.0.0/33"), "{e}");
+    let e = Settings::load(None, env(&[("CIM_XML__PROXY_PROTOCOL", "true")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`xml.proxy_protocol` = true") && e.contains("xml.trusted_proxies"),
+        "{e}"
+    );
+    let e = Settings::load(None, env(&[("CIM_TCP__FORWARDED_HEADER", "forwarded")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`tcp.forwarded_header`"), "{e}");
+    let e = Settings::load(None, env(&[("CIM_HTTP__FORWARDED_HEADER", "via")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("http.forwarded_header") && e.contains("via"),
+        "{e}"
+    );
+}
+
+/// `max_proxy_header` takes 232 to 65551 bytes, on every listener and the HTTP API.
+#[test]
+fn the_proxy_header_limit_holds_at_its_edges() {
+    for section in ["TCP", "WEBSOCKET", "XML", "HTTP"] {
+        let var = format!("CIM_{section}__MAX_PROXY_HEADER");
+        for (value, ok) in [
+            ("231", false),
+            ("232", true),
+            ("65551", true),
+            ("65552", false),
+        ] {
+            let got = Settings::load(None, env(&[(&var, value)]));
+            assert_eq!(got.is_ok(), ok, "{var}={value}: {got:?}");
+            if let Err(e) = got {
+                let e = e.to_string();
+                let key = format!("{}.max_proxy_header", section.to_ascii_lowercase());
+                assert!(e.contains(&key) && e.contains(value), "{e}");
+            }
+        }
+    }
+}

@@ -249,11 +249,14 @@ enum Head {
     Refused,
 }
 
-/// Reads and checks the upgrade request head.
-async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    settings: &WsSettings,
-) -> Result<Head> {
+/// Reads and checks the upgrade request head; a valid one is then put to `check`, whose
+/// `Err(reason)` refuses it with `403` and the reason.
+async fn read_head<S, F>(stream: &mut S, settings: &WsSettings, check: F) -> Result<Head>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&HandshakeRequest) -> std::result::Result<(), String>,
+{
+    let mut check = Some(check);
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() >= settings.max_request_head {
@@ -321,6 +324,10 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
             refuse(stream, "400 Bad Request", "missing Sec-WebSocket-Key").await;
             return Ok(Head::Refused);
         };
+        if let Some(Err(why)) = check.take().map(|c| c(&request)) {
+            refuse(stream, "403 Forbidden", &why).await;
+            return Ok(Head::Refused);
+        }
         let accept = derive_accept_key(key.trim().as_bytes());
         let rest = buf.get(used..).unwrap_or_default().to_vec();
         return Ok(Head::Complete(request, accept, rest));
@@ -330,10 +337,26 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
 /// Performs the upgrade on `stream`. `None` when the request was refused (the refusal has been
 /// answered) or the peer went away.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: S,
     settings: &WsSettings,
 ) -> Result<Option<(WebSocketStream<S>, HandshakeRequest)>> {
-    let head = match timeout(settings.handshake_timeout, read_head(&mut stream, settings)).await {
+    accept_checked(stream, settings, |_| Ok(())).await
+}
+
+/// Performs the upgrade on `stream` as [`accept`] does, once `check` has taken the request:
+/// its `Err(reason)` refuses the upgrade with `403` and the reason (a client address denied
+/// once the forwarding headers are read, say).
+pub async fn accept_checked<S, F>(
+    mut stream: S,
+    settings: &WsSettings,
+    check: F,
+) -> Result<Option<(WebSocketStream<S>, HandshakeRequest)>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&HandshakeRequest) -> std::result::Result<(), String>,
+{
+    let read = read_head(&mut stream, settings, check);
+    let head = match timeout(settings.handshake_timeout, read).await {
         Ok(head) => head?,
         Err(_) => {
             refuse(

@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod haproxy;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -115,6 +116,7 @@ pub async fn start_with(
             protocol: Protocol::WebSocket(ws),
             connection: conn,
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            access: Default::default(),
         })
         .listener(Listener::xml(loopback()).with_connection(conn))
         .event_listener(closes.clone());
@@ -157,8 +159,13 @@ pub type XmlClient = StreamClient<XmlCodec>;
 
 impl<C: StreamCodec> StreamClient<C> {
     pub async fn connect(addr: SocketAddr, codec: C) -> Self {
+        Self::on(TcpStream::connect(addr).await.unwrap(), codec)
+    }
+
+    /// A client on a stream connected already.
+    pub fn on(stream: TcpStream, codec: C) -> Self {
         Self {
-            stream: TcpStream::connect(addr).await.unwrap(),
+            stream,
             codec,
             buf: BytesMut::new(),
         }

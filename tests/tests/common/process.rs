@@ -335,7 +335,26 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    http_on(
+        TcpStream::connect(addr).await.unwrap(),
+        addr,
+        method,
+        path,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// One HTTP/1.1 request on the connection `s` to `addr`.
+pub async fn http_on(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()

@@ -1,0 +1,93 @@
+//! The client of an HTTP API request: the connection's address (the PROXY header's client when
+//! `http.proxy_protocol` is on), or, from a trusted proxy, the client its forwarding header
+//! names; checked against `http.allow` and `http.deny` before anything else is done.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use tower::Service;
+
+use super::ApiError;
+use crate::access::{Access, Refused};
+use crate::refusal::{Reason, Refusals};
+
+/// The address of the connection a request came over (the client a PROXY header named, when
+/// there was one): a request extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnAddr(pub(crate) SocketAddr);
+
+/// The client of a request, once the forwarding headers of a trusted proxy are read: a request
+/// extension every handler may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The router of one connection: it gives every request the connection's address.
+#[derive(Clone)]
+pub(crate) struct WithConn {
+    pub(crate) router: Router,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Service<Request<Incoming>> for WithConn {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = <Router as Service<Request<Incoming>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request<Incoming>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnAddr(self.addr));
+        self.router.call(req)
+    }
+}
+
+/// What the client middleware holds.
+#[derive(Clone)]
+pub(crate) struct ClientCheck {
+    pub(crate) access: Arc<Access>,
+    pub(crate) refusals: Arc<Refusals>,
+}
+
+/// Finds the request's client, refuses it with `403` when the lists deny it, and hands it on
+/// as [`ClientAddr`].
+pub(crate) async fn client_addr(
+    State(check): State<ClientCheck>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(ConnAddr(conn)) = req.extensions().get::<ConnAddr>().copied() else {
+        return next.run(req).await;
+    };
+    let client = check.access.forwarded_client(
+        conn,
+        req.headers()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+    );
+    if client != conn
+        && let Err(why) = check.access.admits(client.ip())
+    {
+        let refused = Refused::Denied { addr: client, why };
+        check.refusals.refuse(Reason::Denied, conn, &refused);
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not allowed here (http.allow, http.deny)",
+                client.ip()
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(ClientAddr(client));
+    next.run(req).await
+}
