@@ -47,7 +47,8 @@ impl Inner {
             .arg(self.config.node_id)
             .arg(self.config.deadline.as_millis() as u64)
             .arg(candidate)
-            .arg(if draining { "1" } else { "0" });
+            .arg(if draining { "1" } else { "0" })
+            .arg(self.config.heartbeat.as_millis() as u64);
         for addr in [&a.tcp, &a.websocket, &a.http, &a.tls, &a.wss, &a.xml] {
             inv.arg(addr.as_str());
         }

@@ -813,6 +813,56 @@ async fn dispatch_picks_among_the_least_loaded_live_nodes() {
     assert!(seen.iter().any(|n| n == "c"), "{seen:?}");
 }
 
+/// A node killed with `kill -9` leaves dispatch once it has missed two heartbeats, long before
+/// its deadline passes: a reconnect storm after its death does not keep landing on it.
+#[tokio::test]
+async fn dispatch_passes_over_a_node_that_missed_its_heartbeats() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", 1);
+    // Its deadline is ten minutes: only its silence can take it out of dispatch.
+    let mut b = node_with(
+        &redis,
+        "b",
+        2,
+        &[("CIM_CLUSTER__NODE_DEADLINE_MS", "600000")],
+    );
+    let mut held = Vec::new();
+    for i in 0..100 {
+        held.push(bound(&a, &format!("la{i}"), "android", "p").await);
+    }
+    let _on_b = bound(&b, "lb", "android", "p").await;
+    assert_eq!(dispatch(&a).await["node"], "b", "the least loaded");
+    let b_nid = nid_of(&redis, "b");
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    eventually(
+        "dispatch passes over b",
+        Duration::from_secs(10),
+        || async {
+            let mut named = Vec::new();
+            for _ in 0..10 {
+                named.push(dispatch(&a).await["node"].as_str().unwrap().to_owned());
+            }
+            named.iter().all(|n| n == "a")
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(dispatch(&a).await["node"], "a");
+    }
+    // Not reaped: its deadline is still far off, so its session is still listed.
+    assert_eq!(sessions_of(&a, "lb").await.len(), 1);
+    // And still by far the least loaded (its session and the slots reserved on it while it was
+    // named): by load alone dispatch would name it.
+    let mut r = redis_conn(&redis);
+    let load: f64 = redis::cmd("ZSCORE")
+        .arg("cim:load")
+        .arg(&b_nid)
+        .query(&mut r)
+        .unwrap();
+    assert!(load + 1.0 < 100.0, "b's load {load}");
+}
+
 /// On one node, dispatch names the node itself.
 #[tokio::test]
 async fn a_single_node_dispatches_to_itself() {

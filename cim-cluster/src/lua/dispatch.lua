@@ -1,14 +1,25 @@
 -- The node a new client should connect to: of the live nodes that are not draining, the least
 -- loaded; when the next least loaded is within one connection of it, one of the two picked by
--- ARGV[2] (0 or 1). A slot is reserved on it (its load goes up by one until its next
--- heartbeat). Returns {nid, name, tcp, websocket, http, tls, wss, xml}, or nothing when no node
--- qualifies.
+-- ARGV[2] (0 or 1). A node that has missed two heartbeats (killed, most likely, but not yet
+-- past its deadline) is passed over while any other qualifies. A slot is reserved on the node
+-- named (its load goes up by one until its next heartbeat). Returns {nid, name, tcp, websocket,
+-- http, tls, wss, xml}, or nothing when no node qualifies.
 local now = now_ms()
-local c = {}
+local c, silent = {}, {}
 for _, nid in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '(' .. now, '+inf')) do
-  if redis.call('HGET', P .. 'node:' .. nid, 'draining') ~= '1' then
-    c[#c + 1] = { nid, tonumber(redis.call('ZSCORE', P .. 'load', nid) or '0') }
+  local h = redis.call('HMGET', P .. 'node:' .. nid, 'draining', 'beat', 'every')
+  if h[1] ~= '1' then
+    local entry = { nid, tonumber(redis.call('ZSCORE', P .. 'load', nid) or '0') }
+    local beat, every = tonumber(h[2]), tonumber(h[3])
+    if beat and every and now - beat > 2 * every then
+      silent[#silent + 1] = entry
+    else
+      c[#c + 1] = entry
+    end
   end
+end
+if #c == 0 then
+  c = silent
 end
 if #c == 0 then
   return {}

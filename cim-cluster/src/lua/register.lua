@@ -1,5 +1,6 @@
 -- Registers a node. ARGV: prefix, nid, name, node number, deadline (ms), an epoch to set if
--- there is none, draining ('1' or '0'), then its addresses: tcp, websocket, http, tls, wss, xml.
+-- there is none, draining ('1' or '0'), heartbeat (ms), then its addresses: tcp, websocket,
+-- http, tls, wss, xml.
 -- Refuses when a live node has the same name or number.
 -- Returns {'ok', epoch} or {'taken', nid, name, number}.
 local nid, name, number, deadline = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -17,6 +18,6 @@ redis.call('ZADD', P .. 'nodes', now + deadline, nid)
 redis.call('ZADD', P .. 'conns', 'NX', 0, nid)
 redis.call('ZADD', P .. 'load', 'NX', 0, nid)
 redis.call('HSET', P .. 'node:' .. nid, 'name', name, 'node_id', number, 'draining', ARGV[7],
-  'tcp', ARGV[8], 'websocket', ARGV[9], 'http', ARGV[10], 'tls', ARGV[11], 'wss', ARGV[12],
-  'xml', ARGV[13])
+  'beat', now, 'every', ARGV[8], 'tcp', ARGV[9], 'websocket', ARGV[10], 'http', ARGV[11],
+  'tls', ARGV[12], 'wss', ARGV[13], 'xml', ARGV[14])
 return { 'ok', redis.call('GET', P .. 'epoch') }
