@@ -384,17 +384,26 @@ pub async fn storm(ctx: &mut Ctx, n: usize) -> anyhow::Result<Value> {
     let quiet = Duration::from_secs(30).max(Duration::from_millis(settings.deadline_ms * 3));
     let lost = fleet.wait_for(&sent, quiet).await;
     let failed = fleet.tally.failed_attempts.load(Ordering::Acquire);
+    let failed_named = fleet.tally.failed_named.load(Ordering::Acquire);
+    let failed_fallback = fleet.tally.failed_fallback.load(Ordering::Acquire);
     let dropped = fleet.duplicates_dropped();
     let twice = fleet.tally.twice.load(Ordering::Acquire);
     say(
         ctx,
         format!(
             "storm: node {dead} killed with {} clients; all bound again through dispatch after \
-             {:.2} s ({} failed attempts retried); moved to {}",
+             {:.2} s; moved to {}",
             moved.len(),
             recovered.as_secs_f64(),
-            failed,
             counts_text(&moved_to)
+        ),
+    );
+    say(
+        ctx,
+        format!(
+            "failed attempts, retried after a back-off: {failed} ({failed_named} to a node \
+             dispatch named, {failed_fallback} to the last good address when dispatch could not \
+             be asked)"
         ),
     );
     say(
@@ -420,7 +429,8 @@ pub async fn storm(ctx: &mut Ctx, n: usize) -> anyhow::Result<Value> {
         "scenario": "cluster storm", "nodes": settings.nodes, "clients": n,
         "connect_seconds": connect_seconds, "killed": dead,
         "moved": moved.len(), "recovery_seconds": recovered.as_secs_f64(),
-        "failed_attempts": failed, "before": counts_json(&before), "after": counts_json(&after),
+        "failed_attempts": failed, "failed_named": failed_named,
+        "failed_fallback": failed_fallback, "before": counts_json(&before), "after": counts_json(&after),
         "moved_to": counts_json(&moved_to), "max_per_node": max, "min_per_node": min,
         "max_over_min": ratio, "sent": sent.len(), "refused": refused, "lost": lost,
         "duplicates_dropped": dropped, "duplicates_delivered": twice,

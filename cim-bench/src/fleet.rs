@@ -18,9 +18,13 @@ use tokio::task::JoinHandle;
 pub struct Tally {
     /// Binds after a reconnect.
     pub rebinds: AtomicUsize,
-    /// Connect attempts that failed (dispatch unreachable and the last good address dead, a
-    /// node named that had died, …), each retried after a back-off.
+    /// Connect attempts that failed, each retried after a back-off.
     pub failed_attempts: AtomicU64,
+    /// Of those: to a node dispatch named (one that had died, most likely).
+    pub failed_named: AtomicU64,
+    /// Of those: to the last good address, because dispatch could not be asked (its node
+    /// refused the request: `http.max_connections`, say).
+    pub failed_fallback: AtomicU64,
     /// Messages that reached an application a second time (the SDK should drop every copy).
     pub twice: AtomicU64,
 }
@@ -169,8 +173,15 @@ async fn take(mut events: cim_client::Events, got: Arc<Mutex<HashSet<i64>>>, tal
             Event::Connected { rebound: true } => {
                 tally.rebinds.fetch_add(1, Ordering::AcqRel);
             }
-            Event::ConnectFailed { .. } => {
+            Event::ConnectFailed { reason, .. } => {
                 tally.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                // The SDK says where an attempt went: "node X at …" or "…; the last good
+                // address …".
+                if reason.contains("; the last good address ") {
+                    tally.failed_fallback.fetch_add(1, Ordering::Relaxed);
+                } else if reason.starts_with("node ") {
+                    tally.failed_named.fetch_add(1, Ordering::Relaxed);
+                }
             }
             _ => {}
         }

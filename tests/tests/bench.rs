@@ -275,6 +275,11 @@ fn cluster_scenarios_run_across_three_nodes() {
         "messages were sent to the moving accounts: {v}"
     );
     assert_eq!(v["lost"], 0, "{v}");
+    let failed = |k: &str| v[k].as_u64().unwrap();
+    assert!(
+        failed("failed_named") + failed("failed_fallback") <= failed("failed_attempts"),
+        "{v}"
+    );
     let (max, min) = (
         v["max_per_node"].as_u64().unwrap(),
         v["min_per_node"].as_u64().unwrap(),
