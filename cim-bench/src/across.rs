@@ -11,8 +11,8 @@
 //!   until all are bound again, how evenly the survivors share the clients (most and fewest per
 //!   node), and whether any message was lost.
 //!
-//! The clients ask dispatch at the survivors' HTTP APIs (round robin), as they would behind a
-//! load balancer that takes a dead node out of its rotation.
+//! The clients ask dispatch at the survivors' HTTP APIs (each client from a different one first),
+//! as they would behind a load balancer that takes a dead node out of its rotation.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

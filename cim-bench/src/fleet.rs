@@ -51,7 +51,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Fleet {
     /// Connects `n` clients (accounts `{prefix}0` …), `concurrency` at a time, client `i` asking
-    /// dispatch at `urls[i % urls.len()]`, and waits until all are bound.
+    /// dispatch at `urls[i % urls.len()]` first and at the others after it, and waits until all
+    /// are bound.
     pub async fn open(
         urls: &[DispatchUrl],
         n: usize,
@@ -65,17 +66,20 @@ impl Fleet {
         let start = Instant::now();
         let mut joins = Vec::with_capacity(n);
         for i in 0..n {
-            let url = urls
-                .get(i % urls.len().max(1))
-                .context("no dispatch URL")?
-                .clone();
+            if urls.is_empty() {
+                anyhow::bail!("no dispatch URL");
+            }
+            // Every URL, from a different one for each client: the next is asked when one
+            // cannot answer.
+            let mut mine = urls.to_vec();
+            mine.rotate_left(i % urls.len());
             let uid = format!("{prefix}{i}");
             let (gate, tally, bar) = (Arc::clone(&gate), Arc::clone(&tally), bar.clone());
             joins.push(tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await;
                 let mut bind = BindInfo::new(&uid);
                 bind.device_id = format!("bench-{uid}");
-                let config = ClientConfig::dispatched(url, Protocol::Tcp, bind);
+                let config = ClientConfig::dispatched_any(mine, Protocol::Tcp, bind);
                 let (client, events) = Client::connect(config)
                     .await
                     .with_context(|| format!("{uid} could not bind through dispatch"))?;

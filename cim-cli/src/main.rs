@@ -10,6 +10,7 @@
 //! cim ping -s wss://localhost:34443/ --ca ca.pem                   # trusting a CA of your own
 //! cim listen --uid 10000 --dispatch http://127.0.0.1:8080          # the node dispatch names
 //! cim listen --uid 10000 --dispatch http://127.0.0.1:8080 --protocol ws+json --ws-path /push
+//! cim listen --uid 10000 --dispatch http://127.0.0.1:8080 --dispatch http://127.0.0.1:8081
 //! ```
 
 use std::process::ExitCode;
@@ -119,9 +120,10 @@ struct ConnArgs {
     server: String,
     /// Instead of a fixed server: before every connect and reconnect, ask this dispatch URL
     /// (http://host:port, or a full URL) which node to connect to, and connect to it in
-    /// --protocol; when dispatch cannot be asked, reconnect to the last good address.
+    /// --protocol. Give it more than once (several nodes' HTTP APIs) to ask the next when one
+    /// cannot answer; when none can, reconnect to the last good address.
     #[arg(long, value_name = "URL", conflicts_with = "server")]
-    dispatch: Option<String>,
+    dispatch: Vec<String>,
     /// With --dispatch: tcp, tls, xml, ws, ws+json, wss or wss+json.
     #[arg(long, default_value = "tcp", requires = "dispatch")]
     protocol: String,
@@ -146,16 +148,18 @@ struct ConnArgs {
 
 impl ConnArgs {
     fn target(&self) -> anyhow::Result<Target> {
-        Ok(match &self.dispatch {
-            Some(url) => {
-                let url: DispatchUrl = url.parse()?;
-                let protocol: Protocol = self.protocol.parse()?;
-                Target::Dispatch {
-                    url,
-                    protocol: protocol.with_path(&self.ws_path)?,
-                }
-            }
-            None => Target::Endpoint(self.server.parse::<Endpoint>()?),
+        if self.dispatch.is_empty() {
+            return Ok(Target::Endpoint(self.server.parse::<Endpoint>()?));
+        }
+        let urls = self
+            .dispatch
+            .iter()
+            .map(|u| u.parse::<DispatchUrl>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let protocol: Protocol = self.protocol.parse()?;
+        Ok(Target::Dispatch {
+            urls,
+            protocol: protocol.with_path(&self.ws_path)?,
         })
     }
 
@@ -340,14 +344,14 @@ fn where_bound(client: &Client, target: &Target) -> String {
     let endpoint = client
         .endpoint()
         .map_or_else(|| target.to_string(), |e| e.to_string());
-    match (target, client.node()) {
-        (Target::Dispatch { url, .. }, Some(node)) => {
+    match (target, client.node(), client.dispatched_by()) {
+        (Target::Dispatch { .. }, Some(node), Some(url)) => {
             format!("{endpoint} (node {node}, named by dispatch {url})")
         }
-        (Target::Dispatch { url, .. }, None) => {
-            format!("{endpoint} (the last good address: dispatch {url} could not be asked)")
+        (Target::Dispatch { .. }, _, _) => {
+            format!("{endpoint} (the last good address: dispatch could not be asked)")
         }
-        (Target::Endpoint(_), _) => endpoint,
+        (Target::Endpoint(_), _, _) => endpoint,
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::{ClientConfig, Endpoint, Target};
+use crate::dispatch::DispatchUrl;
 use crate::error::{ClientError, Result};
 use crate::transport::Conn;
 
@@ -65,10 +66,19 @@ enum Command {
 
 struct Shared {
     connected: AtomicBool,
-    /// Where the current (or last) connection went, and the node dispatch named for it.
-    at: Mutex<(Option<Endpoint>, Option<String>)>,
+    /// Where the current (or last) connection went.
+    at: Mutex<At>,
     /// Copies of messages seen before, dropped.
     duplicates: AtomicU64,
+}
+
+/// Where a connection went: its endpoint, the node dispatch named for it, and the dispatch URL
+/// that named it.
+#[derive(Default)]
+struct At {
+    endpoint: Option<Endpoint>,
+    node: Option<String>,
+    dispatch: Option<DispatchUrl>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,7 +158,7 @@ impl Client {
         let (event_tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
-            at: Mutex::new((None, None)),
+            at: Mutex::new(At::default()),
             duplicates: AtomicU64::new(0),
         });
         let client = Client {
@@ -170,6 +180,7 @@ impl Client {
             shared,
             bound_before: false,
             last_good: None,
+            dispatch_from: 0,
             deferred: VecDeque::new(),
         };
         tokio::spawn(task.run().instrument(span));
@@ -205,14 +216,20 @@ impl Client {
     /// The endpoint of the current connection (or of the last one, between reconnects); `None`
     /// before the first bind. With dispatch, the address dispatch named (or the last good one).
     pub fn endpoint(&self) -> Option<Endpoint> {
-        lock(&self.shared.at).0.clone()
+        lock(&self.shared.at).endpoint.clone()
     }
 
     /// The node dispatch named for the current (or last) connection; `None` with a fixed
     /// server, and when the connection went to the last good address because dispatch could
     /// not be asked.
     pub fn node(&self) -> Option<String> {
-        lock(&self.shared.at).1.clone()
+        lock(&self.shared.at).node.clone()
+    }
+
+    /// The dispatch URL that named the node of the current (or last) connection; `None` when
+    /// [`node`](Self::node) is.
+    pub fn dispatched_by(&self) -> Option<DispatchUrl> {
+        lock(&self.shared.at).dispatch.clone()
     }
 
     /// How many copies of messages seen before (within
@@ -337,6 +354,8 @@ struct Resolved {
     endpoint: Endpoint,
     /// The node dispatch named.
     node: Option<String>,
+    /// The dispatch URL that named it.
+    asked: Option<DispatchUrl>,
     /// Why dispatch could not be asked, when this is the last good address instead.
     fallback: Option<String>,
 }
@@ -450,6 +469,8 @@ struct Task {
     /// The endpoint of the last successful bind: where a client that follows dispatch goes
     /// when dispatch cannot be asked.
     last_good: Option<Endpoint>,
+    /// Which dispatch URL to ask first: the one that last answered.
+    dispatch_from: usize,
     /// Commands taken while waiting for room in `events`, in order.
     deferred: VecDeque<Command>,
 }
@@ -513,7 +534,11 @@ impl Task {
                     }
                 };
             attempt = 0;
-            *lock(&self.shared.at) = (Some(at.endpoint.clone()), at.node);
+            *lock(&self.shared.at) = At {
+                endpoint: Some(at.endpoint.clone()),
+                node: at.node,
+                dispatch: at.asked,
+            };
             self.last_good = Some(at.endpoint);
             let rebound = std::mem::replace(&mut self.bound_before, true);
             self.shared.connected.store(true, Ordering::Release);
@@ -661,41 +686,54 @@ impl Task {
     /// for the protocol — or, when it cannot be asked, the last address a bind succeeded on.
     /// `Err` (retried with back-off) when there is neither.
     async fn resolve(&mut self) -> std::result::Result<Resolved, String> {
-        let (url, protocol) = match &self.config.target {
+        let (urls, protocol) = match &self.config.target {
             Target::Endpoint(e) => {
                 return Ok(Resolved {
                     endpoint: e.clone(),
                     node: None,
+                    asked: None,
                     fallback: None,
                 });
             }
-            Target::Dispatch { url, protocol } => (url, protocol),
+            Target::Dispatch { urls, protocol } => (urls, protocol),
         };
         let limit = self.config.connect_timeout;
-        let asked = tokio::time::timeout(
-            limit,
-            crate::dispatch::ask(url, self.config.ca_file.as_deref(), self.config.max_frame),
-        )
-        .await;
-        let why = match asked {
-            Ok(Ok(node)) => {
-                let addr = protocol.address_in(&node);
-                if !addr.is_empty() {
-                    debug!(node = %node.node, %addr, "dispatch named a node");
-                    return Ok(Resolved {
-                        endpoint: protocol.at(addr),
-                        node: Some(node.node.clone()),
-                        fallback: None,
-                    });
+        let mut whys = Vec::new();
+        for k in 0..urls.len() {
+            let i = (self.dispatch_from + k) % urls.len();
+            let Some(url) = urls.get(i) else { continue };
+            let asked = tokio::time::timeout(
+                limit,
+                crate::dispatch::ask(url, self.config.ca_file.as_deref(), self.config.max_frame),
+            )
+            .await;
+            whys.push(match asked {
+                Ok(Ok(node)) => {
+                    let addr = protocol.address_in(&node);
+                    if !addr.is_empty() {
+                        debug!(node = %node.node, %addr, %url, "dispatch named a node");
+                        self.dispatch_from = i;
+                        return Ok(Resolved {
+                            endpoint: protocol.at(addr),
+                            node: Some(node.node.clone()),
+                            asked: Some(url.clone()),
+                            fallback: None,
+                        });
+                    }
+                    format!(
+                        "dispatch {url} named node {:?}, which has no {} address",
+                        node.node,
+                        protocol.listener()
+                    )
                 }
-                format!(
-                    "dispatch {url} named node {:?}, which has no {} address",
-                    node.node,
-                    protocol.listener()
-                )
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("dispatch {url}: no answer within {limit:?} (connect_timeout)"),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("dispatch {url}: no answer within {limit:?} (connect_timeout)"),
+            });
+        }
+        let why = if whys.is_empty() {
+            "no dispatch URL is configured".to_owned()
+        } else {
+            whys.join("; ")
         };
         match &self.last_good {
             Some(last) => {
@@ -703,6 +741,7 @@ impl Task {
                 Ok(Resolved {
                     endpoint: last.clone(),
                     node: None,
+                    asked: None,
                     fallback: Some(why),
                 })
             }

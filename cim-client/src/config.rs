@@ -244,18 +244,21 @@ impl FromStr for Protocol {
     }
 }
 
-/// Where a client connects: one server, or whichever node a dispatch URL names.
+/// Where a client connects: one server, or whichever node dispatch names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// Always this server.
     Endpoint(Endpoint),
-    /// Before every connect and reconnect, ask `url` (`GET /api/v1/dispatch`) and connect in
-    /// `protocol` to the address it names. When dispatch cannot be asked (unreachable, an
-    /// error, no address for the protocol), connect to the last address a bind succeeded on,
-    /// if there is one; else the attempt fails and is retried with the same back-off.
+    /// Before every connect and reconnect, ask dispatch (`GET /api/v1/dispatch`) and connect in
+    /// `protocol` to the address it names. The URLs are asked in turn, from the one that last
+    /// answered, until one names a node with an address for the protocol (several nodes' URLs
+    /// keep a client going when the node it asked is drained or dies). When none does
+    /// (unreachable, an error, no address for the protocol), connect to the last address a
+    /// bind succeeded on, if there is one; else the attempt fails and is retried with the same
+    /// back-off.
     Dispatch {
-        /// The dispatch URL.
-        url: DispatchUrl,
+        /// The dispatch URLs (at least one).
+        urls: Vec<DispatchUrl>,
         /// What to speak to the node named.
         protocol: Protocol,
     },
@@ -265,7 +268,16 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Endpoint(e) => e.fmt(f),
-            Target::Dispatch { url, protocol } => write!(f, "{protocol} through dispatch {url}"),
+            Target::Dispatch { urls, protocol } => {
+                write!(f, "{protocol} through dispatch ")?;
+                for (i, url) in urls.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    url.fmt(f)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -431,7 +443,14 @@ impl ClientConfig {
     /// The defaults for a client that asks dispatch at `url` before every connect, and speaks
     /// `protocol` to the node it names.
     pub fn dispatched(url: DispatchUrl, protocol: Protocol, bind: BindInfo) -> Self {
-        Self::with_target(Target::Dispatch { url, protocol }, bind)
+        Self::dispatched_any(vec![url], protocol, bind)
+    }
+
+    /// The defaults for a client that asks dispatch at the first of `urls` that answers (from
+    /// the one that last answered) before every connect, and speaks `protocol` to the node it
+    /// names.
+    pub fn dispatched_any(urls: Vec<DispatchUrl>, protocol: Protocol, bind: BindInfo) -> Self {
+        Self::with_target(Target::Dispatch { urls, protocol }, bind)
     }
 
     /// The defaults for `target` and `bind`.

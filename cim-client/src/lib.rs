@@ -36,15 +36,17 @@
 //! # Following dispatch
 //!
 //! Instead of a fixed server, a client can follow a cluster's dispatch
-//! ([`ClientConfig::dispatched`], [`Target::Dispatch`]): before every connect and every
-//! reconnect it asks the dispatch URL (`GET /api/v1/dispatch`, one small HTTP/1.1 request on a
-//! connection of its own, see [`dispatch`]) which node to connect to, and connects to the
-//! address that node has for the configured [`Protocol`]. When dispatch cannot be asked — it is
-//! unreachable, answers an error (`503` when no node qualifies), does not answer within
-//! [`ClientConfig::connect_timeout`], or names a node without a listener for the protocol — the
-//! client connects to the last address a bind succeeded on instead; a failed attempt of either
-//! kind is retried with the same back-off as any other. [`Client::endpoint`] and
-//! [`Client::node`] tell where it is bound.
+//! ([`ClientConfig::dispatched`], [`ClientConfig::dispatched_any`], [`Target::Dispatch`]):
+//! before every connect and every reconnect it asks a dispatch URL (`GET /api/v1/dispatch`, one
+//! small HTTP/1.1 request on a connection of its own, see [`dispatch`]) which node to connect
+//! to, and connects to the address that node has for the configured [`Protocol`]. Given several
+//! URLs (the HTTP APIs of several nodes, so that a node drained or dead does not take the
+//! client's dispatch with it) it asks them in turn, from the one that last answered. When none
+//! can be asked — unreachable, an error (`503` when no node qualifies), no answer within
+//! [`ClientConfig::connect_timeout`], a node without a listener for the protocol — the client
+//! connects to the last address a bind succeeded on instead; a failed attempt of either kind is
+//! retried with the same back-off as any other. [`Client::endpoint`], [`Client::node`] and
+//! [`Client::dispatched_by`] tell where it is bound and who named the node.
 //!
 //! ```no_run
 //! use cim_client::{BindInfo, Client, ClientConfig, Protocol};

@@ -275,6 +275,19 @@ fn listen_send_and_ping_follow_dispatch() {
         )),
         "{err}"
     );
+    // A second URL is asked when the first cannot answer.
+    let nobody = format!("http://{free}");
+    let (code, out, err) = cim_once(&[
+        "ping",
+        "--dispatch",
+        &nobody,
+        "--dispatch",
+        &dispatch,
+        "-c",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{tcp} {named}: connected")), "{out}");
     // Not a protocol; a protocol without a dispatch URL; a server and a dispatch URL at once.
     let (code, _, err) = cim_once(&["ping", "--dispatch", &dispatch, "--protocol", "http"]);
     assert_eq!(code, 1);

@@ -206,6 +206,31 @@ async fn a_dispatched_client_falls_back_to_its_last_good_address() {
     refusing.abort();
 }
 
+/// With several dispatch URLs the client asks the next when one cannot answer: the first names
+/// a port nobody listens on, the second a live node, which the client binds on.
+#[tokio::test]
+async fn a_dispatched_client_asks_the_next_url_when_one_cannot() {
+    let p = ServerProcess::start(&[("CIM_NODE", "solo")]);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody: DispatchUrl = format!("http://{}", free.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(free);
+    let live: DispatchUrl = format!("http://{}", p.addr("http")).parse().unwrap();
+    let mut cfg = dispatched(p.addr("http"), "tcp", "two-urls");
+    cfg.target = cim_client::Target::Dispatch {
+        urls: vec![nobody, live.clone()],
+        protocol: cim_client::Protocol::Tcp,
+    };
+    let (client, mut events) = Client::connect(cfg).await.unwrap();
+    assert_eq!(client.node().as_deref(), Some("solo"));
+    assert_eq!(client.dispatched_by(), Some(live));
+    let id = send_ok(p.addr("http"), "two-urls", "through the second").await;
+    let mut got = HashMap::new();
+    take_until(&mut events, &mut got, WAIT, |g| g.contains_key(&id)).await;
+    client.destroy().await;
+}
+
 /// A copy of a message the client has seen (the server sends it again after a reconnect,
 /// its receipt never having reached the server) is dropped within `dedup_window`, and reaches
 /// the application with a window of 0.
