@@ -181,6 +181,7 @@ impl Client {
             bound_before: false,
             last_good: None,
             dispatch_from: 0,
+            avoid: None,
             deferred: VecDeque::new(),
         };
         tokio::spawn(task.run().instrument(span));
@@ -471,6 +472,9 @@ struct Task {
     last_good: Option<Endpoint>,
     /// Which dispatch URL to ask first: the one that last answered.
     dispatch_from: usize,
+    /// The node dispatch is asked to pass over: the one the last connection was lost on, or
+    /// the last one named that could not be reached (none once a bind succeeds).
+    avoid: Option<String>,
     /// Commands taken while waiting for room in `events`, in order.
     deferred: VecDeque<Command>,
 }
@@ -515,16 +519,19 @@ impl Task {
                         continue;
                     }
                     Ok(Err(ClientError::Connect { reason, .. })) => {
+                        self.pass_over(&at.node);
                         wake = self.retry_later(at.explain(reason), &mut attempt).await;
                         continue;
                     }
                     Ok(Err(e)) => {
+                        self.pass_over(&at.node);
                         wake = self
                             .retry_later(at.explain(e.to_string()), &mut attempt)
                             .await;
                         continue;
                     }
                     Err(_) => {
+                        self.pass_over(&at.node);
                         let reason = format!(
                             "no bind within {:?} (connect_timeout)",
                             self.config.connect_timeout
@@ -534,9 +541,10 @@ impl Task {
                     }
                 };
             attempt = 0;
+            self.avoid = None;
             *lock(&self.shared.at) = At {
                 endpoint: Some(at.endpoint.clone()),
-                node: at.node,
+                node: at.node.clone(),
                 dispatch: at.asked,
             };
             self.last_good = Some(at.endpoint);
@@ -548,6 +556,8 @@ impl Task {
             self.shared.connected.store(false, Ordering::Release);
             wake = match end {
                 End::Lost(reason) => {
+                    // Its node may be gone: dispatch is asked to pass over it next time.
+                    self.pass_over(&at.node);
                     // Closed soon after binding, again and again: something takes the account
                     // over (a second client of this device); back off as after failures.
                     let lasted = bound_at.elapsed();
@@ -704,7 +714,12 @@ impl Task {
             let Some(url) = urls.get(i) else { continue };
             let asked = tokio::time::timeout(
                 limit,
-                crate::dispatch::ask(url, self.config.ca_file.as_deref(), self.config.max_frame),
+                crate::dispatch::ask_avoiding(
+                    url,
+                    self.avoid.as_deref(),
+                    self.config.ca_file.as_deref(),
+                    self.config.max_frame,
+                ),
             )
             .await;
             whys.push(match asked {
@@ -746,6 +761,14 @@ impl Task {
                 })
             }
             None => Err(why),
+        }
+    }
+
+    /// Asks dispatch to pass over `node` next time (when a node dispatch named is the one that
+    /// failed; a failed fallback to the last good address keeps what was asked before).
+    fn pass_over(&mut self, node: &Option<String>) {
+        if node.is_some() {
+            self.avoid.clone_from(node);
         }
     }
 

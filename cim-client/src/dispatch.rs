@@ -138,6 +138,18 @@ pub async fn ask(
     ca_file: Option<&Path>,
     max_answer: usize,
 ) -> Result<NodeAddrs> {
+    ask_avoiding(url, None, ca_file, max_answer).await
+}
+
+/// [`ask`], telling dispatch which node to pass over if it can (`avoid=`): the one the client
+/// just lost, or could not reach — a node killed is live in the cluster's registry until its
+/// deadline.
+pub async fn ask_avoiding(
+    url: &DispatchUrl,
+    avoid: Option<&str>,
+    ca_file: Option<&Path>,
+    max_answer: usize,
+) -> Result<NodeAddrs> {
     let failed = |reason: String| ClientError::Dispatch {
         url: url.to_string(),
         reason,
@@ -154,10 +166,17 @@ pub async fn ask(
     } else {
         Socket::Plain(stream)
     };
+    let target = match avoid {
+        Some(node) => {
+            let sep = if url.path().contains('?') { '&' } else { '?' };
+            format!("{}{sep}avoid={}", url.path(), encode(node))
+        }
+        None => url.path().to_owned(),
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: cim-client/{}\r\n\
          Connection: close\r\n\r\n",
-        url.path(),
+        target,
         url.authority(),
         env!("CARGO_PKG_VERSION")
     );
@@ -192,6 +211,19 @@ pub async fn ask(
             None => {}
         }
     }
+}
+
+/// `s` percent-encoded for a query value (everything but unreserved characters).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// How an answer's body ends.
@@ -411,6 +443,33 @@ mod tests {
             );
             assert!(req.contains("Connection: close\r\n"), "{req}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_node_to_avoid_goes_in_the_query() {
+        let json = r#"{"node":"a","tcp":"127.0.0.1:2"}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        let (url, server) = serve_once(answer.clone().into_bytes()).await;
+        ask_avoiding(&url, Some("b.1"), None, 4096).await.unwrap();
+        let req = server.await.unwrap();
+        assert!(
+            req.starts_with("GET /api/v1/dispatch?avoid=b.1 HTTP/1.1\r\n"),
+            "{req}"
+        );
+        // A query of the URL's own is kept; odd bytes are encoded.
+        let (base, server) = serve_once(answer.into_bytes()).await;
+        let url: DispatchUrl = format!("http://{}/d?zone=eu", base.authority())
+            .parse()
+            .unwrap();
+        ask_avoiding(&url, Some("a b&c"), None, 4096).await.unwrap();
+        let req = server.await.unwrap();
+        assert!(
+            req.starts_with("GET /d?zone=eu&avoid=a%20b%26c HTTP/1.1\r\n"),
+            "{req}"
+        );
     }
 
     #[tokio::test]

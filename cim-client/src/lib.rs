@@ -41,7 +41,10 @@
 //! small HTTP/1.1 request on a connection of its own, see [`dispatch`]) which node to connect
 //! to, and connects to the address that node has for the configured [`Protocol`]. Given several
 //! URLs (the HTTP APIs of several nodes, so that a node drained or dead does not take the
-//! client's dispatch with it) it asks them in turn, from the one that last answered. When none
+//! client's dispatch with it) it asks them in turn, from the one that last answered. After it
+//! lost the connection to a node, or could not reach the node named, it asks dispatch to pass
+//! over that node (`?avoid=`): a node killed stays live in the cluster's registry until its
+//! deadline, and would otherwise be named again. When none
 //! can be asked — unreachable, an error (`503` when no node qualifies), no answer within
 //! [`ClientConfig::connect_timeout`], a node without a listener for the protocol — the client
 //! connects to the last address a bind succeeded on instead; a failed attempt of either kind is

@@ -30,10 +30,11 @@ impl ClusterDispatch {
 
 #[async_trait]
 impl Dispatch for ClusterDispatch {
-    async fn pick(&self) -> cim_core::Result<NodeAddrs> {
+    async fn pick(&self, avoid: Option<&str>) -> cim_core::Result<NodeAddrs> {
         let inner = &self.inner;
         let mut inv = inner.invocation(&inner.scripts.dispatch);
-        inv.arg(if fastrand::bool() { "1" } else { "0" });
+        inv.arg(if fastrand::bool() { "1" } else { "0" })
+            .arg(avoid.unwrap_or(""));
         let mut it = array(inner.call(&inv).await?)?.into_iter().map(text);
         let mut next = || it.next().transpose().map(Option::unwrap_or_default);
         let nid = next()?;

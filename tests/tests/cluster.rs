@@ -814,7 +814,8 @@ async fn dispatch_picks_among_the_least_loaded_live_nodes() {
 }
 
 /// A node killed with `kill -9` leaves dispatch once it has missed two heartbeats, long before
-/// its deadline passes: a reconnect storm after its death does not keep landing on it.
+/// its deadline passes: a reconnect storm after its death does not keep landing on it. And a
+/// client that names the node it lost (`?avoid=`) is sent elsewhere at once.
 #[tokio::test]
 async fn dispatch_passes_over_a_node_that_missed_its_heartbeats() {
     let redis = RedisServer::start();
@@ -831,6 +832,9 @@ async fn dispatch_passes_over_a_node_that_missed_its_heartbeats() {
         held.push(bound(&a, &format!("la{i}"), "android", "p").await);
     }
     let _on_b = bound(&b, "lb", "android", "p").await;
+    // The client that just lost b (or could not reach it) asks to pass over it.
+    let r = http(a.addr("http"), "GET", "/api/v1/dispatch?avoid=b", &[], "").await;
+    assert_eq!(r.json()["node"], "a", "{r:?}");
     assert_eq!(dispatch(&a).await["node"], "b", "the least loaded");
     let b_nid = nid_of(&redis, "b");
     b.child.kill().unwrap();
@@ -872,6 +876,34 @@ async fn a_single_node_dispatches_to_itself() {
     assert_eq!(d["tcp"], p.addr("tcp").to_string());
     assert_eq!(d["websocket"], p.addr("websocket").to_string());
     assert_eq!(d["http"], p.addr("http").to_string());
+    // Asked to pass over itself, the only node still names itself.
+    let h = p.addr("http");
+    let r = http(h, "GET", "/api/v1/dispatch?avoid=solo", &[], "").await;
+    assert_eq!(
+        (r.status, r.json()["node"].as_str()),
+        (200, Some("solo")),
+        "{r:?}"
+    );
+    // `avoid` is a node name: 64 bytes at most, of letters, digits, '.', '_' and '-'.
+    let longest = "n".repeat(64);
+    let r = http(
+        h,
+        "GET",
+        &format!("/api/v1/dispatch?avoid={longest}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for bad in ["n".repeat(65), "a%20b".to_owned(), String::new()] {
+        let reason = http(h, "GET", &format!("/api/v1/dispatch?avoid={bad}"), &[], "")
+            .await
+            .json_error(400);
+        assert!(reason.contains("is not a node name"), "{bad:?}: {reason}");
+    }
+    http(h, "GET", "/api/v1/dispatch?zone=eu", &[], "")
+        .await
+        .json_error(400);
 }
 
 /// A second node with the name or the number of a live node is refused, saying why.

@@ -1,17 +1,18 @@
 -- The node a new client should connect to: of the live nodes that are not draining, the least
 -- loaded; when the next least loaded is within one connection of it, one of the two picked by
 -- ARGV[2] (0 or 1). A node that has missed two heartbeats (killed, most likely, but not yet
--- past its deadline) is passed over while any other qualifies. A slot is reserved on the node
+-- past its deadline), and the node named ARGV[3] (one the client just lost or could not reach;
+-- empty: none), are passed over while any other qualifies. A slot is reserved on the node
 -- named (its load goes up by one until its next heartbeat). Returns {nid, name, tcp, websocket,
 -- http, tls, wss, xml}, or nothing when no node qualifies.
 local now = now_ms()
 local c, silent = {}, {}
 for _, nid in ipairs(redis.call('ZRANGEBYSCORE', P .. 'nodes', '(' .. now, '+inf')) do
-  local h = redis.call('HMGET', P .. 'node:' .. nid, 'draining', 'beat', 'every')
+  local h = redis.call('HMGET', P .. 'node:' .. nid, 'draining', 'beat', 'every', 'name')
   if h[1] ~= '1' then
     local entry = { nid, tonumber(redis.call('ZSCORE', P .. 'load', nid) or '0') }
     local beat, every = tonumber(h[2]), tonumber(h[3])
-    if beat and every and now - beat > 2 * every then
+    if (beat and every and now - beat > 2 * every) or (ARGV[3] ~= '' and h[4] == ARGV[3]) then
       silent[#silent + 1] = entry
     else
       c[#c + 1] = entry

@@ -15,8 +15,9 @@ pub use crate::node::NodeAddrs;
 pub trait Dispatch: Send + Sync + 'static {
     /// The node to connect to now. A cluster picks among its live nodes that are not draining
     /// (and reserves a slot on the one it names, so that a burst of requests spreads). A
-    /// draining node is never named.
-    async fn pick(&self) -> Result<NodeAddrs>;
+    /// draining node is never named; node `avoid` (one the client just lost, or could not
+    /// reach) only when no other qualifies.
+    async fn pick(&self, avoid: Option<&str>) -> Result<NodeAddrs>;
 
     /// Marks this node as draining (no longer named by [`pick`](Self::pick), its connections
     /// kept), or not.
@@ -47,7 +48,8 @@ impl LocalDispatch {
 
 #[async_trait]
 impl Dispatch for LocalDispatch {
-    async fn pick(&self) -> Result<NodeAddrs> {
+    /// `avoid` changes nothing: this node is the only one.
+    async fn pick(&self, _avoid: Option<&str>) -> Result<NodeAddrs> {
         if self.is_draining() {
             return Err(Error::unavailable(
                 "dispatch",
@@ -78,12 +80,17 @@ mod tests {
             tcp: "127.0.0.1:1".into(),
             ..NodeAddrs::default()
         });
-        assert_eq!(d.pick().await.unwrap().node, "solo");
+        assert_eq!(d.pick(None).await.unwrap().node, "solo");
+        assert_eq!(
+            d.pick(Some("solo")).await.unwrap().node,
+            "solo",
+            "the only node"
+        );
         d.set_draining(true).await.unwrap();
-        let e = d.pick().await.unwrap_err();
+        let e = d.pick(None).await.unwrap_err();
         assert!(matches!(e, Error::Unavailable { .. }), "{e}");
         assert!(e.to_string().contains("draining"), "{e}");
         d.set_draining(false).await.unwrap();
-        assert_eq!(d.pick().await.unwrap().node, "solo");
+        assert_eq!(d.pick(None).await.unwrap().node, "solo");
     }
 }

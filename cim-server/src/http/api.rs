@@ -314,12 +314,37 @@ pub async fn pending_clear(
 
 /// `GET /api/v1/dispatch` (no API key needed): the node a client should connect to — in a
 /// cluster the least loaded live node that is not draining (one of the two least loaded, at
-/// random, when they are within a connection of each other; a slot reserved on it); on one node
+/// random, when they are within a connection of each other; a slot reserved on it; a node that
+/// missed two heartbeats, or the one `?avoid=` names, only when no other qualifies); on one node
 /// this one, unless it is draining — with its addresses.
 pub async fn dispatch(
     State(st): State<Arc<HttpState>>,
+    ApiQuery(q): ApiQuery<DispatchQuery>,
 ) -> Result<Json<cim_core::engine::NodeAddrs>, ApiError> {
-    Ok(Json(st.dispatch.pick().await?))
+    if let Some(avoid) = &q.avoid {
+        let ok = (1..=MAX_NODE_NAME).contains(&avoid.len())
+            && avoid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "avoid {avoid:?} is not a node name (1 to {MAX_NODE_NAME} letters, digits, '.', \
+                 '_' or '-')"
+            )));
+        }
+    }
+    Ok(Json(st.dispatch.pick(q.avoid.as_deref()).await?))
+}
+
+/// The longest node name (as `node` in a cluster must be).
+const MAX_NODE_NAME: usize = 64;
+
+/// What a client tells dispatch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchQuery {
+    /// A node the client just lost or could not reach: named only when no other qualifies.
+    pub avoid: Option<String>,
 }
 
 /// A request to take the node out of dispatch, or back in.
