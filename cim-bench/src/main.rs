@@ -17,6 +17,11 @@
 //! target/release/cim-bench --tls push -n 1000 -m 1000000
 //! # two cluster nodes on a redis-server it starts, beside the same push on one node
 //! target/release/cim-bench cluster -n 1000 -m 300000
+//! # three nodes it starts: the publisher on a, subscribers on b and c; a node killed mid-push;
+//! # a reconnect storm through dispatch after a node's death
+//! target/release/cim-bench --cluster 3 push -n 1000 -m 300000
+//! target/release/cim-bench --cluster 3 failover -n 1000 -m 100000
+//! target/release/cim-bench --cluster 3 storm -n 10000
 //! # past one process's open-file limit: three generator processes, three servers
 //! target/release/cim-bench --procs 3 --servers 3 connect -n 50000
 //! ```
@@ -25,7 +30,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod across;
 mod conn;
+mod fleet;
 mod pool;
 mod publish;
 mod server;
@@ -101,6 +108,18 @@ struct Common {
     /// valid for the address's IP.
     #[arg(long, global = true, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// Run across a cluster of this many nodes (a, b, c, …) on a redis-server that cim-bench
+    /// starts (a free port of 127.0.0.1, append-only file fsynced at every write): push (the
+    /// publisher on node a, the subscribers on the others), failover and storm (clients of the
+    /// SDK bound through dispatch; the last node killed with kill -9).
+    #[arg(long, global = true, value_name = "NODES")]
+    cluster: Option<usize>,
+    /// With --cluster: the nodes' cluster.heartbeat_ms.
+    #[arg(long, global = true, default_value_t = 1000)]
+    cluster_heartbeat_ms: u64,
+    /// With --cluster: the nodes' cluster.node_deadline_ms.
+    #[arg(long, global = true, default_value_t = 5000)]
+    cluster_deadline_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -191,11 +210,28 @@ enum Scenario {
         #[arg(long, default_value_t = 5000)]
         deadline_ms: u64,
     },
-    /// N bound clients; the server restarts; time until all are bound again.
+    /// N bound clients; the server restarts; time until all are bound again. With --cluster:
+    /// N clients of the SDK bound through dispatch; the last node is killed with kill -9 while
+    /// messages are sent to its clients' accounts; time until they are all bound again through
+    /// dispatch, the most and fewest clients per surviving node, messages lost.
     Storm {
         /// Clients that reconnect.
         #[arg(short, long, default_value_t = 10_000)]
         n: usize,
+    },
+    /// With --cluster: N clients of the SDK bound through dispatch; a publisher sends M messages
+    /// through node a's HTTP API, round robin over them; halfway the last node is killed with
+    /// kill -9; every send answered 200 is checked against what reached the applications.
+    Failover {
+        /// Clients (accounts f0 … f{N-1}).
+        #[arg(short, long, default_value_t = 1_000)]
+        n: usize,
+        /// Messages in all.
+        #[arg(short, long, default_value_t = 100_000)]
+        m: u64,
+        /// Keep-alive HTTP connections of the publisher.
+        #[arg(long, default_value_t = 8)]
+        http_conns: usize,
     },
     /// One generator process of a `--procs` run (started by cim-bench itself).
     #[command(hide = true)]
@@ -252,6 +288,8 @@ struct Ctx {
     json: bool,
     /// The client side of TLS, with --tls.
     tls: Option<tls::Tls>,
+    /// With --cluster: its Redis and node names (the nodes are `server`, then `more`).
+    cluster: Option<across::Cluster>,
 }
 
 impl Ctx {
@@ -408,6 +446,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if c.tls && (c.procs > 1 || c.servers > 1) {
         bail!("--tls runs with one server and one generator process");
     }
+    if c.cluster.is_some() && (c.tls || c.procs > 1 || c.servers > 1 || c.addr.is_some()) {
+        bail!(
+            "--cluster starts its nodes itself and runs in one generator process, without TLS: \
+             leave out --addr, --servers, --procs and --tls"
+        );
+    }
+    if c.cluster.is_some()
+        && !matches!(
+            cli.scenario,
+            Scenario::Push { .. } | Scenario::Failover { .. } | Scenario::Storm { .. }
+        )
+    {
+        bail!("with --cluster the scenarios are push, failover and storm");
+    }
+    let mut nodes_of_cluster = None;
     let mut more = Vec::new();
     let mut tls = None;
     let mut server_bin = None;
@@ -439,13 +492,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // Its open-file limit is inherited: raise ours first.
             let _ = rlimit::increase_nofile_limit(u64::MAX);
-            for k in 1..c.servers {
-                more.push(Server::spawn(bin.clone(), k, false)?.0);
+            if let Some(nodes) = c.cluster {
+                let settings = across::Settings {
+                    nodes,
+                    heartbeat_ms: c.cluster_heartbeat_ms,
+                    deadline_ms: c.cluster_deadline_ms,
+                };
+                let (started, servers) =
+                    tokio::task::block_in_place(|| across::Cluster::start(&bin, settings))?;
+                nodes_of_cluster = Some(started);
+                let mut servers = servers.into_iter();
+                let first = servers.next().context("a cluster without nodes")?;
+                more.extend(servers);
+                first
+            } else {
+                for k in 1..c.servers {
+                    more.push(Server::spawn(bin.clone(), k, false)?.0);
+                }
+                server_bin = Some(bin.clone());
+                let (server, client_tls) = Server::spawn(bin, 0, c.tls)?;
+                tls = client_tls;
+                server
             }
-            server_bin = Some(bin.clone());
-            let (server, client_tls) = Server::spawn(bin, 0, c.tls)?;
-            tls = client_tls;
-            server
         }
     };
     let mut ctx = Ctx {
@@ -457,7 +525,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         concurrency: c.concurrency,
         json: c.json,
         tls,
+        cluster: nodes_of_cluster,
     };
+    if ctx.cluster.is_some() {
+        let result = match cli.scenario {
+            Scenario::Push {
+                n,
+                m,
+                rate,
+                size,
+                via,
+                http_conns,
+                batch,
+            } => {
+                let plan = publish::Plan {
+                    n,
+                    m,
+                    per_sec: rate,
+                    size: size.max(20),
+                    batch: batch.max(1),
+                };
+                across::push(&ctx, plan, via, http_conns).await?
+            }
+            Scenario::Failover { n, m, http_conns } => {
+                across::failover(&mut ctx, n, m, http_conns).await?
+            }
+            Scenario::Storm { n } => across::storm(&mut ctx, n).await?,
+            _ => bail!("with --cluster the scenarios are push, failover and storm"),
+        };
+        return finish(&ctx, result);
+    }
     let result = match cli.scenario {
         Scenario::Connect { n } => connect(&ctx, n).await?,
         Scenario::Idle { n, hold } => idle(&ctx, n, hold).await?,
@@ -508,8 +605,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             cluster(&ctx, plan, nodes).await?
         }
+        Scenario::Failover { .. } => {
+            bail!("failover runs across a cluster: add --cluster NODES (at least 2)")
+        }
         Scenario::Worker { .. } => bail!("a worker takes no server of its own"),
     };
+    finish(&ctx, result)
+}
+
+/// Prints the result as JSON with --json.
+fn finish(ctx: &Ctx, result: Value) -> anyhow::Result<()> {
     let mut out = json!({ "machine": ctx.machine() });
     if let (Some(o), Some(r)) = (out.as_object_mut(), result.as_object()) {
         o.extend(r.clone());
@@ -635,7 +740,7 @@ async fn push(
     let target = Target {
         publisher: &ctx.server,
         subscribers: vec![ctx.server.tcp],
-        measured: vec![("server", &ctx.server)],
+        measured: vec![("server".to_owned(), &ctx.server)],
     };
     push_to(ctx, &target, plan, via, http_conns).await
 }
@@ -646,7 +751,7 @@ struct Target<'a> {
     publisher: &'a Server,
     subscribers: Vec<SocketAddr>,
     /// The processes whose CPU counts, by name.
-    measured: Vec<(&'static str, &'a Server)>,
+    measured: Vec<(String, &'a Server)>,
 }
 
 impl Target<'_> {
@@ -735,10 +840,7 @@ async fn push_to(
         .iter()
         .zip(target.cpu_each().into_iter().zip(each0))
         .map(|((name, _), (now, before))| {
-            (
-                (*name).to_owned(),
-                json!(now.zip(before).map(|(x, y)| x - y)),
-            )
+            (name.clone(), json!(now.zip(before).map(|(x, y)| x - y)))
         })
         .collect();
     let elapsed = Duration::from_micros(end_us.saturating_sub(start_us));
@@ -818,20 +920,10 @@ async fn cluster(ctx: &Ctx, plan: publish::Plan, c: ClusterPlan) -> anyhow::Resu
     say(ctx, "single node:");
     let single = push(ctx, plan, c.via, c.http_conns).await?;
     let redis = tokio::task::block_in_place(cim_cluster::testing::RedisServer::start);
-    let node_env = |name: &str, id: &str| -> Vec<(String, String)> {
-        [
-            ("CIM_CLUSTER__REDIS", redis.url()),
-            ("CIM_NODE", name.to_owned()),
-            ("CIM_NODE_ID", id.to_owned()),
-            ("CIM_CLUSTER__HEARTBEAT_MS", c.heartbeat_ms.to_string()),
-            ("CIM_CLUSTER__NODE_DEADLINE_MS", c.deadline_ms.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    };
-    let a = Server::spawn_with(bin.clone(), 1, node_env("a", "1"))?;
-    let mut b = Server::spawn_with(bin, 2, node_env("b", "2"))?;
+    let node_env =
+        |name: &str, id| across::node_env(&redis.url(), name, id, c.heartbeat_ms, c.deadline_ms);
+    let a = Server::spawn_with(bin.clone(), 1, node_env("a", 1))?;
+    let mut b = Server::spawn_with(bin, 2, node_env("b", 2))?;
     let redis_proc = Server::external(redis.pid(), a.tcp, None);
     say(
         ctx,
@@ -841,7 +933,11 @@ async fn cluster(ctx: &Ctx, plan: publish::Plan, c: ClusterPlan) -> anyhow::Resu
         let target = Target {
             publisher: &a,
             subscribers: vec![b.tcp],
-            measured: vec![("node a", &a), ("node b", &b), ("redis", &redis_proc)],
+            measured: vec![
+                ("node a".to_owned(), &a),
+                ("node b".to_owned(), &b),
+                ("redis".to_owned(), &redis_proc),
+            ],
         };
         push_to(ctx, &target, plan, c.via, c.http_conns).await?
     };

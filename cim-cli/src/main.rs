@@ -8,6 +8,9 @@
 //! cim ping                                # connect + bind round trips
 //! cim listen --uid 10000 -s tls://push.example.com:23443          # over TLS, platform roots
 //! cim ping -s wss://localhost:34443/ --ca ca.pem                   # trusting a CA of your own
+//! cim listen --uid 10000 --dispatch http://127.0.0.1:8080          # the node dispatch names
+//! cim listen --uid 10000 --dispatch http://127.0.0.1:8080 --protocol ws+json --ws-path /push
+//! cim listen --uid 10000 --dispatch http://127.0.0.1:8080 --dispatch http://127.0.0.1:8081
 //! ```
 
 use std::process::ExitCode;
@@ -15,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cim_client::http;
-use cim_client::{BindInfo, Client, ClientConfig, ClientError, Endpoint, Event, Message};
+use cim_client::{
+    BindInfo, Client, ClientConfig, ClientError, DispatchUrl, Endpoint, Event, Message, Protocol,
+    Target,
+};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -112,6 +118,18 @@ struct ConnArgs {
     /// wss+json://host:port/path.
     #[arg(long, short = 's', default_value = "tcp://127.0.0.1:23456")]
     server: String,
+    /// Instead of a fixed server: before every connect and reconnect, ask this dispatch URL
+    /// (http://host:port, or a full URL) which node to connect to, and connect to it in
+    /// --protocol. Give it more than once (several nodes' HTTP APIs) to ask the next when one
+    /// cannot answer; when none can, reconnect to the last good address.
+    #[arg(long, value_name = "URL", conflicts_with = "server")]
+    dispatch: Vec<String>,
+    /// With --dispatch: tcp, tls, xml, ws, ws+json, wss or wss+json.
+    #[arg(long, default_value = "tcp", requires = "dispatch")]
+    protocol: String,
+    /// With --dispatch and a WebSocket protocol: the request path.
+    #[arg(long, default_value = "/", requires = "dispatch")]
+    ws_path: String,
     /// For tls:// and wss://: trust the CA certificates of this PEM file instead of the
     /// platform's roots.
     #[arg(long, value_name = "FILE")]
@@ -129,8 +147,24 @@ struct ConnArgs {
 }
 
 impl ConnArgs {
+    fn target(&self) -> anyhow::Result<Target> {
+        if self.dispatch.is_empty() {
+            return Ok(Target::Endpoint(self.server.parse::<Endpoint>()?));
+        }
+        let urls = self
+            .dispatch
+            .iter()
+            .map(|u| u.parse::<DispatchUrl>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let protocol: Protocol = self.protocol.parse()?;
+        Ok(Target::Dispatch {
+            urls,
+            protocol: protocol.with_path(&self.ws_path)?,
+        })
+    }
+
     fn config(&self, uid: &str) -> anyhow::Result<ClientConfig> {
-        let endpoint: Endpoint = self.server.parse()?;
+        let target = self.target()?;
         let mut bind = BindInfo::new(uid);
         bind.channel.clone_from(&self.channel);
         bind.device_id = self
@@ -138,7 +172,7 @@ impl ConnArgs {
             .clone()
             .unwrap_or_else(|| format!("{}-cim-{}", bind.device_id, std::process::id()));
         bind.token.clone_from(&self.token);
-        let mut cfg = ClientConfig::new(endpoint, bind);
+        let mut cfg = ClientConfig::with_target(target, bind);
         cfg.connect_timeout = Duration::from_secs(5);
         cfg.ca_file.clone_from(&self.ca);
         Ok(cfg)
@@ -280,10 +314,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let start = Instant::now();
                 let (client, _events) = Client::connect(cfg.clone()).await?;
                 let took = start.elapsed();
+                let at = where_bound(&client, &cfg.target);
                 client.destroy().await;
                 println!(
-                    "{}: connected and bound in {:.2} ms",
-                    cfg.endpoint,
+                    "{at}: connected and bound in {:.2} ms",
                     took.as_secs_f64() * 1e3
                 );
                 times.push(took);
@@ -305,8 +339,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Where `client` is bound: its endpoint, and with dispatch the node named.
+fn where_bound(client: &Client, target: &Target) -> String {
+    let endpoint = client
+        .endpoint()
+        .map_or_else(|| target.to_string(), |e| e.to_string());
+    match (target, client.node(), client.dispatched_by()) {
+        (Target::Dispatch { .. }, Some(node), Some(url)) => {
+            format!("{endpoint} (node {node}, named by dispatch {url})")
+        }
+        (Target::Dispatch { .. }, _, _) => {
+            format!("{endpoint} (the last good address: dispatch could not be asked)")
+        }
+        (Target::Endpoint(_), _, _) => endpoint,
+    }
+}
+
 async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let endpoint = cfg.endpoint.to_string();
+    let target = cfg.target.clone();
     let uid = cfg.bind.uid.clone();
     let (client, mut events) = Client::connect(cfg).await.map_err(|e| match e {
         ClientError::Refused(r) => anyhow::anyhow!(
@@ -316,7 +366,10 @@ async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
         ),
         other => other.into(),
     })?;
-    eprintln!("cim: listening as {uid} on {endpoint} (Ctrl-C ends)");
+    eprintln!(
+        "cim: listening as {uid} on {} (Ctrl-C ends)",
+        where_bound(&client, &target)
+    );
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     loop {
@@ -344,7 +397,10 @@ async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
                     println!("{} -> {}: {title}{}", m.sender, m.receiver, m.content);
                 }
             }
-            Event::Connected { rebound: true } => eprintln!("cim: reconnected and bound again"),
+            Event::Connected { rebound: true } => eprintln!(
+                "cim: reconnected and bound again on {}",
+                where_bound(&client, &target)
+            ),
             Event::Connected { rebound: false } => {}
             Event::ConnectFailed { reason, retry_in } => {
                 eprintln!("cim: connect failed ({reason}); retrying in {retry_in:.1?}");

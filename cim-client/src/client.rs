@@ -2,17 +2,18 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cim_core::protocol::{action, code, key, send};
 use cim_core::{Frame, Message, ReplyBody, SentBody};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Endpoint, Target};
+use crate::dispatch::DispatchUrl;
 use crate::error::{ClientError, Result};
 use crate::transport::Conn;
 
@@ -65,6 +66,23 @@ enum Command {
 
 struct Shared {
     connected: AtomicBool,
+    /// Where the current (or last) connection went.
+    at: Mutex<At>,
+    /// Copies of messages seen before, dropped.
+    duplicates: AtomicU64,
+}
+
+/// Where a connection went: its endpoint, the node dispatch named for it, and the dispatch URL
+/// that named it.
+#[derive(Default)]
+struct At {
+    endpoint: Option<Endpoint>,
+    node: Option<String>,
+    dispatch: Option<DispatchUrl>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A handle to a client: cheap to clone; the connection lives in a task of its own, which ends
@@ -140,6 +158,8 @@ impl Client {
         let (event_tx, rx) = mpsc::channel(config.event_capacity.max(1));
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
+            at: Mutex::new(At::default()),
+            duplicates: AtomicU64::new(0),
         });
         let client = Client {
             commands: commands.clone(),
@@ -151,14 +171,17 @@ impl Client {
             commands,
             receipts: config.receipts,
         };
-        let span = info_span!("cim_client", uid = %config.bind.uid, endpoint = %config.endpoint);
+        let span = info_span!("cim_client", uid = %config.bind.uid, target = %config.target);
         let task = Task {
+            seen: Seen::new(config.dedup_window),
             config,
             commands: command_rx,
             events: event_tx,
             shared,
             bound_before: false,
-            seen: Seen::new(4096),
+            last_good: None,
+            dispatch_from: 0,
+            avoid: None,
             deferred: VecDeque::new(),
         };
         tokio::spawn(task.run().instrument(span));
@@ -169,7 +192,7 @@ impl Client {
     /// (the client is then destroyed); after a successful bind the client reconnects by itself
     /// as [`start`](Self::start) does.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events)> {
-        let endpoint = config.endpoint.to_string();
+        let endpoint = config.target.to_string();
         let (client, mut events) = Client::start(config);
         let failed = loop {
             match events.recv().await {
@@ -189,6 +212,31 @@ impl Client {
     /// Whether the client is connected and bound now.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// The endpoint of the current connection (or of the last one, between reconnects); `None`
+    /// before the first bind. With dispatch, the address dispatch named (or the last good one).
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        lock(&self.shared.at).endpoint.clone()
+    }
+
+    /// The node dispatch named for the current (or last) connection; `None` with a fixed
+    /// server, and when the connection went to the last good address because dispatch could
+    /// not be asked.
+    pub fn node(&self) -> Option<String> {
+        lock(&self.shared.at).node.clone()
+    }
+
+    /// The dispatch URL that named the node of the current (or last) connection; `None` when
+    /// [`node`](Self::node) is.
+    pub fn dispatched_by(&self) -> Option<DispatchUrl> {
+        lock(&self.shared.at).dispatch.clone()
+    }
+
+    /// How many copies of messages seen before (within
+    /// [`ClientConfig::dedup_window`]) were dropped instead of reaching [`Events`].
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.shared.duplicates.load(Ordering::Relaxed)
     }
 
     /// Sends `body` and returns the reply to it: replies are matched by key, in order, and for
@@ -267,7 +315,8 @@ impl Client {
 }
 
 /// Ids of recent messages, to drop the copies a reconnect can bring (a message sent again
-/// because its receipt had not reached the server).
+/// because its receipt had not reached the server, or routed again after a cluster node died).
+/// Holds the last `cap` ids (none with `cap` 0).
 struct Seen {
     ids: HashSet<i64>,
     order: VecDeque<i64>,
@@ -285,6 +334,9 @@ impl Seen {
 
     /// Whether `id` is new (and remembers it).
     fn first_time(&mut self, id: i64) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
         if id == 0 || !self.ids.insert(id) {
             return id == 0;
         }
@@ -295,6 +347,28 @@ impl Seen {
             self.ids.remove(&old);
         }
         true
+    }
+}
+
+/// Where an attempt connects, and why there.
+struct Resolved {
+    endpoint: Endpoint,
+    /// The node dispatch named.
+    node: Option<String>,
+    /// The dispatch URL that named it.
+    asked: Option<DispatchUrl>,
+    /// Why dispatch could not be asked, when this is the last good address instead.
+    fallback: Option<String>,
+}
+
+impl Resolved {
+    /// A failed attempt's reason, saying where it went when dispatch chose (or failed to).
+    fn explain(&self, reason: String) -> String {
+        match (&self.fallback, &self.node) {
+            (Some(why), _) => format!("{why}; the last good address {}: {reason}", self.endpoint),
+            (None, Some(node)) => format!("node {node} at {}: {reason}", self.endpoint),
+            (None, None) => reason,
+        }
     }
 }
 
@@ -393,6 +467,14 @@ struct Task {
     shared: Arc<Shared>,
     bound_before: bool,
     seen: Seen,
+    /// The endpoint of the last successful bind: where a client that follows dispatch goes
+    /// when dispatch cannot be asked.
+    last_good: Option<Endpoint>,
+    /// Which dispatch URL to ask first: the one that last answered.
+    dispatch_from: usize,
+    /// The node dispatch is asked to pass over: the one the last connection was lost on, or
+    /// the last one named that could not be reached (none once a bind succeeds).
+    avoid: Option<String>,
     /// Commands taken while waiting for room in `events`, in order.
     deferred: VecDeque<Command>,
 }
@@ -418,33 +500,54 @@ impl Task {
                 }
                 Wake::Abandoned => return,
             }
-            let conn = match tokio::time::timeout(self.config.connect_timeout, self.connect()).await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(ClientError::Refused(reply))) => {
-                    self.emit(Event::Refused(reply)).await;
-                    wake = self.stay_down().await;
-                    attempt = 0;
-                    continue;
-                }
-                Ok(Err(ClientError::Connect { reason, .. })) => {
-                    wake = self.retry_later(reason, &mut attempt).await;
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    wake = self.retry_later(e.to_string(), &mut attempt).await;
-                    continue;
-                }
-                Err(_) => {
-                    let reason = format!(
-                        "no bind within {:?} (connect_timeout)",
-                        self.config.connect_timeout
-                    );
+            let at = match self.resolve().await {
+                Ok(at) => at,
+                Err(reason) => {
                     wake = self.retry_later(reason, &mut attempt).await;
                     continue;
                 }
             };
+            let conn =
+                match tokio::time::timeout(self.config.connect_timeout, self.connect(&at.endpoint))
+                    .await
+                {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(ClientError::Refused(reply))) => {
+                        self.emit(Event::Refused(reply)).await;
+                        wake = self.stay_down().await;
+                        attempt = 0;
+                        continue;
+                    }
+                    Ok(Err(ClientError::Connect { reason, .. })) => {
+                        self.pass_over(&at.node);
+                        wake = self.retry_later(at.explain(reason), &mut attempt).await;
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        self.pass_over(&at.node);
+                        wake = self
+                            .retry_later(at.explain(e.to_string()), &mut attempt)
+                            .await;
+                        continue;
+                    }
+                    Err(_) => {
+                        self.pass_over(&at.node);
+                        let reason = format!(
+                            "no bind within {:?} (connect_timeout)",
+                            self.config.connect_timeout
+                        );
+                        wake = self.retry_later(at.explain(reason), &mut attempt).await;
+                        continue;
+                    }
+                };
             attempt = 0;
+            self.avoid = None;
+            *lock(&self.shared.at) = At {
+                endpoint: Some(at.endpoint.clone()),
+                node: at.node.clone(),
+                dispatch: at.asked,
+            };
+            self.last_good = Some(at.endpoint);
             let rebound = std::mem::replace(&mut self.bound_before, true);
             self.shared.connected.store(true, Ordering::Release);
             self.emit(Event::Connected { rebound }).await;
@@ -453,6 +556,8 @@ impl Task {
             self.shared.connected.store(false, Ordering::Release);
             wake = match end {
                 End::Lost(reason) => {
+                    // Its node may be gone: dispatch is asked to pass over it next time.
+                    self.pass_over(&at.node);
                     // Closed soon after binding, again and again: something takes the account
                     // over (a second client of this device); back off as after failures.
                     let lasted = bound_at.elapsed();
@@ -587,9 +692,89 @@ impl Task {
         }
     }
 
-    /// Connects and binds.
-    async fn connect(&mut self) -> Result<Conn> {
-        let mut conn = Conn::connect(&self.config).await?;
+    /// Where to connect now: the fixed endpoint; or, following dispatch, the address it names
+    /// for the protocol — or, when it cannot be asked, the last address a bind succeeded on.
+    /// `Err` (retried with back-off) when there is neither.
+    async fn resolve(&mut self) -> std::result::Result<Resolved, String> {
+        let (urls, protocol) = match &self.config.target {
+            Target::Endpoint(e) => {
+                return Ok(Resolved {
+                    endpoint: e.clone(),
+                    node: None,
+                    asked: None,
+                    fallback: None,
+                });
+            }
+            Target::Dispatch { urls, protocol } => (urls, protocol),
+        };
+        let limit = self.config.connect_timeout;
+        let mut whys = Vec::new();
+        for k in 0..urls.len() {
+            let i = (self.dispatch_from + k) % urls.len();
+            let Some(url) = urls.get(i) else { continue };
+            let asked = tokio::time::timeout(
+                limit,
+                crate::dispatch::ask_avoiding(
+                    url,
+                    self.avoid.as_deref(),
+                    self.config.ca_file.as_deref(),
+                    self.config.max_frame,
+                ),
+            )
+            .await;
+            whys.push(match asked {
+                Ok(Ok(node)) => {
+                    let addr = protocol.address_in(&node);
+                    if !addr.is_empty() {
+                        debug!(node = %node.node, %addr, %url, "dispatch named a node");
+                        self.dispatch_from = i;
+                        return Ok(Resolved {
+                            endpoint: protocol.at(addr),
+                            node: Some(node.node.clone()),
+                            asked: Some(url.clone()),
+                            fallback: None,
+                        });
+                    }
+                    format!(
+                        "dispatch {url} named node {:?}, which has no {} address",
+                        node.node,
+                        protocol.listener()
+                    )
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("dispatch {url}: no answer within {limit:?} (connect_timeout)"),
+            });
+        }
+        let why = if whys.is_empty() {
+            "no dispatch URL is configured".to_owned()
+        } else {
+            whys.join("; ")
+        };
+        match &self.last_good {
+            Some(last) => {
+                warn!(reason = %why, fallback = %last, "dispatch failed; trying the last good address");
+                Ok(Resolved {
+                    endpoint: last.clone(),
+                    node: None,
+                    asked: None,
+                    fallback: Some(why),
+                })
+            }
+            None => Err(why),
+        }
+    }
+
+    /// Asks dispatch to pass over `node` next time (when a node dispatch named is the one that
+    /// failed; a failed fallback to the last good address keeps what was asked before).
+    fn pass_over(&mut self, node: &Option<String>) {
+        if node.is_some() {
+            self.avoid.clone_from(node);
+        }
+    }
+
+    /// Connects to `endpoint` and binds.
+    async fn connect(&mut self, endpoint: &Endpoint) -> Result<Conn> {
+        let mut conn = Conn::connect(endpoint, &self.config).await?;
         let bind = self.config.bind.request(self.config.receipts);
         conn.send(&Frame::Sent(bind)).await?;
         loop {
@@ -695,6 +880,7 @@ impl Task {
                 if self.seen.first_time(m.id) {
                     self.emit(Event::Message(m)).await;
                 } else {
+                    self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
                     debug!(id = m.id, "a message seen before; dropped");
                 }
             }
@@ -717,5 +903,30 @@ impl Task {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_holds_the_last_ids_and_no_more() {
+        let mut seen = Seen::new(3);
+        for id in [1, 2, 3] {
+            assert!(seen.first_time(id));
+        }
+        assert!(!seen.first_time(1), "within the window: a copy");
+        assert!(seen.first_time(4), "pushes 1 out");
+        assert!(seen.first_time(1), "beyond the window: new again");
+        assert!(!seen.first_time(4));
+        // Messages without an id are never taken for copies.
+        assert!(seen.first_time(0) && seen.first_time(0));
+        let mut off = Seen::new(0);
+        assert!(
+            off.first_time(7) && off.first_time(7),
+            "a window of 0 drops nothing"
+        );
+        assert!(off.ids.is_empty());
     }
 }

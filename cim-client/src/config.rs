@@ -9,6 +9,7 @@ use cim_core::SentBody;
 use cim_core::protocol::{bind, key};
 
 use crate::backoff::Backoff;
+use crate::dispatch::DispatchUrl;
 use crate::error::ClientError;
 
 /// The protocol and address of a server.
@@ -51,6 +52,22 @@ pub enum WsMode {
 }
 
 impl Endpoint {
+    /// The protocol spoken, without the address.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Endpoint::Tcp(_) => Protocol::Tcp,
+            Endpoint::Tls(_) => Protocol::Tls,
+            Endpoint::Xml(_) => Protocol::Xml,
+            Endpoint::WebSocket {
+                path, mode, tls, ..
+            } => Protocol::WebSocket {
+                path: path.clone(),
+                mode: *mode,
+                tls: *tls,
+            },
+        }
+    }
+
     /// `host:port` of the server.
     pub fn addr(&self) -> &str {
         match self {
@@ -82,23 +99,184 @@ impl Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.protocol().scheme();
         match self {
-            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
-            Endpoint::Tls(a) => write!(f, "tls://{a}"),
-            Endpoint::Xml(a) => write!(f, "xml://{a}"),
-            Endpoint::WebSocket {
+            Endpoint::Tcp(a) | Endpoint::Tls(a) | Endpoint::Xml(a) => write!(f, "{scheme}://{a}"),
+            Endpoint::WebSocket { addr, path, .. } => write!(f, "{scheme}://{addr}{path}"),
+        }
+    }
+}
+
+/// A protocol without an address: what a client that follows dispatch speaks to whichever node
+/// it is sent to. Written as an [`Endpoint`]'s scheme — `tcp`, `tls`, `xml`, `ws`, `ws+json`,
+/// `wss`, `wss+json` — a WebSocket protocol on path `/` (see [`with_path`](Self::with_path)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// CIM's binary protocol over TCP: dispatch's `tcp` address.
+    Tcp,
+    /// CIM's binary protocol over TLS: dispatch's `tls` address.
+    Tls,
+    /// The XML protocol: dispatch's `xml` address.
+    Xml,
+    /// WebSocket: dispatch's `websocket` address, or `wss` over TLS.
+    WebSocket {
+        /// The request path, starting with `/`.
+        path: String,
+        /// Protobuf (binary) or JSON (text) packets.
+        mode: WsMode,
+        /// Over TLS (`wss://`).
+        tls: bool,
+    },
+}
+
+impl Protocol {
+    /// The endpoint of this protocol at `addr` (`host:port`).
+    pub fn at(&self, addr: impl Into<String>) -> Endpoint {
+        let addr = addr.into();
+        match self {
+            Protocol::Tcp => Endpoint::Tcp(addr),
+            Protocol::Tls => Endpoint::Tls(addr),
+            Protocol::Xml => Endpoint::Xml(addr),
+            Protocol::WebSocket { path, mode, tls } => Endpoint::WebSocket {
                 addr,
-                path,
-                mode,
-                tls,
-            } => {
-                let scheme = match (mode, tls) {
-                    (WsMode::Protobuf, false) => "ws",
-                    (WsMode::Json, false) => "ws+json",
-                    (WsMode::Protobuf, true) => "wss",
-                    (WsMode::Json, true) => "wss+json",
-                };
-                write!(f, "{scheme}://{addr}{path}")
+                path: path.clone(),
+                mode: *mode,
+                tls: *tls,
+            },
+        }
+    }
+
+    /// The same WebSocket protocol on `path` (which must start with `/`); other protocols
+    /// have no path.
+    pub fn with_path(self, path: &str) -> Result<Protocol, ClientError> {
+        let bad = |reason: &str| ClientError::BadEndpoint {
+            endpoint: format!("{self} on path {path:?}"),
+            reason: reason.to_owned(),
+        };
+        match self {
+            Protocol::WebSocket { mode, tls, .. } if path.starts_with('/') => {
+                Ok(Protocol::WebSocket {
+                    path: path.to_owned(),
+                    mode,
+                    tls,
+                })
+            }
+            Protocol::WebSocket { .. } => Err(bad("a WebSocket path starts with '/'")),
+            _ if path == "/" => Ok(self),
+            _ => Err(bad("only WebSocket endpoints have a path")),
+        }
+    }
+
+    /// The scheme of its endpoints.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::Xml => "xml",
+            Protocol::WebSocket { mode, tls, .. } => match (mode, tls) {
+                (WsMode::Protobuf, false) => "ws",
+                (WsMode::Json, false) => "ws+json",
+                (WsMode::Protobuf, true) => "wss",
+                (WsMode::Json, true) => "wss+json",
+            },
+        }
+    }
+
+    /// Which of a dispatch answer's addresses this protocol connects to (`tcp`, `tls`, `xml`,
+    /// `websocket` or `wss`).
+    pub fn listener(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::Xml => "xml",
+            Protocol::WebSocket { tls: false, .. } => "websocket",
+            Protocol::WebSocket { tls: true, .. } => "wss",
+        }
+    }
+
+    /// The address of `node` this protocol connects to (empty when the node has none).
+    pub fn address_in<'a>(&self, node: &'a cim_core::NodeAddrs) -> &'a str {
+        match self {
+            Protocol::Tcp => &node.tcp,
+            Protocol::Tls => &node.tls,
+            Protocol::Xml => &node.xml,
+            Protocol::WebSocket { tls: false, .. } => &node.websocket,
+            Protocol::WebSocket { tls: true, .. } => &node.wss,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.scheme())?;
+        match self {
+            Protocol::WebSocket { path, .. } if path != "/" => write!(f, " (path {path})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = ClientError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ws = |mode, tls| Protocol::WebSocket {
+            path: "/".into(),
+            mode,
+            tls,
+        };
+        Ok(match s {
+            "tcp" => Protocol::Tcp,
+            "tls" => Protocol::Tls,
+            "xml" => Protocol::Xml,
+            "ws" => ws(WsMode::Protobuf, false),
+            "ws+json" => ws(WsMode::Json, false),
+            "wss" => ws(WsMode::Protobuf, true),
+            "wss+json" => ws(WsMode::Json, true),
+            _ => {
+                return Err(ClientError::BadEndpoint {
+                    endpoint: s.to_owned(),
+                    reason: "the protocol must be tcp, tls, xml, ws, ws+json, wss or wss+json"
+                        .into(),
+                });
+            }
+        })
+    }
+}
+
+/// Where a client connects: one server, or whichever node dispatch names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Always this server.
+    Endpoint(Endpoint),
+    /// Before every connect and reconnect, ask dispatch (`GET /api/v1/dispatch`) and connect in
+    /// `protocol` to the address it names. The URLs are asked in turn, from the one that last
+    /// answered, until one names a node with an address for the protocol (several nodes' URLs
+    /// keep a client going when the node it asked is drained or dies). When none does
+    /// (unreachable, an error, no address for the protocol), connect to the last address a
+    /// bind succeeded on, if there is one; else the attempt fails and is retried with the same
+    /// back-off.
+    Dispatch {
+        /// The dispatch URLs (at least one).
+        urls: Vec<DispatchUrl>,
+        /// What to speak to the node named.
+        protocol: Protocol,
+    },
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Endpoint(e) => e.fmt(f),
+            Target::Dispatch { urls, protocol } => {
+                write!(f, "{protocol} through dispatch ")?;
+                for (i, url) in urls.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    url.fmt(f)?;
+                }
+                Ok(())
             }
         }
     }
@@ -218,8 +396,8 @@ impl BindInfo {
 /// Everything a [`Client`](crate::Client) needs.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The server.
-    pub endpoint: Endpoint,
+    /// Where to connect: a fixed server, or the node dispatch names.
+    pub target: Target,
     /// Who to bind as.
     pub bind: BindInfo,
     /// Ask for receipts (`client_ack`): the server keeps each message until the application has
@@ -234,7 +412,8 @@ pub struct ClientConfig {
     /// Events held for the application before the client stops reading the socket (default
     /// 1024).
     pub event_capacity: usize,
-    /// Largest frame or WebSocket message accepted (default 64 KiB).
+    /// Largest frame or WebSocket message accepted (default 64 KiB); also the largest
+    /// dispatch answer read.
     pub max_frame: usize,
     /// A bound connection the server closes sooner than this is not counted as a success: the
     /// next reconnect backs off further, as after a failed connect (default 10 s). Two clients
@@ -242,15 +421,42 @@ pub struct ClientConfig {
     /// otherwise do it several times a second.
     pub stable_after: Duration,
     /// For `tls://` and `wss://`: a PEM file of the CA certificates to trust instead of the
-    /// platform's roots (default: none, the platform's roots).
+    /// platform's roots (default: none, the platform's roots); for an `https://` dispatch URL
+    /// as well.
     pub ca_file: Option<PathBuf>,
+    /// How many of the latest message ids the client remembers to drop copies of (default
+    /// 4096; `0` drops none). A message can come twice — after a reconnect, when its receipt
+    /// had not reached the server; in a cluster, when a node died after writing it but before
+    /// it could tell Redis — and a copy whose id is among the last `dedup_window` seen never
+    /// reaches [`Events`](crate::Events) (see
+    /// [`Client::duplicates_dropped`](crate::Client::duplicates_dropped)). The window holds
+    /// ids across reconnects; about 16 bytes per id.
+    pub dedup_window: usize,
 }
 
 impl ClientConfig {
-    /// The defaults for `endpoint` and `bind`.
+    /// The defaults for a fixed `endpoint` and `bind`.
     pub fn new(endpoint: Endpoint, bind: BindInfo) -> Self {
+        Self::with_target(Target::Endpoint(endpoint), bind)
+    }
+
+    /// The defaults for a client that asks dispatch at `url` before every connect, and speaks
+    /// `protocol` to the node it names.
+    pub fn dispatched(url: DispatchUrl, protocol: Protocol, bind: BindInfo) -> Self {
+        Self::dispatched_any(vec![url], protocol, bind)
+    }
+
+    /// The defaults for a client that asks dispatch at the first of `urls` that answers (from
+    /// the one that last answered) before every connect, and speaks `protocol` to the node it
+    /// names.
+    pub fn dispatched_any(urls: Vec<DispatchUrl>, protocol: Protocol, bind: BindInfo) -> Self {
+        Self::with_target(Target::Dispatch { urls, protocol }, bind)
+    }
+
+    /// The defaults for `target` and `bind`.
+    pub fn with_target(target: Target, bind: BindInfo) -> Self {
         Self {
-            endpoint,
+            target,
             bind,
             receipts: false,
             backoff: Backoff::default(),
@@ -260,6 +466,7 @@ impl ClientConfig {
             max_frame: 65_536,
             stable_after: Duration::from_secs(10),
             ca_file: None,
+            dedup_window: 4096,
         }
     }
 }
@@ -298,6 +505,41 @@ mod tests {
             let e = bad.parse::<Endpoint>().unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn protocols_parse_and_place_an_address() {
+        for s in ["tcp", "tls", "xml", "ws", "ws+json", "wss", "wss+json"] {
+            let p: Protocol = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+            let e = p.at("127.0.0.1:9");
+            assert_eq!(e.to_string().split("://").next(), Some(s));
+            assert_eq!(e.protocol(), p);
+        }
+        let p = "ws+json"
+            .parse::<Protocol>()
+            .unwrap()
+            .with_path("/push")
+            .unwrap();
+        assert_eq!(p.at("h:1").to_string(), "ws+json://h:1/push");
+        assert!("ws".parse::<Protocol>().unwrap().with_path("push").is_err());
+        assert!(Protocol::Tcp.with_path("/x").is_err());
+        assert_eq!(Protocol::Tcp.with_path("/").unwrap(), Protocol::Tcp);
+        let e = "http".parse::<Protocol>().unwrap_err();
+        assert!(e.to_string().contains("tcp, tls, xml"), "{e}");
+        let node = cim_core::NodeAddrs {
+            tcp: "t:1".into(),
+            websocket: "w:2".into(),
+            tls: "s:3".into(),
+            wss: "ws:4".into(),
+            xml: "x:5".into(),
+            ..Default::default()
+        };
+        let at = |p: &str| p.parse::<Protocol>().unwrap().address_in(&node).to_owned();
+        assert_eq!(
+            ["tcp", "ws+json", "tls", "wss", "xml"].map(at),
+            ["t:1", "w:2", "s:3", "ws:4", "x:5"]
+        );
     }
 
     #[test]

@@ -21,6 +21,14 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// Dispatch (`GET /api/v1/dispatch`) could not be asked, or named no usable address.
+    #[error("dispatch {url}: {reason}")]
+    Dispatch {
+        /// The dispatch URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The server refused the bind (or the WebSocket handshake) with this reply.
     #[error("refused by the server: {} {} {}", .0.key, .0.code, .0.message)]
     Refused(ReplyBody),

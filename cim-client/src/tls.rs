@@ -1,6 +1,6 @@
-//! TLS for `tls://` and `wss://` endpoints: the server's certificate is checked against the
-//! platform's root certificates, or the CA certificates of [`ClientConfig::ca_file`], and must
-//! be valid for the endpoint's host.
+//! TLS for `tls://` and `wss://` endpoints (and `https://` dispatch URLs): the server's
+//! certificate is checked against the platform's root certificates, or the CA certificates of
+//! [`ClientConfig::ca_file`](crate::ClientConfig::ca_file), and must be valid for the host.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -12,20 +12,19 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::{ClientConfig, Endpoint};
-
-/// Performs the client side of the handshake with the server of `endpoint`.
+/// Performs the client side of the handshake with `host` (a name or an IP address), trusting
+/// the CA certificates of `ca_file`, or the platform's roots without one.
 pub(crate) async fn connect(
     stream: TcpStream,
-    endpoint: &Endpoint,
-    cfg: &ClientConfig,
+    host: &str,
+    ca_file: Option<&Path>,
 ) -> Result<TlsStream<TcpStream>, String> {
-    let config = match &cfg.ca_file {
+    let config = match ca_file {
         Some(file) => with_roots(ca_roots(file)?),
         None => platform_config()?,
     };
-    let name = ServerName::try_from(endpoint.host().to_owned())
-        .map_err(|e| format!("{:?} cannot be a TLS server name: {e}", endpoint.host()))?;
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host:?} cannot be a TLS server name: {e}"))?;
     TlsConnector::from(config)
         .connect(name, stream)
         .await

@@ -79,9 +79,8 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    /// Connects (and for WebSocket, upgrades) to the configured endpoint.
-    pub(crate) async fn connect(cfg: &ClientConfig) -> Result<Conn> {
-        let endpoint = &cfg.endpoint;
+    /// Connects (and for WebSocket, upgrades) to `endpoint`.
+    pub(crate) async fn connect(endpoint: &Endpoint, cfg: &ClientConfig) -> Result<Conn> {
         let failed = |reason: String| ClientError::Connect {
             endpoint: endpoint.to_string(),
             reason,
@@ -91,7 +90,7 @@ impl Conn {
             .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let stream = if endpoint.is_tls() {
-            let tls = crate::tls::connect(stream, endpoint, cfg)
+            let tls = crate::tls::connect(stream, endpoint.host(), cfg.ca_file.as_deref())
                 .await
                 .map_err(failed)?;
             Socket::Tls(Box::new(tls))

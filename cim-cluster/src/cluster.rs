@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     /// Set when Redis lost its data: the inbox reader starts again from the beginning.
     pub(crate) reset_inbox: AtomicBool,
     pub(crate) started: AtomicBool,
+    /// Out of dispatch (set by [`Dispatch::set_draining`]); kept when the node registers again.
+    pub(crate) draining: AtomicBool,
     /// A sweep for dead nodes is running.
     pub(crate) sweeping: AtomicBool,
     /// The id of the last inbox entry the reader handled, as (milliseconds, sequence).
@@ -275,6 +277,7 @@ impl Cluster {
             epoch_losses: AtomicU64::new(0),
             reset_inbox: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             sweeping: AtomicBool::new(false),
             handled: watch::channel((0, 0)).0,
             metrics: ClusterMetrics::register(),

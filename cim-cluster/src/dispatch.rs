@@ -1,6 +1,7 @@
-//! [`ClusterDispatch`]: least-loaded dispatch — of the live nodes that are not draining, the two
-//! least loaded, one picked at random (power of two choices), with a slot reserved on it, so a
-//! burst of clients (a reconnect storm after a node's death) spreads instead of piling onto one.
+//! [`ClusterDispatch`]: least-loaded dispatch — of the live nodes that are not draining, the
+//! least loaded, or, when the next one is within a connection of it, one of the two at random;
+//! a slot is reserved on the node named, so a burst of clients (a reconnect storm after a
+//! node's death) spreads instead of piling onto one.
 
 use std::sync::Arc;
 
@@ -29,10 +30,11 @@ impl ClusterDispatch {
 
 #[async_trait]
 impl Dispatch for ClusterDispatch {
-    async fn pick(&self) -> cim_core::Result<NodeAddrs> {
+    async fn pick(&self, avoid: Option<&str>) -> cim_core::Result<NodeAddrs> {
         let inner = &self.inner;
         let mut inv = inner.invocation(&inner.scripts.dispatch);
-        inv.arg(if fastrand::bool() { "1" } else { "0" });
+        inv.arg(if fastrand::bool() { "1" } else { "0" })
+            .arg(avoid.unwrap_or(""));
         let mut it = array(inner.call(&inv).await?)?.into_iter().map(text);
         let mut next = || it.next().transpose().map(Option::unwrap_or_default);
         let nid = next()?;
@@ -47,11 +49,19 @@ impl Dispatch for ClusterDispatch {
             tcp: next()?,
             websocket: next()?,
             http: next()?,
+            tls: next()?,
+            wss: next()?,
+            xml: next()?,
         })
     }
 
+    /// Also remembered here: a node that registers again (after Redis lost its data, or after
+    /// it was taken for dead) stays out of dispatch while it drains.
     async fn set_draining(&self, draining: bool) -> cim_core::Result<()> {
         let inner = &self.inner;
+        inner
+            .draining
+            .store(draining, std::sync::atomic::Ordering::Release);
         let mut inv = inner.invocation(&inner.scripts.drain);
         inv.arg(inner.nid.as_str())
             .arg(if draining { "1" } else { "0" });

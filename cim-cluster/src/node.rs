@@ -41,14 +41,17 @@ impl Inner {
         let a = lock(&self.advertised).clone();
         let candidate: String = crate::hex_id(16);
         let mut inv = self.invocation(&self.scripts.register);
+        let draining = self.draining.load(Ordering::Acquire);
         inv.arg(self.nid.as_str())
             .arg(self.config.node.as_str())
             .arg(self.config.node_id)
             .arg(self.config.deadline.as_millis() as u64)
-            .arg(a.tcp.as_str())
-            .arg(a.websocket.as_str())
-            .arg(a.http.as_str())
-            .arg(candidate);
+            .arg(candidate)
+            .arg(if draining { "1" } else { "0" })
+            .arg(self.config.heartbeat.as_millis() as u64);
+        for addr in [&a.tcp, &a.websocket, &a.http, &a.tls, &a.wss, &a.xml] {
+            inv.arg(addr.as_str());
+        }
         let mut it = array(self.call(&inv).await?)?.into_iter();
         let status = it.next().map(text).transpose()?.unwrap_or_default();
         let mut rest = it.map(text);

@@ -32,6 +32,7 @@ mod error;
 mod frame;
 mod lenient;
 mod message;
+mod node;
 pub mod protocol;
 mod session;
 #[cfg(feature = "testing")]
@@ -48,6 +49,7 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use frame::{Frame, FrameType};
 pub use message::{Message, ReplyBody, SentBody, handshake_refused};
+pub use node::NodeAddrs;
 pub use session::Session;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

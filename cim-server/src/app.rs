@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{TokenAuthenticator, TokenHandshake, TokenSigner};
+use crate::drain::{DrainReport, DrainSwitch};
 use crate::http::{self, HttpConfig, HttpState};
 use crate::listener::{Listener, Protocol};
 use crate::server::{RunningServer, Server, ServerBuilder, ServerError};
@@ -30,6 +31,8 @@ pub struct App {
     cluster: Option<Cluster>,
     expiry: Option<JoinHandle<()>>,
     http: Option<(SocketAddr, watch::Sender<bool>, JoinHandle<()>)>,
+    /// Flipped by `POST /api/v1/admin/drain` (and by [`drain`](App::drain) itself).
+    drain: DrainSwitch,
 }
 
 impl App {
@@ -134,15 +137,19 @@ impl App {
             .and_then(|s| s.local_addr().ok())
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let advertise = &settings.cluster;
         let advertised = Arc::new(std::sync::Mutex::new(NodeAddrs {
             node: settings.node.clone(),
-            tcp: settings.cluster.advertise_tcp.clone(),
-            websocket: settings.cluster.advertise_websocket.clone(),
-            http: if settings.cluster.advertise_http.is_empty() {
+            tcp: advertise.advertise_tcp.clone(),
+            websocket: advertise.advertise_websocket.clone(),
+            http: if advertise.advertise_http.is_empty() {
                 http_addr
             } else {
-                settings.cluster.advertise_http.clone()
+                advertise.advertise_http.clone()
             },
+            tls: advertise.advertise_tls.clone(),
+            wss: advertise.advertise_wss.clone(),
+            xml: advertise.advertise_xml.clone(),
         }));
         {
             let advertised = Arc::clone(&advertised);
@@ -155,6 +162,9 @@ impl App {
                     let slot = match *protocol {
                         "tcp" => &mut a.tcp,
                         "websocket" => &mut a.websocket,
+                        "tls" => &mut a.tls,
+                        "wss" => &mut a.wss,
+                        "xml" => &mut a.xml,
                         _ => continue,
                     };
                     if slot.is_empty() {
@@ -176,6 +186,7 @@ impl App {
                     .clone(),
             )),
         };
+        let drain = DrainSwitch::new(Duration::from_millis(settings.shutdown.drain_ms));
         let http = match http_socket {
             Some(socket) => {
                 let addr = socket.local_addr().map_err(|source| ServerError::Bind {
@@ -202,6 +213,7 @@ impl App {
                     .then(|| settings.store.path.clone()),
                     console: settings.http.console,
                     dispatch: Arc::clone(&dispatch),
+                    drain: drain.clone(),
                 });
                 let config = HttpConfig {
                     max_body: settings.http.max_body,
@@ -234,7 +246,59 @@ impl App {
             cluster,
             expiry,
             http,
+            drain,
         })
+    }
+
+    /// Completes once a drain is asked for over the HTTP API (`POST /api/v1/admin/drain`); the
+    /// binary then runs [`drain`](Self::drain). An embedding program that wants the endpoint to
+    /// act waits on this too.
+    pub async fn drain_requested(&self) {
+        self.drain.wait().await;
+    }
+
+    /// Whether a drain was asked for (or is running).
+    pub fn is_draining(&self) -> bool {
+        self.drain.requested()
+    }
+
+    /// Drains this node (lame duck): dispatch names it no more, from now on; it stops accepting
+    /// connections; it closes the open ones spread evenly over `window` (each writes what is
+    /// queued first; what is still queued for its account, or sent to it meanwhile, is routed
+    /// to the account's other connections or stored, as at any close), so that their clients
+    /// reconnect elsewhere at a steady rate; then it waits up to `grace` for them to end. The
+    /// HTTP API keeps answering throughout. Call [`shutdown`](Self::shutdown) after it: in a
+    /// cluster that deregisters the node. Cancelling it leaves the rest to the shutdown.
+    pub async fn drain(&self, window: Duration, grace: Duration) -> DrainReport {
+        self.drain.request();
+        if let Err(e) = self.dispatch.set_draining(true).await {
+            tracing::warn!(error = %e, "marking this node draining failed");
+        }
+        self.server.stop_accepting();
+        let handles = self.server.hub().begin_drain();
+        let connections = handles.len();
+        tracing::info!(
+            connections,
+            window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            "draining: out of dispatch, no longer accepting; closing the connections"
+        );
+        let rounds = crate::drain::close_spread(handles, window).await;
+        let closing_time = rounds.last().map(|(at, _)| *at).unwrap_or_default();
+        self.server.wait_closed(grace).await;
+        let report = DrainReport {
+            connections,
+            closing_time,
+            max_per_second: crate::drain::max_per_second(&rounds),
+            left_open: self.server.connections(),
+        };
+        tracing::info!(
+            connections,
+            closing_ms = u64::try_from(closing_time.as_millis()).unwrap_or(u64::MAX),
+            max_per_second = report.max_per_second,
+            left_open = report.left_open,
+            "drained"
+        );
+        report
     }
 
     /// Reads every TLS listener's certificate chain and key again: handshakes from now on

@@ -42,6 +42,7 @@
 pub mod access;
 pub mod app;
 pub mod auth;
+pub mod drain;
 mod flash;
 pub mod gate;
 pub mod http;

@@ -8,7 +8,9 @@
 //! cargo run --release -p cim-server -- health            # ask the running server's GET /health
 //! ```
 //!
-//! SIGINT and SIGTERM shut it down gracefully; SIGHUP reloads the TLS certificates.
+//! SIGINT and SIGTERM shut it down gracefully; SIGUSR1 drains it (out of dispatch, no new
+//! connections, the open ones closed spread over `shutdown.drain_ms`, then it exits 0), as
+//! `POST /api/v1/admin/drain` does; SIGHUP reloads the TLS certificates.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -192,6 +194,20 @@ impl ReloadSignal {
     }
 }
 
+/// SIGUSR1: drain the node. Installed before the server says it is ready.
+#[cfg(unix)]
+fn drain_signal() -> anyhow::Result<ReloadSignal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    Ok(ReloadSignal(
+        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?,
+    ))
+}
+
+#[cfg(not(unix))]
+fn drain_signal() -> anyhow::Result<ReloadSignal> {
+    Ok(ReloadSignal)
+}
+
 #[cfg(not(unix))]
 struct ReloadSignal;
 
@@ -245,22 +261,58 @@ async fn run(args: Args) -> anyhow::Result<()> {
     init_logs(&settings, filter);
     let signal = shutdown_signal()?;
     let mut reload = reload_signal()?;
+    let mut drain = drain_signal()?;
     let app = App::start(&settings).await?;
     for (protocol, addr) in app.addrs() {
         println!("cim-server: {protocol} listening on {addr}");
     }
     tokio::pin!(signal);
+    let grace = Duration::from_millis(settings.shutdown.grace_ms);
+    let window = Duration::from_millis(settings.shutdown.drain_ms);
+    let mut draining = None;
     let signal = loop {
         tokio::select! {
-            s = &mut signal => break s,
+            s = &mut signal => break Some(s),
             () = reload.next() => {
                 tracing::info!("SIGHUP received: reloading TLS certificates");
                 app.reload_tls();
             }
+            () = drain.next(), if draining.is_none() => draining = Some("SIGUSR1 received"),
+            () = app.drain_requested(), if draining.is_none() => {
+                draining = Some("a drain was asked for (POST /api/v1/admin/drain)");
+            }
+        }
+        if let Some(why) = draining {
+            println!(
+                "cim-server: {why}, draining: out of dispatch, closing the connections over {} \
+                 ms (shutdown.drain_ms)",
+                window.as_millis()
+            );
+            // A SIGINT or SIGTERM meanwhile cuts the drain short: the shutdown closes the rest.
+            tokio::select! {
+                s = &mut signal => break Some(s),
+                report = app.drain(window, grace) => {
+                    println!(
+                        "cim-server: drained: {} connection(s) closed over {:.2} s, at most {} \
+                         in any second{}",
+                        report.connections,
+                        report.closing_time.as_secs_f64(),
+                        report.max_per_second,
+                        if report.left_open > 0 {
+                            format!(", {} still open at the deadline", report.left_open)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    break None;
+                }
+            }
         }
     };
-    println!("cim-server: {signal} received, shutting down");
-    let grace = Duration::from_millis(settings.shutdown.grace_ms);
+    match signal {
+        Some(signal) => println!("cim-server: {signal} received, shutting down"),
+        None => println!("cim-server: shutting down"),
+    }
     let clean = app.shutdown(grace).await;
     println!(
         "cim-server: stopped{}",

@@ -305,6 +305,19 @@ impl RunningServer {
         (self.max as usize).saturating_sub(self.slots.available_permits())
     }
 
+    /// Stops accepting new connections on every listener; those open stay (a drain closes them
+    /// at its own pace, [`shutdown`](Self::shutdown) at once).
+    pub fn stop_accepting(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Waits up to `timeout` until no connection is open; returns whether none is.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.slots.acquire_many(self.max))
+            .await
+            .is_ok_and(|all| all.is_ok())
+    }
+
     /// Stops accepting, asks every connection to write what is queued and close, and waits up
     /// to `grace` for them; then stops the router and the session manager and makes the store
     /// durable. Returns whether all connections closed in time.

@@ -194,3 +194,128 @@ fn the_cluster_scenario_reports_both_pushes() {
     assert!(v["binds_per_sec"].as_f64().unwrap() > 0.0);
     assert!(v["vanish_seconds"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+/// `--cluster` at a small scale, three nodes on a Redis it starts: a push from node a to
+/// subscribers on b and c delivers everything; a node killed in the middle of a push loses no
+/// answered send and lets no copy reach an application; after a node's death every one of its
+/// clients is bound again through dispatch on a survivor, with nothing lost.
+#[test]
+fn cluster_scenarios_run_across_three_nodes() {
+    let quick = [
+        "--cluster",
+        "3",
+        "--cluster-heartbeat-ms",
+        "100",
+        "--cluster-deadline-ms",
+        "1000",
+    ];
+    let with = |args: &[&str]| -> Vec<String> {
+        quick.iter().chain(args).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>| bench(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let v = run(with(&["push", "-n", "10", "-m", "300"]));
+    assert_eq!(v["scenario"], "cluster push", "{v}");
+    assert_eq!(
+        (v["sent"].as_u64(), v["received"].as_u64()),
+        (Some(300), Some(300))
+    );
+    assert_eq!(v["subscribers_on"], serde_json::json!(["b", "c"]), "{v}");
+    let cpu = v["cpu_seconds_by_process"].as_object().unwrap();
+    assert!(
+        ["node a", "node b", "node c", "redis"]
+            .iter()
+            .all(|k| cpu.contains_key(*k)),
+        "{v}"
+    );
+
+    let v = run(with(&[
+        "failover",
+        "-n",
+        "30",
+        "-m",
+        "600",
+        "--http-conns",
+        "2",
+    ]));
+    assert_eq!(v["scenario"], "cluster failover", "{v}");
+    assert_eq!(v["sent"], 600, "{v}");
+    assert_eq!(v["killed"], "c");
+    assert!(
+        v["moved"].as_u64().unwrap() >= 1,
+        "dispatch used every node: {v}"
+    );
+    assert_eq!(
+        (v["lost"].as_u64(), v["duplicates_delivered"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    let after = v["after"].as_object().unwrap();
+    assert!(!after.contains_key("c"), "{v}");
+    assert_eq!(
+        after.values().map(|n| n.as_u64().unwrap()).sum::<u64>(),
+        30,
+        "{v}"
+    );
+
+    let v = run(with(&["storm", "-n", "30"]));
+    assert_eq!(v["scenario"], "cluster storm", "{v}");
+    let moved = v["moved"].as_u64().unwrap();
+    assert!(moved >= 1, "{v}");
+    let moved_to: u64 = v["moved_to"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(moved_to, moved, "{v}");
+    assert!(v["recovery_seconds"].as_f64().unwrap() > 0.0);
+    assert!(
+        v["sent"].as_u64().unwrap() >= 100,
+        "messages were sent to the moving accounts: {v}"
+    );
+    assert_eq!(v["lost"], 0, "{v}");
+    let failed = |k: &str| v[k].as_u64().unwrap();
+    assert!(
+        failed("failed_named") + failed("failed_fallback") <= failed("failed_attempts"),
+        "{v}"
+    );
+    let (max, min) = (
+        v["max_per_node"].as_u64().unwrap(),
+        v["min_per_node"].as_u64().unwrap(),
+    );
+    assert!(
+        max >= min && max + min == 30,
+        "two survivors hold all 30: {v}"
+    );
+
+    // What --cluster does not run, and failover without it, say so.
+    for (args, says) in [
+        (
+            vec!["failover", "-n", "2"],
+            "failover runs across a cluster: add --cluster",
+        ),
+        (
+            vec!["--cluster", "1", "storm", "-n", "2"],
+            "--cluster takes from 2 to 26 nodes, not 1",
+        ),
+        (
+            vec!["--cluster", "2", "idle", "-n", "2"],
+            "with --cluster the scenarios are push, failover and storm",
+        ),
+        (
+            vec!["--cluster", "2", "--tls", "push"],
+            "--cluster starts its nodes itself",
+        ),
+    ] {
+        let out = Command::new(built_binary("cim-bench", "cim-bench"))
+            .arg("--server-bin")
+            .arg(server_binary())
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -214,3 +214,91 @@ fn ping_over_tls_trusts_the_ca_file_given() {
         "{err}"
     );
 }
+
+/// `--dispatch` asks the server which node to use, in `--protocol`, for `listen`, `send` and
+/// `ping` alike, and says where it went; a dispatch that cannot be asked is a clear error.
+#[test]
+fn listen_send_and_ping_follow_dispatch() {
+    let p = ServerProcess::start(&[("CIM_NODE", "solo")]);
+    let dispatch = format!("http://{}", p.addr("http"));
+    let named = format!("(node solo, named by dispatch {dispatch}/api/v1/dispatch)");
+
+    let listen = spawn(&[
+        "listen",
+        "--uid",
+        "carol",
+        "--dispatch",
+        &dispatch,
+        "--protocol",
+        "ws+json",
+    ]);
+    let line = wait_line(&listen.stderr, "listening", |l| {
+        l.contains("listening as carol")
+    });
+    let ws = format!("ws+json://{}/", p.addr("websocket"));
+    assert!(line.contains(&format!("on {ws} {named}")), "{line}");
+
+    let (code, out, err) = cim_once(&[
+        "send",
+        "--to",
+        "carol",
+        "--content",
+        "via dispatch",
+        "--dispatch",
+        &dispatch,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("sent "), "{out}");
+    let line = wait_line(&listen.stdout, "the message", |l| {
+        l.contains("via dispatch")
+    });
+    assert_eq!(line, "cim-cli -> carol: via dispatch");
+
+    let (code, out, err) = cim_once(&["ping", "--dispatch", &dispatch, "-c", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let tcp = format!("tcp://{}", p.addr("tcp"));
+    assert!(
+        out.contains(&format!("{tcp} {named}: connected and bound")),
+        "{out}"
+    );
+
+    // Nobody answers at the dispatch URL.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, err) = cim_once(&["ping", "--dispatch", &format!("http://{free}"), "-c", "1"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "dispatch http://{free}/api/v1/dispatch: cannot connect"
+        )),
+        "{err}"
+    );
+    // A second URL is asked when the first cannot answer.
+    let nobody = format!("http://{free}");
+    let (code, out, err) = cim_once(&[
+        "ping",
+        "--dispatch",
+        &nobody,
+        "--dispatch",
+        &dispatch,
+        "-c",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{tcp} {named}: connected")), "{out}");
+    // Not a protocol; a protocol without a dispatch URL; a server and a dispatch URL at once.
+    let (code, _, err) = cim_once(&["ping", "--dispatch", &dispatch, "--protocol", "http"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("tcp, tls, xml, ws, ws+json, wss or wss+json"),
+        "{err}"
+    );
+    let (code, _, err) = cim_once(&["ping", "--protocol", "ws"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--dispatch"), "{err}");
+    let (code, _, err) = cim_once(&["ping", "-s", &tcp, "--dispatch", &dispatch]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

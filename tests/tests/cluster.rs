@@ -19,32 +19,10 @@ use std::time::Duration;
 use cim_cluster::testing::RedisServer;
 use cim_codec_binary::BinaryCodec;
 use cim_core::{Frame, Message, SentBody};
+use common::cluster::*;
 use common::process::*;
 use common::*;
 use tokio::time::Instant;
-
-const HEARTBEAT_MS: &str = "100";
-const DEADLINE_MS: u64 = 1000;
-
-/// Starts node `name` (number `id`) of the cluster on `redis`.
-fn node(redis: &RedisServer, name: &str, id: u16) -> ServerProcess {
-    node_with(redis, name, id, &[])
-}
-
-fn node_with(redis: &RedisServer, name: &str, id: u16, extra: &[(&str, &str)]) -> ServerProcess {
-    let url = redis.url();
-    let id = id.to_string();
-    let deadline = DEADLINE_MS.to_string();
-    let mut env = vec![
-        ("CIM_CLUSTER__REDIS", url.as_str()),
-        ("CIM_NODE", name),
-        ("CIM_NODE_ID", id.as_str()),
-        ("CIM_CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS),
-        ("CIM_CLUSTER__NODE_DEADLINE_MS", deadline.as_str()),
-    ];
-    env.extend_from_slice(extra);
-    ServerProcess::start(&env)
-}
 
 /// A synchronous connection to the test's Redis, for looking at keys.
 fn redis_conn(redis: &RedisServer) -> redis::Connection {
@@ -82,69 +60,6 @@ fn inbox_added(redis: &RedisServer, nid: &str) -> i64 {
         },
         Err(e) if e.to_string().contains("no such key") => 0,
         Err(e) => panic!("XINFO: {e}"),
-    }
-}
-
-async fn send(http_addr: SocketAddr, to: &str, content: &str) -> Resp {
-    let body = serde_json::json!({ "receiver": to, "action": "2", "content": content }).to_string();
-    http(http_addr, "POST", "/api/v1/messages", &[JSON], &body).await
-}
-
-/// Sends and expects a 200; returns the message id.
-async fn send_ok(http_addr: SocketAddr, to: &str, content: &str) -> i64 {
-    let r = send(http_addr, to, content).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()["id"].as_str().unwrap().parse().unwrap()
-}
-
-async fn client(p: &ServerProcess) -> TcpClient {
-    StreamClient::connect(p.addr("tcp"), BinaryCodec::new()).await
-}
-
-async fn bound(p: &ServerProcess, uid: &str, channel: &str, device: &str) -> TcpClient {
-    let mut c = client(p).await;
-    c.bind(uid, channel, device).await;
-    c
-}
-
-/// The sessions of `uid` as node `p` lists them: (node, channel, device).
-async fn sessions_of(p: &ServerProcess, uid: &str) -> Vec<(String, String, String)> {
-    let r = http(
-        p.addr("http"),
-        "GET",
-        &format!("/api/v1/accounts/{uid}/sessions"),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let mut out: Vec<_> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["node"].as_str().unwrap().to_owned(),
-                s["channel"].as_str().unwrap().to_owned(),
-                s["deviceId"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Polls `check` every 20 ms until it holds; fails after `within`.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -200,12 +115,6 @@ async fn tag_push(h: SocketAddr, content: &str) -> u64 {
     .await;
     assert_eq!(r.status, 200, "{r:?}");
     r.json()["delivered"].as_u64().unwrap()
-}
-
-async fn dispatch(p: &ServerProcess) -> serde_json::Value {
-    let r = http(p.addr("http"), "GET", "/api/v1/dispatch", &[], "").await;
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()
 }
 
 /// 1. Routed, not broadcast: the receiver on B, sent through A's HTTP API — B's connection gets
@@ -904,6 +813,60 @@ async fn dispatch_picks_among_the_least_loaded_live_nodes() {
     assert!(seen.iter().any(|n| n == "c"), "{seen:?}");
 }
 
+/// A node killed with `kill -9` leaves dispatch once it has missed two heartbeats, long before
+/// its deadline passes: a reconnect storm after its death does not keep landing on it. And a
+/// client that names the node it lost (`?avoid=`) is sent elsewhere at once.
+#[tokio::test]
+async fn dispatch_passes_over_a_node_that_missed_its_heartbeats() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", 1);
+    // Its deadline is ten minutes: only its silence can take it out of dispatch.
+    let mut b = node_with(
+        &redis,
+        "b",
+        2,
+        &[("CIM_CLUSTER__NODE_DEADLINE_MS", "600000")],
+    );
+    let mut held = Vec::new();
+    for i in 0..100 {
+        held.push(bound(&a, &format!("la{i}"), "android", "p").await);
+    }
+    let _on_b = bound(&b, "lb", "android", "p").await;
+    // The client that just lost b (or could not reach it) asks to pass over it.
+    let r = http(a.addr("http"), "GET", "/api/v1/dispatch?avoid=b", &[], "").await;
+    assert_eq!(r.json()["node"], "a", "{r:?}");
+    assert_eq!(dispatch(&a).await["node"], "b", "the least loaded");
+    let b_nid = nid_of(&redis, "b");
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    eventually(
+        "dispatch passes over b",
+        Duration::from_secs(10),
+        || async {
+            let mut named = Vec::new();
+            for _ in 0..10 {
+                named.push(dispatch(&a).await["node"].as_str().unwrap().to_owned());
+            }
+            named.iter().all(|n| n == "a")
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(dispatch(&a).await["node"], "a");
+    }
+    // Not reaped: its deadline is still far off, so its session is still listed.
+    assert_eq!(sessions_of(&a, "lb").await.len(), 1);
+    // And still by far the least loaded (its session and the slots reserved on it while it was
+    // named): by load alone dispatch would name it.
+    let mut r = redis_conn(&redis);
+    let load: f64 = redis::cmd("ZSCORE")
+        .arg("cim:load")
+        .arg(&b_nid)
+        .query(&mut r)
+        .unwrap();
+    assert!(load + 1.0 < 100.0, "b's load {load}");
+}
+
 /// On one node, dispatch names the node itself.
 #[tokio::test]
 async fn a_single_node_dispatches_to_itself() {
@@ -913,6 +876,34 @@ async fn a_single_node_dispatches_to_itself() {
     assert_eq!(d["tcp"], p.addr("tcp").to_string());
     assert_eq!(d["websocket"], p.addr("websocket").to_string());
     assert_eq!(d["http"], p.addr("http").to_string());
+    // Asked to pass over itself, the only node still names itself.
+    let h = p.addr("http");
+    let r = http(h, "GET", "/api/v1/dispatch?avoid=solo", &[], "").await;
+    assert_eq!(
+        (r.status, r.json()["node"].as_str()),
+        (200, Some("solo")),
+        "{r:?}"
+    );
+    // `avoid` is a node name: 64 bytes at most, of letters, digits, '.', '_' and '-'.
+    let longest = "n".repeat(64);
+    let r = http(
+        h,
+        "GET",
+        &format!("/api/v1/dispatch?avoid={longest}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for bad in ["n".repeat(65), "a%20b".to_owned(), String::new()] {
+        let reason = http(h, "GET", &format!("/api/v1/dispatch?avoid={bad}"), &[], "")
+            .await
+            .json_error(400);
+        assert!(reason.contains("is not a node name"), "{bad:?}: {reason}");
+    }
+    http(h, "GET", "/api/v1/dispatch?zone=eu", &[], "")
+        .await
+        .json_error(400);
 }
 
 /// A second node with the name or the number of a live node is refused, saying why.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use crate::engine::conn::{ConnIds, Outbound};
+use crate::engine::conn::{ConnIds, ConnectionHandle, Outbound};
 use crate::engine::deadlines::Deadlines;
 use crate::engine::handler::{EventContext, EventListener, RequestContext, RequestHandler};
 use crate::engine::policy::{BindAuthenticator, KickPolicy};
@@ -230,7 +230,16 @@ impl Hub {
         self.live.close_all();
     }
 
-    /// Whether [`shutdown`](Self::shutdown) was called.
+    /// Starts a drain: every connection accepted from now on is asked to close at once, and the
+    /// live ones are returned (oldest first) for the caller to close at its own pace with
+    /// [`ConnectionHandle::close`] — each writes what is queued first, and its session ends as
+    /// in any close (what is still queued for it is kept by the router). A later
+    /// [`shutdown`](Self::shutdown) closes whatever is left.
+    pub fn begin_drain(&self) -> Vec<ConnectionHandle> {
+        self.live.begin_drain()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) (or [`begin_drain`](Self::begin_drain)) was called.
     pub fn is_shutting_down(&self) -> bool {
         self.live.is_closing()
     }

@@ -57,6 +57,19 @@ impl Registry {
         }
     }
 
+    /// Asks every connection accepted from now on to close at once, and returns the live ones,
+    /// for the caller to close at its own pace (a drain).
+    pub(crate) fn begin_drain(&self) -> Vec<ConnectionHandle> {
+        self.closing.store(true, Ordering::SeqCst);
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(lock(shard).values().cloned());
+        }
+        // Oldest first: connection ids grow.
+        all.sort_by_key(ConnectionHandle::id);
+        all
+    }
+
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
@@ -87,6 +100,27 @@ mod tests {
         assert!(
             c.is_closed(),
             "a connection that arrives during the shutdown closes"
+        );
+    }
+
+    #[test]
+    fn a_drain_hands_out_the_live_connections_and_closes_later_ones() {
+        let r = Registry::default();
+        let (a, _ra) = ConnectionHandle::new(ConnId(7), 4);
+        let (b, _rb) = ConnectionHandle::new(ConnId(3), 4);
+        r.insert(&a);
+        r.insert(&b);
+        let live = r.begin_drain();
+        assert_eq!(
+            live.iter().map(ConnectionHandle::id).collect::<Vec<_>>(),
+            [ConnId(3), ConnId(7)]
+        );
+        assert!(!a.is_closed() && !b.is_closed(), "the caller closes them");
+        let (c, _rc) = ConnectionHandle::new(ConnId(9), 4);
+        r.insert(&c);
+        assert!(
+            c.is_closed(),
+            "a connection that arrives during a drain closes"
         );
     }
 }

@@ -312,16 +312,42 @@ pub async fn pending_clear(
     Ok(Json(json!({ "uid": uid, "deleted": deleted })))
 }
 
-/// `GET /api/v1/dispatch`: the node a client should connect to — in a cluster one of the two
-/// least loaded live nodes that are not draining, picked at random (a slot reserved on it); on
-/// one node this one — with its TCP, WebSocket and HTTP addresses.
+/// `GET /api/v1/dispatch` (no API key needed): the node a client should connect to — in a
+/// cluster the least loaded live node that is not draining (one of the two least loaded, at
+/// random, when they are within a connection of each other; a slot reserved on it; a node that
+/// missed two heartbeats, or the one `?avoid=` names, only when no other qualifies); on one node
+/// this one, unless it is draining — with its addresses.
 pub async fn dispatch(
     State(st): State<Arc<HttpState>>,
+    ApiQuery(q): ApiQuery<DispatchQuery>,
 ) -> Result<Json<cim_core::engine::NodeAddrs>, ApiError> {
-    Ok(Json(st.dispatch.pick().await?))
+    if let Some(avoid) = &q.avoid {
+        let ok = (1..=MAX_NODE_NAME).contains(&avoid.len())
+            && avoid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "avoid {avoid:?} is not a node name (1 to {MAX_NODE_NAME} letters, digits, '.', \
+                 '_' or '-')"
+            )));
+        }
+    }
+    Ok(Json(st.dispatch.pick(q.avoid.as_deref()).await?))
 }
 
-/// A drain request.
+/// The longest node name (as `node` in a cluster must be).
+const MAX_NODE_NAME: usize = 64;
+
+/// What a client tells dispatch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchQuery {
+    /// A node the client just lost or could not reach: named only when no other qualifies.
+    pub avoid: Option<String>,
+}
+
+/// A request to take the node out of dispatch, or back in.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainIn {
@@ -329,13 +355,40 @@ pub struct DrainIn {
     pub draining: bool,
 }
 
-/// `POST /api/v1/drain` `{"draining": true}`: takes this node out of dispatch, or back in.
+/// `POST /api/v1/drain` `{"draining": true}`: takes this node out of dispatch, or back in; its
+/// connections stay. Once a drain to exit (`/api/v1/admin/drain`, SIGUSR1) has begun, the node
+/// cannot come back in (`409`).
 pub async fn drain(
     State(st): State<Arc<HttpState>>,
     ApiJson(d): ApiJson<DrainIn>,
 ) -> Result<Json<Value>, ApiError> {
+    if !d.draining && st.drain.requested() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "this node is draining to exit (POST /api/v1/admin/drain or SIGUSR1): it cannot go \
+             back into dispatch",
+        ));
+    }
     st.dispatch.set_draining(d.draining).await?;
     Ok(Json(
         json!({ "node": st.hub.node(), "draining": d.draining }),
+    ))
+}
+
+/// `POST /api/v1/admin/drain` (no body): drains this node to exit, as SIGUSR1 does — out of
+/// dispatch before the answer, then no new connections, the open ones closed spread over
+/// `shutdown.drain_ms`, and the node exits. Answers `202` with `started: false` when a drain
+/// was already under way.
+pub async fn admin_drain(
+    State(st): State<Arc<HttpState>>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    st.dispatch.set_draining(true).await?;
+    let started = st.drain.request();
+    let drain_ms = u64::try_from(st.drain.window().as_millis()).unwrap_or(u64::MAX);
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({
+            "node": st.hub.node(), "draining": true, "drain_ms": drain_ms, "started": started,
+        })),
     ))
 }

@@ -84,6 +84,8 @@ pub struct HttpState {
     pub console: bool,
     /// Which node a client should connect to.
     pub dispatch: Arc<dyn cim_core::engine::Dispatch>,
+    /// Flipped by `POST /api/v1/admin/drain`.
+    pub drain: crate::drain::DrainSwitch,
 }
 
 /// Settings of the HTTP listener.
@@ -188,6 +190,7 @@ mod routes {
     pub const TOKENS: &str = "/api/v1/tokens";
     pub const DISPATCH: &str = "/api/v1/dispatch";
     pub const DRAIN: &str = "/api/v1/drain";
+    pub const ADMIN_DRAIN: &str = "/api/v1/admin/drain";
     pub const STATS: &str = "/api/v1/stats";
     pub const HEALTH: &str = "/health";
     pub const METRICS: &str = "/metrics";
@@ -208,6 +211,7 @@ mod routes {
         TOKENS,
         DISPATCH,
         DRAIN,
+        ADMIN_DRAIN,
         STATS,
         HEALTH,
         METRICS,
@@ -255,8 +259,8 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             get(api::pending_count).delete(api::pending_clear),
         )
         .route(routes::TOKENS, post(api::mint_token))
-        .route(routes::DISPATCH, get(api::dispatch))
         .route(routes::DRAIN, post(api::drain))
+        .route(routes::ADMIN_DRAIN, post(api::admin_drain))
         .route(routes::STATS, get(observe::stats))
         // The key is checked first: nobody reads a body for a caller without the key.
         .route_layer(middleware::from_fn_with_state(
@@ -276,7 +280,10 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
             Arc::clone(&state),
             metrics_access,
         ));
-    let mut open = Router::new().route(routes::HEALTH, get(api::health));
+    // Open to all, as /health is: clients ask dispatch, and an API key is not theirs to hold.
+    let mut open = Router::new()
+        .route(routes::HEALTH, get(api::health))
+        .route(routes::DISPATCH, get(api::dispatch));
     if state.console {
         open = open
             .route(routes::CONSOLE, get(console::page))

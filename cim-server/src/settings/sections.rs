@@ -283,6 +283,13 @@ pub struct ClusterSettings {
     pub advertise_websocket: String,
     /// The HTTP API's address; empty: where it listens.
     pub advertise_http: String,
+    /// The binary protocol's TLS address (`tls://`); empty: where the TCP listener speaks TLS
+    /// (its own port, or `tcp.tls.port`).
+    pub advertise_tls: String,
+    /// The WebSocket TLS address (`wss://`); empty: where the WebSocket listener speaks TLS.
+    pub advertise_wss: String,
+    /// The XML listener's address; empty: where it listens.
+    pub advertise_xml: String,
 }
 
 impl Default for ClusterSettings {
@@ -297,6 +304,9 @@ impl Default for ClusterSettings {
             advertise_tcp: String::new(),
             advertise_websocket: String::new(),
             advertise_http: String::new(),
+            advertise_tls: String::new(),
+            advertise_wss: String::new(),
+            advertise_xml: String::new(),
         }
     }
 }
@@ -353,12 +363,20 @@ impl TryFrom<String> for LogFormat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
-    /// Time allowed, after SIGINT or SIGTERM, for connections to flush and close.
+    /// Time allowed, after SIGINT or SIGTERM (or once a drain has closed its connections), for
+    /// connections to flush and close.
     pub grace_ms: u64,
+    /// A drain (SIGUSR1, `POST /api/v1/admin/drain`) closes the node's connections spread
+    /// evenly over this long, so that their clients reconnect elsewhere at a steady rate;
+    /// `0` closes them all at once.
+    pub drain_ms: u64,
 }
 
 impl Default for ShutdownSettings {
     fn default() -> Self {
-        Self { grace_ms: 10_000 }
+        Self {
+            grace_ms: 10_000,
+            drain_ms: 30_000,
+        }
     }
 }

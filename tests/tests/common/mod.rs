@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod certs;
+pub mod cluster;
 pub mod haproxy;
 pub mod process;
 
@@ -29,6 +30,19 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `check` every 20 ms until it holds; fails, naming `what`, after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()

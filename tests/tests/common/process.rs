@@ -381,3 +381,16 @@ pub async fn http_on(
 }
 
 pub const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// Sends a text message to `to` through the HTTP API at `addr`.
+pub async fn send(addr: SocketAddr, to: &str, content: &str) -> Resp {
+    let body = serde_json::json!({ "receiver": to, "action": "2", "content": content }).to_string();
+    http(addr, "POST", "/api/v1/messages", &[JSON], &body).await
+}
+
+/// Sends and expects a 200; returns the message id.
+pub async fn send_ok(addr: SocketAddr, to: &str, content: &str) -> i64 {
+    let r = send(addr, to, content).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["id"].as_str().unwrap().parse().unwrap()
+}
