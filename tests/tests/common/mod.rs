@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod certs;
+pub mod clients;
 pub mod cluster;
 pub mod haproxy;
 pub mod process;
