@@ -12,6 +12,7 @@ pub mod clients;
 pub mod cluster;
 pub mod haproxy;
 pub mod process;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
