@@ -26,9 +26,9 @@ use cim_client::DispatchUrl;
 use cim_cluster::testing::RedisServer;
 use serde_json::{Value, json};
 
+use crate::ctx::{Ctx, say};
 use crate::fleet::Fleet;
 use crate::server::Server;
-use crate::{Ctx, say};
 
 /// The most nodes `--cluster` starts (named a to z).
 pub const MAX_NODES: usize = 26;
@@ -283,7 +283,7 @@ fn kill_last(ctx: &mut Ctx) -> anyhow::Result<()> {
 pub async fn push(
     ctx: &Ctx,
     plan: crate::publish::Plan,
-    via: crate::Via,
+    via: crate::cli::Via,
     http_conns: usize,
 ) -> anyhow::Result<Value> {
     let (names, settings) = cluster_of(ctx)?;
@@ -294,7 +294,7 @@ pub async fn push(
         .map(|(n, s)| (format!("node {n}"), s))
         .collect();
     measured.extend(redis.map(|r| ("redis".to_owned(), r)));
-    let target = crate::Target {
+    let target = crate::push::Target {
         publisher: &ctx.server,
         subscribers: ctx.more.iter().map(|s| s.tcp).collect(),
         measured,
@@ -307,7 +307,7 @@ pub async fn push(
             settings.nodes
         ),
     );
-    let mut v = crate::push_to(ctx, &target, plan, via, http_conns).await?;
+    let mut v = crate::push::push_to(ctx, &target, plan, via, http_conns).await?;
     if let Some(o) = v.as_object_mut() {
         o.insert("scenario".into(), json!("cluster push"));
         o.insert("nodes".into(), json!(settings.nodes));

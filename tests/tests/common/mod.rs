@@ -8,9 +8,11 @@
 
 pub mod browser;
 pub mod certs;
+pub mod clients;
 pub mod cluster;
 pub mod haproxy;
 pub mod process;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
