@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{TokenAuthenticator, TokenHandshake, TokenSigner};
 use crate::drain::{DrainReport, DrainSwitch};
+#[cfg(feature = "http")]
 use crate::http::{self, HttpConfig, HttpState};
 use crate::listener::{Listener, Protocol};
 use crate::server::{RunningServer, Server, ServerBuilder, ServerError};
@@ -20,7 +21,7 @@ use cim_cluster::{Cluster, ClusterConfig};
 use cim_core::engine::{Dispatch, LocalDispatch, MemoryStore, MessageIds, MessageStore, NodeAddrs};
 use cim_store::StoreOptions;
 
-/// A running reference server: long-connection listeners and the HTTP API.
+/// A running reference server: long-connection listeners and (feature `http`) the HTTP API.
 pub struct App {
     server: RunningServer,
     /// Folds the metrics' histograms every few seconds (between scrapes too).
@@ -36,11 +37,14 @@ pub struct App {
 }
 
 impl App {
-    /// Opens every configured listener and starts serving. The process's metrics recorder is
-    /// installed first (see [`crate::metrics::install`]), so that every part registers its
-    /// series with it.
+    /// Opens every configured listener and starts serving. With the `http` feature the
+    /// process's metrics recorder is installed first (see `crate::metrics::install`), so that
+    /// every part registers its series with it; without it no recorder is installed (an
+    /// embedding program may install its own) and `http.enabled = true` is refused.
     pub async fn start(settings: &Settings) -> Result<App, ServerError> {
+        settings.http_built()?;
         let addrs = settings.resolve().await?;
+        #[cfg(feature = "http")]
         let recorder = crate::metrics::install();
         let conn = settings.connection_config();
         let node = settings.node_number().ok_or_else(|| {
@@ -118,6 +122,12 @@ impl App {
             }
         }
         // Open the HTTP socket first, so a taken port fails start-up before anything runs.
+        if !cfg!(feature = "http") {
+            tracing::info!(
+                "this cim-server is built without the `http` feature: no HTTP API (http.enabled \
+                 is off)"
+            );
+        }
         let http_socket = if settings.http.enabled {
             let addr = addrs.http;
             let socket = TcpListener::bind(addr)
@@ -187,6 +197,13 @@ impl App {
             )),
         };
         let drain = DrainSwitch::new(Duration::from_millis(settings.shutdown.drain_ms));
+        #[cfg(not(feature = "http"))]
+        let http = {
+            // Refused above (`http_built`): without the feature the socket is never opened.
+            let _ = (http_socket, signer);
+            None
+        };
+        #[cfg(feature = "http")]
         let http = match http_socket {
             Some(socket) => {
                 let addr = socket.local_addr().map_err(|source| ServerError::Bind {
@@ -237,7 +254,10 @@ impl App {
             let every = Duration::from_secs(settings.store.expire_every_secs);
             tokio::spawn(expire_loop(store, max_age, every))
         });
+        #[cfg(feature = "http")]
         let upkeep = recorder.map(|handle| tokio::spawn(upkeep_loop(handle)));
+        #[cfg(not(feature = "http"))]
+        let upkeep = None;
         Ok(App {
             server,
             upkeep,
@@ -495,8 +515,10 @@ fn message_ids(settings: &Settings, node: u8) -> Result<MessageIds, ServerError>
 
 /// How often the metrics' histograms are folded into their buckets: the recorder keeps each
 /// sample until then, so this bounds what it holds between scrapes.
+#[cfg(feature = "http")]
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
+#[cfg(feature = "http")]
 async fn upkeep_loop(handle: metrics_exporter_prometheus::PrometheusHandle) {
     let mut tick = tokio::time::interval(UPKEEP_EVERY);
     loop {
@@ -526,5 +548,57 @@ async fn expire_loop(store: Arc<dyn MessageStore>, max_age: Duration, every: Dur
             }
             Err(e) => tracing::warn!(error = %e, "expiring stored messages failed"),
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "http")))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Settings on loopback, every port picked by the system, messages kept in memory.
+    fn loopback() -> Settings {
+        let mut s = Settings::default();
+        s.tcp.port = 0;
+        s.websocket.port = 0;
+        s.xml.enabled = true;
+        s.xml.port = 0;
+        s.http.port = 0;
+        s.store.backend = StoreBackend::Memory;
+        s
+    }
+
+    /// Built without the HTTP API, the default configuration starts: the TCP, WebSocket and
+    /// XML listeners serve, and no HTTP listener is opened.
+    #[tokio::test]
+    async fn without_http_the_defaults_start_the_other_listeners() {
+        let app = App::start(&loopback()).await.unwrap();
+        let addrs = app.addrs();
+        let protocols: Vec<_> = addrs.iter().map(|(p, _)| *p).collect();
+        assert_eq!(protocols, ["tcp", "websocket", "xml"], "{addrs:?}");
+        let ws = addrs.iter().find(|(p, _)| *p == "websocket").unwrap().1;
+        let stream = tokio::net::TcpStream::connect(ws).await.unwrap();
+        let (mut socket, response) = tokio_tungstenite::client_async(format!("ws://{ws}/"), stream)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 101);
+        socket.close(None).await.unwrap();
+        for (_, addr) in addrs.iter().filter(|(p, _)| *p != "websocket") {
+            tokio::net::TcpStream::connect(addr).await.unwrap();
+        }
+        assert!(app.shutdown(Duration::from_secs(5)).await);
+    }
+
+    /// `http.enabled = true` set in-process is refused too, before any socket opens.
+    #[tokio::test]
+    async fn without_http_enabled_true_is_refused_at_start() {
+        let mut s = loopback();
+        s.http.enabled = true;
+        let Err(e) = App::start(&s).await else {
+            panic!("started with http.enabled = true and no HTTP API");
+        };
+        let e = e.to_string();
+        assert!(e.contains("`http.enabled` = true"), "{e}");
+        assert!(e.contains("without the `http` feature"), "{e}");
     }
 }

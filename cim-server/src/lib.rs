@@ -38,6 +38,23 @@
 //! }).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Features
+//!
+//! All on by default; a library build takes what it needs, e.g. `default-features = false,
+//! features = ["redb"]`.
+//!
+//! - `http`: the HTTP API (the modules `http` and `metrics`): CIM's `POST /api/message/send`, the JSON API
+//!   under `/api/v1` (dispatch among them), `GET /health`, `GET /metrics` and the admin console,
+//!   with axum, hyper and the Prometheus recorder. Without it the server runs its TCP, WebSocket
+//!   and XML listeners only. The `[http]` section still parses, so one configuration file serves
+//!   either build: `http.enabled` defaults to false (said once in the log at start-up) and an
+//!   explicit `true` is refused, naming the key. A cluster node built without it cannot serve
+//!   `GET /api/v1/dispatch`: clients must be sent to it by a node that has it, or configured
+//!   with its address.
+//! - `redb`, `sled`: the store backends (`store.backend`).
+//! - `cli`: the `cim-server` binary's command line and logs.
+//! - `mimalloc`: the binary's allocator.
 
 pub mod access;
 pub mod app;
@@ -45,8 +62,10 @@ pub mod auth;
 pub mod drain;
 mod flash;
 pub mod gate;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod listener;
+#[cfg(feature = "http")]
 pub mod metrics;
 mod refusal;
 pub mod server;

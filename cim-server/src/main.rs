@@ -11,6 +11,9 @@
 //! SIGINT and SIGTERM shut it down gracefully; SIGUSR1 drains it (out of dispatch, no new
 //! connections, the open ones closed spread over `shutdown.drain_ms`, then it exits 0), as
 //! `POST /api/v1/admin/drain` does; SIGHUP reloads the TLS certificates.
+//!
+//! Built without the `http` feature it serves no HTTP API: `http.enabled` is off by default
+//! (said once in the log) and `true` is refused at start-up.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +107,10 @@ async fn ask_health(addr: std::net::SocketAddr, proxied: bool) -> anyhow::Result
 
 /// The `health` subcommand.
 async fn health(settings: &Settings, timeout: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg!(feature = "http"),
+        "this cim-server is built without the `http` feature: there is no GET /health to ask"
+    );
     anyhow::ensure!(
         settings.http.enabled,
         "http.enabled is false: there is no GET /health to ask"

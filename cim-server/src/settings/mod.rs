@@ -213,8 +213,11 @@ impl Settings {
     }
 
     /// Checks ranges and consistency (the checks that need resolved addresses are
-    /// [`resolve`](Self::resolve)'s).
+    /// [`resolve`](Self::resolve)'s). In a build without the `http` feature, `http.enabled =
+    /// true` is refused: its default there is false, so only a file or `CIM_HTTP__ENABLED` sets
+    /// it.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        self.http_built()?;
         self.tcp.validate(Kind::Tcp)?;
         self.websocket.validate(Kind::WebSocket)?;
         self.xml.validate(Kind::Xml)?;
@@ -401,6 +404,19 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses `http.enabled = true` in a build without the HTTP API.
+    pub(crate) fn http_built(&self) -> Result<(), SettingsError> {
+        if cfg!(feature = "http") || !self.http.enabled {
+            return Ok(());
+        }
+        Err(invalid(
+            "http.enabled",
+            true,
+            "this cim-server was built without the `http` feature, so it has no HTTP API: \
+             leave http.enabled unset (or false), or build it with the feature",
+        ))
     }
 
     /// Resolves every enabled listener's host and makes the checks that depend on where they

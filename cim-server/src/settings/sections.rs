@@ -168,7 +168,8 @@ impl Default for AuthSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Whether to serve the HTTP API.
+    /// Whether to serve the HTTP API. By default true; in a build without the `http` feature
+    /// false, and true is refused (see [`Settings::validate`](super::Settings::validate)).
     pub enabled: bool,
     /// Address or host name to listen on (a name is resolved at start-up).
     pub host: Host,
@@ -220,7 +221,7 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: cfg!(feature = "http"),
             host: Host::LOOPBACK,
             port: 8080,
             api_key: String::new(),

@@ -119,8 +119,13 @@ async fn off_loopback_needs_a_key_and_a_secret() {
     let addrs = s.resolve().await.unwrap();
     assert!(addrs.tcp.ip().is_loopback() && addrs.tcp.port() == 23456);
     let s = Settings::load(None, env(&[("CIM_HTTP__HOST", "0.0.0.0")])).unwrap();
-    let e = s.resolve().await.unwrap_err().to_string();
-    assert!(e.contains("`http.api_key`"), "{e}");
+    if cfg!(feature = "http") {
+        let e = s.resolve().await.unwrap_err().to_string();
+        assert!(e.contains("`http.api_key`"), "{e}");
+    } else {
+        // Without the HTTP API nothing listens there, so no key is needed.
+        s.resolve().await.unwrap();
+    }
     let s = Settings::load(None, env(&[("CIM_TCP__HOST", "0.0.0.0")])).unwrap();
     let e = s.resolve().await.unwrap_err().to_string();
     assert!(
@@ -407,4 +412,52 @@ fn the_store_read_threads_hold_at_their_edges() {
             assert!(e.contains("store.read_threads") && e.contains(value), "{e}");
         }
     }
+}
+
+/// With the HTTP API built in, it is on unless turned off.
+#[cfg(feature = "http")]
+#[test]
+fn http_is_on_by_default_with_the_feature() {
+    assert!(Settings::default().http.enabled);
+    assert!(Settings::load(None, env(&[])).unwrap().http.enabled);
+    let off = Settings::load(None, env(&[("CIM_HTTP__ENABLED", "false")])).unwrap();
+    assert!(!off.http.enabled);
+}
+
+/// Without the HTTP API, `http.enabled` is off by default, `[http]` still parses, and an
+/// explicit `true` (from a file or the environment) is refused naming the key and the feature.
+#[cfg(not(feature = "http"))]
+#[test]
+fn http_enabled_without_the_feature_is_off_and_true_refused() {
+    let s = Settings::load(None, env(&[])).unwrap();
+    assert!(!s.http.enabled);
+    let e = Settings::load(None, env(&[("CIM_HTTP__ENABLED", "true")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`http.enabled` = true"), "{e}");
+    assert!(e.contains("without the `http` feature"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cim.toml");
+    std::fs::write(
+        &file,
+        "[http]\nport = 9000\napi_key = \"k\"\nmax_batch = 10\n",
+    )
+    .unwrap();
+    let s = Settings::load(Some(&file), env(&[])).unwrap();
+    assert!(!s.http.enabled);
+    assert_eq!((s.http.port, s.http.max_batch), (9000, 10));
+    std::fs::write(&file, "[http]\nenabled = false\n").unwrap();
+    assert!(!Settings::load(Some(&file), env(&[])).unwrap().http.enabled);
+    std::fs::write(&file, "[http]\nenabled = true\n").unwrap();
+    let e = Settings::load(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`http.enabled` = true"), "{e}");
+    // A value the section does not have is still a mistake.
+    std::fs::write(&file, "[http]\nenable = true\n").unwrap();
+    let e = Settings::load(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("enable"), "{e}");
 }
