@@ -397,8 +397,10 @@ pub(crate) async fn accept_loop(
             Ok(p) => p,
             Err(_) => {
                 debug!(%peer, "connection limit reached; connection refused");
-                refuse_busy(stream, busy);
+                // Counted before the close, so that a client that sees the close finds the
+                // refusal already counted.
                 acc.refusals.count(Reason::MaxConnections);
+                refuse_busy(stream, busy);
                 refusals
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -482,8 +482,9 @@ pub async fn serve(
             continue;
         }
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            refuse_busy(stream, &busy);
+            // Counted before the close (a client that sees it finds the refusal counted).
             acc.refusals.count(Reason::MaxConnections);
+            refuse_busy(stream, &busy);
             refusals.refused();
             continue;
         };
