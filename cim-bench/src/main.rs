@@ -200,14 +200,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 http_conns,
                 batch,
             } => {
-                let plan = publish::Plan {
-                    n,
-                    m,
-                    per_sec: rate,
-                    size: size.max(20),
-                    batch: batch.max(1),
-                };
-                across::push(&ctx, plan, via, http_conns).await?
+                across::push(
+                    &ctx,
+                    publish::Plan::new(n, m, rate, size, batch),
+                    via,
+                    http_conns,
+                )
+                .await?
             }
             Scenario::Failover { n, m, http_conns } => {
                 across::failover(&mut ctx, n, m, http_conns).await?
@@ -229,14 +228,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             http_conns,
             batch,
         } => {
-            let plan = publish::Plan {
-                n,
-                m,
-                per_sec: rate,
-                size: size.max(20),
-                batch: batch.max(1),
-            };
-            push::push(&ctx, plan, via, http_conns).await?
+            push::push(
+                &ctx,
+                publish::Plan::new(n, m, rate, size, batch),
+                via,
+                http_conns,
+            )
+            .await?
         }
         Scenario::Broadcast { n, count, burst } => {
             broadcast::broadcast(&ctx, n, count, burst.max(1)).await?
@@ -253,13 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             heartbeat_ms,
             deadline_ms,
         } => {
-            let plan = publish::Plan {
-                n,
-                m,
-                per_sec: 0,
-                size: size.max(20),
-                batch: batch.max(1),
-            };
+            let plan = publish::Plan::new(n, m, 0, size, batch);
             let nodes = ClusterPlan {
                 via,
                 http_conns,

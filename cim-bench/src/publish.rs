@@ -29,6 +29,20 @@ pub struct Plan {
     pub batch: usize,
 }
 
+impl Plan {
+    /// The plan the command line asks for: contents of at least 20 bytes (room for the send
+    /// time), at least one message per request.
+    pub fn new(n: usize, m: u64, per_sec: u64, size: usize, batch: usize) -> Self {
+        Self {
+            n,
+            m,
+            per_sec,
+            size: size.max(20),
+            batch: batch.max(1),
+        }
+    }
+}
+
 /// Frames written per write when unpaced.
 const BATCH: u64 = 128;
 
