@@ -191,22 +191,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     if ctx.cluster.is_some() {
         let result = match cli.scenario {
-            Scenario::Push {
-                n,
-                m,
-                rate,
-                size,
-                via,
-                http_conns,
-                batch,
-            } => {
-                across::push(
-                    &ctx,
-                    publish::Plan::new(n, m, rate, size, batch),
-                    via,
-                    http_conns,
-                )
-                .await?
+            Scenario::Push { .. } => {
+                let (plan, via, http_conns) = push_plan(&cli.scenario)?;
+                across::push(&ctx, plan, via, http_conns).await?
             }
             Scenario::Failover { n, m, http_conns } => {
                 across::failover(&mut ctx, n, m, http_conns).await?
@@ -219,22 +206,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let result = match cli.scenario {
         Scenario::Connect { n } => connect::connect(&ctx, n).await?,
         Scenario::Idle { n, hold } => connect::idle(&ctx, n, hold).await?,
-        Scenario::Push {
-            n,
-            m,
-            rate,
-            size,
-            via,
-            http_conns,
-            batch,
-        } => {
-            push::push(
-                &ctx,
-                publish::Plan::new(n, m, rate, size, batch),
-                via,
-                http_conns,
-            )
-            .await?
+        Scenario::Push { .. } => {
+            let (plan, via, http_conns) = push_plan(&cli.scenario)?;
+            push::push(&ctx, plan, via, http_conns).await?
         }
         Scenario::Broadcast { n, count, burst } => {
             broadcast::broadcast(&ctx, n, count, burst.max(1)).await?
@@ -267,4 +241,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Worker { .. } => bail!("a worker takes no server of its own"),
     };
     finish(&ctx, result)
+}
+
+/// The plan, transport and HTTP connections of a `push`, as its command line gives them.
+fn push_plan(scenario: &Scenario) -> anyhow::Result<(publish::Plan, cli::Via, usize)> {
+    match *scenario {
+        Scenario::Push {
+            n,
+            m,
+            rate,
+            size,
+            via,
+            http_conns,
+            batch,
+        } => Ok((publish::Plan::new(n, m, rate, size, batch), via, http_conns)),
+        _ => bail!("not a push"),
+    }
 }
