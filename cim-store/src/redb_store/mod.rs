@@ -4,7 +4,9 @@
 //! moment and applies them in a single transaction with a single commit: concurrent senders
 //! share one fsync (group commit), and per-account sequences need no locks. Reads run in their
 //! own read transactions beside it, on the runtime's blocking threads (a read may wait for the
-//! disk, which an async worker thread must not).
+//! disk, which an async worker thread must not) — except where an in-memory filter of the
+//! accounts that have ever stored a message ([`accounts`]) says there is nothing to read, as for
+//! most binds.
 //!
 //! Tables:
 //! - `messages`: `(account, sequence)` → the stored value ([`value`](crate::value)), so one
@@ -31,9 +33,11 @@ use tracing::info;
 use crate::value;
 use crate::wal::Wal;
 
+mod accounts;
 mod writer;
 
 use crate::{Durability, StoreOptions};
+use accounts::AccountFilter;
 use writer::{Op, Sync, Writer};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -73,6 +77,8 @@ pub struct RedbStore {
     ops: mpsc::Sender<Op>,
     /// Permits for the reads that may run at once ([`StoreOptions::read_threads`]).
     reads: Arc<tokio::sync::Semaphore>,
+    /// The accounts that may have a row in `seqs`.
+    accounts: Arc<AccountFilter>,
     #[cfg(test)]
     overlap: Arc<tests::Overlap>,
 }
@@ -110,6 +116,7 @@ impl RedbStore {
             writer.set_wal(log);
             writer.checkpoint().map_err(|e| err(&e))?;
         }
+        let accounts = Arc::new(known_accounts(&db).map_err(|e| err(&e))?);
         let (ops, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("cim-store-writer".into())
@@ -121,6 +128,7 @@ impl RedbStore {
             db,
             ops,
             reads,
+            accounts,
             #[cfg(test)]
             overlap: Arc::default(),
         })
@@ -193,6 +201,18 @@ fn prepare(db: &Database) -> std::result::Result<(), redb::Error> {
     Ok(())
 }
 
+/// The filter of the accounts `seqs` holds, from one pass over it.
+fn known_accounts(db: &Database) -> std::result::Result<AccountFilter, redb::Error> {
+    use redb::ReadableTableMetadata;
+    let txn = db.begin_read()?;
+    let seqs = txn.open_table(SEQS)?;
+    let filter = AccountFilter::with_capacity(seqs.len()?);
+    for entry in seqs.iter()? {
+        filter.insert(entry?.0.value());
+    }
+    Ok(filter)
+}
+
 fn count_in(txn: &redb::ReadTransaction, uid: &str) -> Result<usize> {
     let table = txn.open_table(MESSAGES).map_err(unavailable)?;
     Ok(table
@@ -206,6 +226,7 @@ impl MessageStore for RedbStore {
     async fn append(&self, uid: &str, msg: &Message) -> Result<Appended> {
         let stored_at = cim_core::now_ms();
         let value = value::encode(stored_at, msg);
+        self.accounts.insert(uid);
         let uid = uid.to_owned();
         self.ask(|reply| Op::Append {
             uid,
@@ -217,6 +238,9 @@ impl MessageStore for RedbStore {
     }
 
     async fn pending(&self, uid: &str, after: Seq, limit: usize) -> Result<Vec<Stored>> {
+        if !self.accounts.may_contain(uid) {
+            return Ok(Vec::new());
+        }
         let uid = uid.to_owned();
         self.read(move |txn| {
             let table = txn.open_table(MESSAGES).map_err(unavailable)?;
@@ -257,6 +281,9 @@ impl MessageStore for RedbStore {
     }
 
     async fn last_seq(&self, uid: &str) -> Result<Seq> {
+        if !self.accounts.may_contain(uid) {
+            return Ok(0);
+        }
         let uid = uid.to_owned();
         self.read(move |txn| {
             let seqs = txn.open_table(SEQS).map_err(unavailable)?;
@@ -269,6 +296,9 @@ impl MessageStore for RedbStore {
     }
 
     async fn count(&self, uid: &str) -> Result<usize> {
+        if !self.accounts.may_contain(uid) {
+            return Ok(0);
+        }
         let uid = uid.to_owned();
         self.read(move |txn| count_in(txn, &uid)).await
     }

@@ -115,6 +115,40 @@ fn reads_run_off_the_runtime_threads() {
     assert!(!threads.contains(&runtime_thread), "{threads:?}");
 }
 
+/// An account that never had a message stored is answered without a read thread, and one that
+/// had is read as before — also after the store is opened again, when the filter is rebuilt
+/// from the `seqs` table, and after its messages are acknowledged.
+#[tokio::test]
+async fn accounts_without_stored_messages_are_answered_without_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path(), StoreOptions::new(Durability::Always, 10)).unwrap();
+    store.append("stored", &msg(1)).await.unwrap();
+    store.append("acked", &msg(2)).await.unwrap();
+    store.ack("acked", 1).await.unwrap();
+    drop(store);
+    let store = reopen(dir.path(), 10).await;
+    store.overlap.most.store(0, Ordering::SeqCst);
+    for _ in 0..100 {
+        assert_eq!(store.last_seq("never").await.unwrap(), 0);
+        assert_eq!(store.count("never").await.unwrap(), 0);
+        assert!(store.pending("never", 0, 10).await.unwrap().is_empty());
+    }
+    assert_eq!(
+        store.overlap.most.load(Ordering::SeqCst),
+        0,
+        "an unknown account was read"
+    );
+    assert_eq!(store.last_seq("stored").await.unwrap(), 1);
+    assert_eq!(store.count("stored").await.unwrap(), 1);
+    assert_eq!(store.last_seq("acked").await.unwrap(), 1);
+    assert_eq!(store.count("acked").await.unwrap(), 0);
+    assert!(store.overlap.most.load(Ordering::SeqCst) >= 1);
+    // A new account is found as soon as its first append has returned.
+    store.append("new", &msg(3)).await.unwrap();
+    assert_eq!(store.last_seq("new").await.unwrap(), 1);
+    assert_eq!(store.pending("new", 0, 10).await.unwrap().len(), 1);
+}
+
 /// No more reads run at once than `read_threads` allows: 40 asked for together with 1, 2 and
 /// 8 permits (the blocking pool would otherwise start a thread for each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
