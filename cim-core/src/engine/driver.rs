@@ -135,7 +135,7 @@ pub fn serve_connection<T: Transport>(
         };
         conn.hub.deadlines.clear(armed, conn.handle.id());
         conn.hub.live.remove(conn.handle.id());
-        let span = conn.span();
+        let span = conn.end_span();
         let cause = end.cause;
         Box::pin(conn.finish(end, &rx).instrument(span)).await;
         let metrics = conn.hub.services().metrics();
@@ -145,8 +145,17 @@ pub fn serve_connection<T: Transport>(
 }
 
 impl<T: Transport> Conn<T> {
-    /// A span naming this connection and its account, for the work at hand.
+    /// A span naming this connection and its account, for a burst of requests. Made for every
+    /// burst, so it holds what is cheap to record: the peer's address, which costs more to
+    /// format than the rest of the span together, is in the connection's first and last lines
+    /// ("connected", "closed").
     fn span(&self) -> Span {
+        let uid = self.session.as_deref().map_or("", |s| s.uid.as_str());
+        info_span!("conn", id = self.handle.id().0, uid)
+    }
+
+    /// [`span`](Self::span) with the peer's address, for the connection's end.
+    fn end_span(&self) -> Span {
         let uid = self.session.as_deref().map_or("", |s| s.uid.as_str());
         info_span!("conn", id = self.handle.id().0, peer = %self.remote, uid)
     }
