@@ -2,12 +2,13 @@
 //! timeout and the body limit; a body that does not arrive in time, is too large or cannot be
 //! decoded is answered with a JSON error, and the connection is closed.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -40,8 +41,9 @@ fn too_large(limits: &BodyLimits) -> Response {
     )
 }
 
-/// Middleware: reads the body (see the module docs), then runs the handler with it.
-pub async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
+/// Reads the body (see the module docs): the request with its body in memory, or the answer
+/// that refuses it.
+pub(crate) async fn read_body(limits: &BodyLimits, req: Request) -> Result<Request, Response> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -49,33 +51,36 @@ pub async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Nex
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body as u64) {
         // Refused before a byte of it is read (and before `100 Continue` is sent).
-        return too_large(&limits);
+        return Err(too_large(limits));
     }
     let (parts, body) = req.into_parts();
-    let collected = tokio::time::timeout(
-        limits.timeout,
-        Limited::new(body, limits.max_body).collect(),
-    )
-    .await;
+    // A small body usually came with its head: taken at once, it needs no timer.
+    let mut collect = std::pin::pin!(Limited::new(body, limits.max_body).collect());
+    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match first {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::time::timeout(limits.timeout, collect).await,
+    };
     let bytes = match collected {
         Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(&limits),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(too_large(limits));
+        }
         Ok(Err(e)) => {
-            return closing(
+            return Err(closing(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the request body: {e}"),
-            );
+            ));
         }
         Err(_) => {
-            return closing(
+            return Err(closing(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "request body not complete within {} ms (http.body_timeout_ms)",
                     limits.timeout.as_millis()
                 ),
-            );
+            ));
         }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use tower::Service;
@@ -58,15 +57,11 @@ pub(crate) struct ClientCheck {
     pub(crate) refusals: Arc<Refusals>,
 }
 
-/// Finds the request's client, refuses it with `403` when the lists deny it, and hands it on
-/// as [`ClientAddr`].
-pub(crate) async fn client_addr(
-    State(check): State<ClientCheck>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Finds the request's client and hands it on as [`ClientAddr`]; or the `403` answer when
+/// the lists deny it. (Called by the router's outermost layer, which also counts the answer.)
+pub(crate) fn check_client(check: &ClientCheck, req: &mut Request) -> Result<(), Response> {
     let Some(ConnAddr(conn)) = req.extensions().get::<ConnAddr>().copied() else {
-        return next.run(req).await;
+        return Ok(());
     };
     let client = check.access.forwarded_client(
         conn,
@@ -79,15 +74,15 @@ pub(crate) async fn client_addr(
     {
         let refused = Refused::Denied { addr: client, why };
         check.refusals.refuse(Reason::Denied, conn, &refused);
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
                 "{} is not allowed here (http.allow, http.deny)",
                 client.ip()
             ),
         )
-        .into_response();
+        .into_response());
     }
     req.extensions_mut().insert(ClientAddr(client));
-    next.run(req).await
+    Ok(())
 }

@@ -11,9 +11,14 @@
 //! complete).
 
 use axum::http::{HeaderName, Method, StatusCode, Uri};
+use memchr::memchr;
 
 /// hyper's own limit on a request target.
 const MAX_URI: usize = u16::MAX as usize - 1;
+
+/// Header slots kept on the stack while a head is parsed; a head of more lines takes them from
+/// the heap.
+const STACK_SLOTS: usize = 24;
 
 /// The limits a request head is held to.
 #[derive(Clone, Copy, Debug)]
@@ -189,31 +194,39 @@ impl Framer {
         // Resume a little before the last scan, so a line end split between reads is found.
         let mut i = scanned.saturating_sub(2);
         let mut end = None;
-        while i < window {
+        let mut first_line_end = None;
+        while let Some(at) = buf.get(i..window).and_then(|rest| memchr(b'\n', rest)) {
+            let nl = i + at;
             #[cfg(test)]
             {
-                self.work += 1;
+                self.work += at + 1;
             }
-            if buf.get(i) == Some(&b'\n') {
-                if !line_checked {
-                    line_checked = true;
-                    if let Err(refusal) = self.parse(buf.get(..=i).unwrap_or(buf)) {
-                        return self.refuse(refusal);
-                    }
+            first_line_end.get_or_insert(nl);
+            match (buf.get(nl + 1), buf.get(nl + 2)) {
+                (Some(b'\n'), _) if nl + 2 <= window => {
+                    end = Some(nl + 2);
+                    break;
                 }
-                match (buf.get(i + 1), buf.get(i + 2)) {
-                    (Some(b'\n'), _) if i + 2 <= window => {
-                        end = Some(i + 2);
-                        break;
-                    }
-                    (Some(b'\r'), Some(b'\n')) if i + 3 <= window => {
-                        end = Some(i + 3);
-                        break;
-                    }
-                    _ => {}
+                (Some(b'\r'), Some(b'\n')) if nl + 3 <= window => {
+                    end = Some(nl + 3);
+                    break;
                 }
+                _ => {}
             }
-            i += 1;
+            i = nl + 1;
+        }
+        #[cfg(test)]
+        if end.is_none() {
+            self.work += window.saturating_sub(i);
+        }
+        // A head whose first line has ended is checked at once, even before the head is
+        // complete, so a garbage request line is refused without waiting for more (a complete
+        // head is parsed once, below).
+        if let (None, Some(nl), false) = (end, first_line_end, line_checked) {
+            line_checked = true;
+            if let Err(refusal) = self.parse(buf.get(..=nl).unwrap_or(buf)) {
+                return self.refuse(refusal);
+            }
         }
         let Some(end) = end else {
             if buf.len() >= self.limits.max_head {
@@ -263,8 +276,21 @@ impl Framer {
         {
             self.work += bytes.len();
         }
-        let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut req = httparse::Request::new(&mut headers);
+        // A head has at most as many fields as it has lines after the first: as many slots
+        // as that (within the limit, so that more fields than the limit are still refused),
+        // on the stack for a head of a few lines.
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+        let slots = lines.min(self.limits.max_headers);
+        let mut stack = [httparse::EMPTY_HEADER; STACK_SLOTS];
+        let mut heap = Vec::new();
+        let headers = match stack.get_mut(..slots) {
+            Some(few) => few,
+            None => {
+                heap.resize(slots, httparse::EMPTY_HEADER);
+                heap.as_mut_slice()
+            }
+        };
+        let mut req = httparse::Request::new(headers);
         let len = match req.parse(bytes) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),

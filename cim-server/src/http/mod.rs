@@ -123,23 +123,42 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-async fn require_key(State(st): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        match presented_key(req.headers()) {
-            None => {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "API key required (X-API-Key header)",
-                )
-                .into_response();
-            }
-            Some(k) if !same_secret(k.as_bytes(), key.as_bytes()) => {
-                return ApiError::new(StatusCode::UNAUTHORIZED, "wrong API key").into_response();
-            }
-            Some(_) => {}
-        }
+/// What the API's routes are held to before their handler runs: the key, then the body.
+#[derive(Clone)]
+struct ApiGate {
+    state: Arc<HttpState>,
+    limits: BodyLimits,
+}
+
+/// The API's routes: the key is checked first (nobody reads a body for a caller without the
+/// key), then the body is read whole within its limits ([`body::read_body`]). One layer for
+/// both: each layer costs every request a clone of the services below it.
+async fn api_gate(State(gate): State<ApiGate>, req: Request, next: Next) -> Response {
+    if let Some(refusal) = key_refusal(&gate.state, req.headers()) {
+        return refusal;
     }
-    next.run(req).await
+    match body::read_body(&gate.limits, req).await {
+        Ok(req) => next.run(req).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// The answer to a request without the API key, when one is set.
+fn key_refusal(st: &HttpState, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let key = st.api_key.as_ref()?;
+    match presented_key(headers) {
+        None => Some(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "API key required (X-API-Key header)",
+            )
+            .into_response(),
+        ),
+        Some(k) if !same_secret(k.as_bytes(), key.as_bytes()) => {
+            Some(ApiError::new(StatusCode::UNAUTHORIZED, "wrong API key").into_response())
+        }
+        Some(_) => None,
+    }
 }
 
 /// The check of `GET /metrics`: the API key or the metrics key (open when neither is set), or
@@ -222,14 +241,26 @@ mod routes {
     ];
 }
 
-/// Every answer of the router: an error given its JSON body when it has none
-/// ([`error::json_errors`]), then counted in `cim_http_requests_total`. One layer for both: each
-/// layer costs every request a clone of the services below it.
-async fn finish(State(m): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
+/// What the router's outermost layer holds.
+#[derive(Clone)]
+struct Finish {
+    metrics: Arc<HttpMetrics>,
+    client: ClientCheck,
+}
+
+/// Every request of the router: its client found and checked against the access lists
+/// ([`client::check_client`]); every answer given its JSON body when it is an error without one
+/// ([`error::json_errors`]), then counted in `cim_http_requests_total`. One layer for all three:
+/// each layer costs every request a clone of the services below it.
+async fn finish(State(f): State<Finish>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let res = error::json_errors(&method, next.run(req).await).await;
-    m.request(
+    let answer = match client::check_client(&f.client, &mut req) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => refusal,
+    };
+    let res = error::json_errors(&method, answer).await;
+    f.metrics.request(
         method.as_str(),
         route.as_ref().map(MatchedPath::as_str),
         res.status().as_u16(),
@@ -262,17 +293,15 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         .route(routes::DRAIN, post(api::drain))
         .route(routes::ADMIN_DRAIN, post(api::admin_drain))
         .route(routes::STATS, get(observe::stats))
-        // The key is checked first: nobody reads a body for a caller without the key.
         .route_layer(middleware::from_fn_with_state(
-            BodyLimits {
-                max_body: config.max_body,
-                timeout: config.body_timeout,
+            ApiGate {
+                state: Arc::clone(&state),
+                limits: BodyLimits {
+                    max_body: config.max_body,
+                    timeout: config.body_timeout,
+                },
             },
-            body::read_body,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            require_key,
+            api_gate,
         ));
     let metrics = Router::new()
         .route(routes::METRICS, get(observe::metrics))
@@ -294,16 +323,15 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
     open.merge(api)
         .merge(metrics)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            ClientCheck {
-                access: Arc::new(config.access.clone()),
-                refusals: Arc::new(Refusals::new("http")),
-            },
-            client::client_addr,
-        ))
         .layer(DefaultBodyLimit::max(config.max_body))
         .layer(middleware::from_fn_with_state(
-            Arc::new(HttpMetrics::new(routes::ALL)),
+            Finish {
+                metrics: Arc::new(HttpMetrics::new(routes::ALL)),
+                client: ClientCheck {
+                    access: Arc::new(config.access.clone()),
+                    refusals: Arc::new(Refusals::new("http")),
+                },
+            },
             finish,
         ))
         .with_state(state)
