@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper::body::Incoming;
 use tower::Service;
 
@@ -57,9 +57,9 @@ pub(crate) struct ClientCheck {
     pub(crate) refusals: Arc<Refusals>,
 }
 
-/// Finds the request's client and hands it on as [`ClientAddr`]; or the `403` answer when
+/// Finds the request's client and hands it on as [`ClientAddr`]; or the `403` refusal when
 /// the lists deny it. (Called by the router's outermost layer, which also counts the answer.)
-pub(crate) fn check_client(check: &ClientCheck, req: &mut Request) -> Result<(), Response> {
+pub(crate) fn check_client(check: &ClientCheck, req: &mut Request) -> Result<(), ApiError> {
     let Some(ConnAddr(conn)) = req.extensions().get::<ConnAddr>().copied() else {
         return Ok(());
     };
@@ -80,8 +80,7 @@ pub(crate) fn check_client(check: &ClientCheck, req: &mut Request) -> Result<(),
                 "{} is not allowed here (http.allow, http.deny)",
                 client.ip()
             ),
-        )
-        .into_response());
+        ));
     }
     req.extensions_mut().insert(ClientAddr(client));
     Ok(())

@@ -257,7 +257,7 @@ async fn finish(State(f): State<Finish>, mut req: Request, next: Next) -> Respon
     let route = req.extensions().get::<MatchedPath>().cloned();
     let answer = match client::check_client(&f.client, &mut req) {
         Ok(()) => next.run(req).await,
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     };
     let res = error::json_errors(&method, answer).await;
     f.metrics.request(
