@@ -18,17 +18,14 @@ use super::ApiError;
 use crate::access::{Access, Refused};
 use crate::refusal::{Reason, Refusals};
 
-/// The address of the connection a request came over (the client a PROXY header named, when
-/// there was one): a request extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ConnAddr(pub(crate) SocketAddr);
-
 /// The client of a request, once the forwarding headers of a trusted proxy are read: a request
 /// extension every handler may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// The router of one connection: it gives every request the connection's address.
+/// The router of one connection: it gives every request the connection's address (the client
+/// a PROXY header named, when there was one) as its [`ClientAddr`], which the router's
+/// outermost layer replaces with the client a trusted proxy's forwarding header names.
 #[derive(Clone)]
 pub(crate) struct WithConn {
     pub(crate) router: Router,
@@ -45,7 +42,7 @@ impl Service<Request<Incoming>> for WithConn {
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(ConnAddr(self.addr));
+        req.extensions_mut().insert(ClientAddr(self.addr));
         self.router.call(req)
     }
 }
@@ -60,7 +57,8 @@ pub(crate) struct ClientCheck {
 /// Finds the request's client and hands it on as [`ClientAddr`]; or the `403` refusal when
 /// the lists deny it. (Called by the router's outermost layer, which also counts the answer.)
 pub(crate) fn check_client(check: &ClientCheck, req: &mut Request) -> Result<(), ApiError> {
-    let Some(ConnAddr(conn)) = req.extensions().get::<ConnAddr>().copied() else {
+    // Until now the connection's address (see `WithConn`).
+    let Some(ClientAddr(conn)) = req.extensions().get::<ClientAddr>().copied() else {
         return Ok(());
     };
     let client = check.access.forwarded_client(
@@ -69,9 +67,10 @@ pub(crate) fn check_client(check: &ClientCheck, req: &mut Request) -> Result<(),
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes())),
     );
-    if client != conn
-        && let Err(why) = check.access.admits(client.ip())
-    {
+    if client == conn {
+        return Ok(());
+    }
+    if let Err(why) = check.access.admits(client.ip()) {
         let refused = Refused::Denied { addr: client, why };
         check.refusals.refuse(Reason::Denied, conn, &refused);
         return Err(ApiError::new(
