@@ -1,7 +1,8 @@
 //! The connection task: one per connection, owning its transport and its heartbeat (whose next
-//! deadline waits in the node's shared timer, `deadlines.rs`). It reads frames and hands
-//! requests to handlers (binds to `handover.rs`), writes replies and whatever others queue for
-//! it, and cleans up. The rules live elsewhere; this is the loop and the write path.
+//! deadline waits in the node's shared timer, `deadlines.rs`). It reads frames (what it does
+//! with them is `requests.rs`: requests to handlers, binds to `handover.rs`), writes replies and
+//! whatever others queue for it, and cleans up. The rules live elsewhere; this is the loop and
+//! the write path.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,7 +15,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound, OutboundReceiver};
-use crate::engine::handler::RequestContext;
+use crate::engine::handler::connection_span;
 use crate::engine::handover::{self, Replay};
 use crate::engine::heartbeat::{Heartbeat, TimerAction};
 use crate::engine::hub::Hub;
@@ -22,35 +23,36 @@ use crate::engine::metrics::Cause;
 use crate::engine::transport::{Closing, ConnectionConfig, End, Transport};
 use crate::error::Error;
 use crate::frame::Frame;
-use crate::message::{ReplyBody, SentBody};
-use crate::protocol::key;
 use crate::session::Session;
 
-struct Conn<T> {
-    hub: Arc<Hub>,
-    transport: T,
-    handle: ConnectionHandle,
-    session: Option<Arc<Session>>,
-    heartbeat: Heartbeat,
-    remote: SocketAddr,
+/// A connection's task's state: the loop and write path here, what it does with the frames it
+/// reads in `requests.rs`.
+pub(super) struct Conn<T> {
+    pub(super) hub: Arc<Hub>,
+    pub(super) transport: T,
+    pub(super) handle: ConnectionHandle,
+    pub(super) session: Option<Arc<Session>>,
+    pub(super) heartbeat: Heartbeat,
+    pub(super) remote: SocketAddr,
     /// From the listener's [`ConnectionConfig`] (the rest is used at the start only), packed:
     /// every connection's task holds them.
-    write_timeout_ms: u32,
-    max_batch: u32,
-    protocol: &'static str,
-    out: Vec<Outbound>,
+    pub(super) write_timeout_ms: u32,
+    pub(super) max_batch: u32,
+    pub(super) protocol: &'static str,
+    pub(super) out: Vec<Outbound>,
     /// Ids of stored messages written during the bind hand-over: the same messages may also sit
     /// in the queue (pushed while the hand-over ran), and are skipped there once.
     /// (Boxed: a connection that never replays holds one pointer, not an empty set.)
     #[allow(clippy::box_collection)]
-    replayed: Option<Box<HashSet<i64>>>,
+    pub(super) replayed: Option<Box<HashSet<i64>>>,
 }
 
 /// Runs one connection to its end. Spawn it; it returns when the connection is closed and
 /// everything about it is cleaned up (unbound, `client_closed` handled, listeners told).
 ///
-/// Logs carry the connection's id, peer and account through a span made for each burst of
-/// requests and for the end, so an idle connection holds no log state.
+/// Logs carry the connection's id and account through a span made for the work at hand (a
+/// bind, a handler's run of requests when the handler asks for it) and, with the peer's
+/// address, for the end; an idle connection holds no log state.
 ///
 /// (A plain function returning the future, rather than an `async fn`: the arguments are then
 /// not kept a second time beside the future, which keeps every connection's task smaller.)
@@ -106,8 +108,7 @@ pub fn serve_connection<T: Transport>(
                 conn.heartbeat.on_read(Instant::now());
                 // Boxed: requests (binds, handlers) are rare next to pushes, and their futures
                 // would otherwise make every idle connection's task larger.
-                let span = conn.span();
-                if let Err(end) = Box::pin(conn.on_frames(*frame).instrument(span)).await {
+                if let Err(end) = Box::pin(conn.on_frames(*frame)).await {
                     break end;
                 }
                 continue;
@@ -145,13 +146,14 @@ pub fn serve_connection<T: Transport>(
 }
 
 impl<T: Transport> Conn<T> {
-    /// A span naming this connection and its account, for a burst of requests. Made for every
-    /// burst, so it holds what is cheap to record: the peer's address, which costs more to
-    /// format than the rest of the span together, is in the connection's first and last lines
-    /// ("connected", "closed").
-    fn span(&self) -> Span {
-        let uid = self.session.as_deref().map_or("", |s| s.uid.as_str());
-        info_span!("conn", id = self.handle.id().0, uid)
+    /// The connection's span (`conn{id uid}`), for the frames it handles: a bind, a handler's
+    /// run of requests (when the handler asks for it, see
+    /// [`RequestHandler::in_connection_span`](crate::engine::RequestHandler::in_connection_span)).
+    /// Made for the work at hand, so an idle connection holds no log state; it holds what is
+    /// cheap to record: the peer's address, which costs more to format than the rest of the
+    /// span together, is in the connection's first and last lines ("connected", "closed").
+    pub(super) fn span(&self) -> Span {
+        connection_span(self.handle.id(), self.session.as_deref())
     }
 
     /// [`span`](Self::span) with the peer's address, for the connection's end.
@@ -172,7 +174,7 @@ impl<T: Transport> Conn<T> {
     }
 
     /// Writes `self.out` (with the write timeout) and clears it.
-    async fn write_out(&mut self) -> Result<(), End> {
+    pub(super) async fn write_out(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -242,140 +244,11 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    /// Handles `first` and every whole frame buffered behind it, then writes the replies
-    /// together (a client sending a burst of requests gets one write back, not one per
-    /// request). Replies are written before the connection ends, whatever ends it.
-    async fn on_frames(&mut self, first: Frame) -> Result<(), End> {
-        let mut next = Some(first);
-        let handled = loop {
-            let Some(frame) = next.take() else {
-                break Ok(());
-            };
-            // Requests of one key (not binds) that arrived together are handled as one run, so
-            // that a handler can do them in one step (sends: one round trip in a cluster).
-            let body = match frame {
-                Frame::Sent(body) if body.key != key::CLIENT_BIND => body,
-                other => {
-                    if let Err(end) = self.on_frame(other).await {
-                        break Err(end);
-                    }
-                    match self.transport.recv_buffered() {
-                        Ok(f) => next = f,
-                        Err(e) => break Err(End::protocol(e)),
-                    }
-                    continue;
-                }
-            };
-            let mut run = vec![body];
-            let after = loop {
-                if run.len() >= self.max_batch as usize {
-                    break self.transport.recv_buffered().map_err(End::protocol);
-                }
-                match self.transport.recv_buffered() {
-                    Ok(Some(Frame::Sent(b))) if run.first().is_some_and(|r| r.key == b.key) => {
-                        run.push(b);
-                    }
-                    Ok(other) => break Ok(other),
-                    Err(e) => break Err(End::protocol(e)),
-                }
-            };
-            if let Err(end) = self.on_requests(run).await {
-                break Err(end);
-            }
-            match after {
-                Ok(f) => next = f,
-                Err(end) => break Err(end),
-            }
-        };
-        let written = self.write_out().await;
-        handled.and(written)
-    }
-
-    async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
-        match frame {
-            Frame::Pong => Ok(()),
-            Frame::Sent(body) => self.on_request(body).await,
-            other => Err(End::protocol(format!(
-                "a client may not send {:?} frames",
-                other.frame_type()
-            ))),
-        }
-    }
-
-    async fn reply(&mut self, request_key: &str, mut reply: ReplyBody) -> Result<(), End> {
-        if reply.key.is_empty() {
-            reply.key = request_key.to_owned();
-        }
-        if reply.timestamp == 0 {
-            reply.timestamp = crate::now_ms();
-        }
-        // Written with the next write (at the latest once the requests read so far are
-        // handled; see `on_frames`).
-        self.out
-            .push(Outbound::Frame(Box::new(Frame::Reply(reply))));
-        if self.out.len() >= self.max_batch as usize {
-            self.write_out().await?;
-        }
-        Ok(())
-    }
-
-    async fn on_request(&mut self, body: SentBody) -> Result<(), End> {
-        if body.key == key::CLIENT_BIND {
-            return self.bind(body).await;
-        }
-        self.on_requests(vec![body]).await
-    }
-
-    /// Handles a run of requests of one key (not binds) and queues their replies, in order.
-    async fn on_requests(&mut self, run: Vec<SentBody>) -> Result<(), End> {
-        let Some(request_key) = run.first().map(|b| b.key.clone()) else {
-            return Ok(());
-        };
-        let ctx = RequestContext {
-            conn: self.handle.id(),
-            session: self.session.as_deref(),
-            remote: self.remote,
-            handle: &self.handle,
-            services: self.hub.services(),
-        };
-        let replies = self.hub.dispatch_many(&ctx, run).await;
-        for reply in replies.into_iter().flatten() {
-            self.reply(&request_key, reply).await?;
-        }
-        Ok(())
-    }
-
-    async fn bind(&mut self, body: SentBody) -> Result<(), End> {
-        let bound = handover::bind(
-            &self.hub,
-            &self.handle,
-            (self.remote, self.protocol),
-            self.session.as_deref(),
-            &body,
-        )
-        .await;
-        let session = match bound {
-            Ok((session, _)) => session,
-            Err(refusal) => {
-                self.reply(key::CLIENT_BIND, refusal.reply).await?;
-                return refusal.close.map_or(Ok(()), |why| {
-                    Err(End::new(Cause::BindRefused, why, Closing::Refused))
-                });
-            }
-        };
-        self.heartbeat.on_bound();
-        debug!(uid = %session.uid, channel = %session.channel, device = %session.device_id, "bound");
-        self.session = Some(session);
-        self.reply(key::CLIENT_BIND, ReplyBody::ok(key::CLIENT_BIND))
-            .await?;
-        self.replay_stored().await
-    }
-
     /// Writes the account's stored messages up to the router's boundary, oldest first, before
     /// anything pushed since (which waits in the queue until this returns): after a bind, and
     /// after catching up from an overflow. (`out` may also hold the bind's reply, written ahead
     /// of them.)
-    async fn replay_stored(&mut self) -> Result<(), End> {
+    pub(super) async fn replay_stored(&mut self) -> Result<(), End> {
         let Some(session) = self.session.clone() else {
             return Ok(());
         };

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::engine::conn::{ConnIds, ConnectionHandle, Outbound};
 use crate::engine::deadlines::Deadlines;
@@ -154,7 +154,8 @@ impl Hub {
                 .collect();
         }
         let Some(handler) = self.handler(&request_key).cloned() else {
-            debug!(key = %request_key, "no handler");
+            ctx.span()
+                .in_scope(|| debug!(key = %request_key, "no handler"));
             let message = format!("no handler for key {request_key:?}");
             return bodies
                 .iter()
@@ -165,14 +166,21 @@ impl Hub {
                 })
                 .collect();
         };
-        let results = if bodies.len() == 1 {
-            let mut bodies = bodies;
-            match bodies.pop() {
-                Some(body) => vec![handler.handle(ctx, body).await],
-                None => Vec::new(),
+        let handled = async {
+            if bodies.len() == 1 {
+                let mut bodies = bodies;
+                match bodies.pop() {
+                    Some(body) => vec![handler.handle(ctx, body).await],
+                    None => Vec::new(),
+                }
+            } else {
+                handler.handle_many(ctx, bodies).await
             }
+        };
+        let results = if handler.in_connection_span() {
+            handled.instrument(ctx.span()).await
         } else {
-            handler.handle_many(ctx, bodies).await
+            handled.await
         };
         results
             .into_iter()
@@ -182,7 +190,8 @@ impl Hub {
                     Some(ReplyBody::new(request_key.clone(), code).with_message(message))
                 }
                 Err(e) => {
-                    warn!(key = %request_key, error = %e, "handler failed");
+                    ctx.span()
+                        .in_scope(|| warn!(key = %request_key, error = %e, "handler failed"));
                     Some(
                         ReplyBody::new(request_key.clone(), code::SERVER_ERROR)
                             .with_message(e.to_string()),

@@ -32,6 +32,7 @@ mod locks;
 pub mod metrics;
 mod policy;
 mod registry;
+mod requests;
 mod router;
 mod services;
 mod sessions;

@@ -1,0 +1,155 @@
+//! What the connection task does with the frames it reads: a burst of them is handled in
+//! order — runs of requests of one key handed to their handler together, binds to
+//! `handover.rs` — and the replies are queued for the write path (`driver.rs`).
+
+use tracing::{Instrument, debug};
+
+use crate::engine::conn::Outbound;
+use crate::engine::driver::Conn;
+use crate::engine::handler::RequestContext;
+use crate::engine::handover;
+use crate::engine::metrics::Cause;
+use crate::engine::transport::{Closing, End, Transport};
+use crate::frame::Frame;
+use crate::message::{ReplyBody, SentBody};
+use crate::protocol::key;
+
+impl<T: Transport> Conn<T> {
+    /// Handles `first` and every whole frame buffered behind it, then writes the replies
+    /// together (a client sending a burst of requests gets one write back, not one per
+    /// request). Replies are written before the connection ends, whatever ends it.
+    pub(super) async fn on_frames(&mut self, first: Frame) -> Result<(), End> {
+        let mut next = Some(first);
+        let handled = loop {
+            let Some(frame) = next.take() else {
+                break Ok(());
+            };
+            // Requests of one key (not binds) that arrived together are handled as one run, so
+            // that a handler can do them in one step (sends: one round trip in a cluster).
+            let body = match frame {
+                Frame::Sent(body) if body.key != key::CLIENT_BIND => body,
+                Frame::Pong => {
+                    // What a heartbeat asked for: nothing to do, and nothing to log.
+                    match self.transport.recv_buffered() {
+                        Ok(f) => next = f,
+                        Err(e) => break Err(End::protocol(e)),
+                    }
+                    continue;
+                }
+                other => {
+                    let span = self.span();
+                    if let Err(end) = self.on_frame(other).instrument(span).await {
+                        break Err(end);
+                    }
+                    match self.transport.recv_buffered() {
+                        Ok(f) => next = f,
+                        Err(e) => break Err(End::protocol(e)),
+                    }
+                    continue;
+                }
+            };
+            let mut run = vec![body];
+            let after = loop {
+                if run.len() >= self.max_batch as usize {
+                    break self.transport.recv_buffered().map_err(End::protocol);
+                }
+                match self.transport.recv_buffered() {
+                    Ok(Some(Frame::Sent(b))) if run.first().is_some_and(|r| r.key == b.key) => {
+                        run.push(b);
+                    }
+                    Ok(other) => break Ok(other),
+                    Err(e) => break Err(End::protocol(e)),
+                }
+            };
+            if let Err(end) = self.on_requests(run).await {
+                break Err(end);
+            }
+            match after {
+                Ok(f) => next = f,
+                Err(end) => break Err(end),
+            }
+        };
+        let written = self.write_out().await;
+        handled.and(written)
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
+        match frame {
+            Frame::Pong => Ok(()),
+            Frame::Sent(body) => self.on_request(body).await,
+            other => Err(End::protocol(format!(
+                "a client may not send {:?} frames",
+                other.frame_type()
+            ))),
+        }
+    }
+
+    async fn reply(&mut self, request_key: &str, mut reply: ReplyBody) -> Result<(), End> {
+        if reply.key.is_empty() {
+            reply.key = request_key.to_owned();
+        }
+        if reply.timestamp == 0 {
+            reply.timestamp = crate::now_ms();
+        }
+        // Written with the next write (at the latest once the requests read so far are
+        // handled; see `on_frames`).
+        self.out
+            .push(Outbound::Frame(Box::new(Frame::Reply(reply))));
+        if self.out.len() >= self.max_batch as usize {
+            self.write_out().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_request(&mut self, body: SentBody) -> Result<(), End> {
+        if body.key == key::CLIENT_BIND {
+            return self.bind(body).await;
+        }
+        self.on_requests(vec![body]).await
+    }
+
+    /// Handles a run of requests of one key (not binds) and queues their replies, in order.
+    async fn on_requests(&mut self, run: Vec<SentBody>) -> Result<(), End> {
+        let Some(request_key) = run.first().map(|b| b.key.clone()) else {
+            return Ok(());
+        };
+        let ctx = RequestContext {
+            conn: self.handle.id(),
+            session: self.session.as_deref(),
+            remote: self.remote,
+            handle: &self.handle,
+            services: self.hub.services(),
+        };
+        let replies = self.hub.dispatch_many(&ctx, run).await;
+        for reply in replies.into_iter().flatten() {
+            self.reply(&request_key, reply).await?;
+        }
+        Ok(())
+    }
+
+    async fn bind(&mut self, body: SentBody) -> Result<(), End> {
+        let bound = handover::bind(
+            &self.hub,
+            &self.handle,
+            (self.remote, self.protocol),
+            self.session.as_deref(),
+            &body,
+        )
+        .await;
+        let session = match bound {
+            Ok((session, _)) => session,
+            Err(refusal) => {
+                self.reply(key::CLIENT_BIND, refusal.reply).await?;
+                return refusal.close.map_or(Ok(()), |why| {
+                    Err(End::new(Cause::BindRefused, why, Closing::Refused))
+                });
+            }
+        };
+        self.heartbeat.on_bound();
+        debug!(uid = %session.uid, channel = %session.channel, device = %session.device_id, "bound");
+        self.session = Some(session);
+        self.reply(key::CLIENT_BIND, ReplyBody::ok(key::CLIENT_BIND))
+            .await?;
+        self.replay_stored().await
+    }
+}
