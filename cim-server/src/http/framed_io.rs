@@ -100,7 +100,10 @@ impl AsyncRead for FramedIo {
         loop {
             if this.passed > 0 {
                 let n = this.passed.min(dst.remaining());
-                dst.put_slice(&this.pending.split_to(n));
+                // Copied and advanced past, not split off: a split would share the buffer
+                // (an allocation) only to drop the part at once.
+                dst.put_slice(this.pending.get(..n).unwrap_or_default());
+                this.pending.advance(n);
                 this.passed -= n;
                 return Poll::Ready(Ok(()));
             }
