@@ -184,8 +184,23 @@ async fn api_key_is_enforced() {
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
-    // Health stays open for probes.
+    // Every route but the open ones is behind the key, reads included.
+    for (method, path) in [
+        ("GET", "/api/v1/sessions"),
+        ("GET", "/api/v1/stats"),
+        ("GET", "/api/v1/accounts/a/pending"),
+        ("DELETE", "/api/v1/accounts/a/sessions"),
+        ("POST", "/api/v1/tokens"),
+    ] {
+        let r = http(h, method, path, &[JSON], "{}").await;
+        assert_eq!(r.status, 401, "{method} {path}: {r:?}");
+    }
+    // Health stays open for probes, dispatch for clients.
     assert_eq!(http(h, "GET", "/health", &[], "").await.status, 200);
+    assert_eq!(
+        http(h, "GET", "/api/v1/dispatch", &[], "").await.status,
+        200
+    );
 }
 
 #[tokio::test]

@@ -123,26 +123,6 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-/// What the API's routes are held to before their handler runs: the key, then the body.
-#[derive(Clone)]
-struct ApiGate {
-    state: Arc<HttpState>,
-    limits: BodyLimits,
-}
-
-/// The API's routes: the key is checked first (nobody reads a body for a caller without the
-/// key), then the body is read whole within its limits ([`body::read_body`]). One layer for
-/// both: each layer costs every request a clone of the services below it.
-async fn api_gate(State(gate): State<ApiGate>, req: Request, next: Next) -> Response {
-    if let Some(refusal) = key_refusal(&gate.state, req.headers()) {
-        return refusal;
-    }
-    match body::read_body(&gate.limits, req).await {
-        Ok(req) => next.run(req).await,
-        Err(refusal) => refusal,
-    }
-}
-
 /// The answer to a request without the API key, when one is set.
 fn key_refusal(st: &HttpState, headers: &axum::http::HeaderMap) -> Option<Response> {
     let key = st.api_key.as_ref()?;
@@ -218,6 +198,25 @@ mod routes {
     pub const CONSOLE_SCRIPT: &str = "/console/console.js";
     pub const CONSOLE_STYLE: &str = "/console/console.css";
 
+    /// The routes open to all: no API key, and their bodies are not read ahead (they take
+    /// none). `GET /metrics` has its own check. Every other route is gated: a new route is
+    /// behind the key unless it is named here.
+    pub const OPEN: &[&str] = &[
+        HEALTH,
+        DISPATCH,
+        METRICS,
+        CONSOLE,
+        CONSOLE_SLASH,
+        CONSOLE_SCRIPT,
+        CONSOLE_STYLE,
+    ];
+
+    /// Whether a request of `route` (`None`: no route matched) is held to the API key and has
+    /// its body read ahead.
+    pub fn gated(route: Option<&str>) -> bool {
+        route.is_some_and(|r| !OPEN.contains(&r))
+    }
+
     pub const ALL: &[&str] = &[
         COMPAT_SEND,
         MESSAGES,
@@ -241,30 +240,41 @@ mod routes {
     ];
 }
 
-/// What the router's outermost layer holds.
+/// What the router's one layer holds.
 #[derive(Clone)]
 struct Finish {
+    state: Arc<HttpState>,
     metrics: Arc<HttpMetrics>,
     client: ClientCheck,
+    limits: BodyLimits,
 }
 
-/// Every request of the router: its client found and checked against the access lists
-/// ([`client::check_client`]); every answer given its JSON body when it is an error without one
-/// ([`error::json_errors`]), then counted in `cim_http_requests_total`. One layer for all three:
-/// each layer costs every request a clone of the services below it.
+/// Every request of the router, in one layer (each layer costs every request a clone of the
+/// services below it):
+/// 1. its client is found and checked against the access lists ([`client::check_client`]);
+/// 2. on every route but the open ones ([`routes::OPEN`]), the API key is checked, then the
+///    body is read whole within its limits ([`body::read_body`]) — nobody reads a body for a
+///    caller without the key;
+/// 3. the answer is given its JSON body when it is an error without one
+///    ([`error::json_errors`]), then counted in `cim_http_requests_total`.
 async fn finish(State(f): State<Finish>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map(MatchedPath::as_str);
     let answer = match client::check_client(&f.client, &mut req) {
-        Ok(()) => next.run(req).await,
         Err(refusal) => refusal.into_response(),
+        Ok(()) if !routes::gated(route) => next.run(req).await,
+        Ok(()) => match key_refusal(&f.state, req.headers()) {
+            Some(refusal) => refusal,
+            None => match body::read_body(&f.limits, req).await {
+                Ok(req) => next.run(req).await,
+                Err(refusal) => refusal,
+            },
+        },
     };
     let res = error::json_errors(&method, answer).await;
-    f.metrics.request(
-        method.as_str(),
-        route.as_ref().map(MatchedPath::as_str),
-        res.status().as_u16(),
-    );
+    f.metrics
+        .request(method.as_str(), route, res.status().as_u16());
     res
 }
 
@@ -292,17 +302,7 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         .route(routes::TOKENS, post(api::mint_token))
         .route(routes::DRAIN, post(api::drain))
         .route(routes::ADMIN_DRAIN, post(api::admin_drain))
-        .route(routes::STATS, get(observe::stats))
-        .route_layer(middleware::from_fn_with_state(
-            ApiGate {
-                state: Arc::clone(&state),
-                limits: BodyLimits {
-                    max_body: config.max_body,
-                    timeout: config.body_timeout,
-                },
-            },
-            api_gate,
-        ));
+        .route(routes::STATS, get(observe::stats));
     let metrics = Router::new()
         .route(routes::METRICS, get(observe::metrics))
         .route_layer(middleware::from_fn_with_state(
@@ -326,7 +326,12 @@ pub fn router(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body))
         .layer(middleware::from_fn_with_state(
             Finish {
+                state: Arc::clone(&state),
                 metrics: Arc::new(HttpMetrics::new(routes::ALL)),
+                limits: BodyLimits {
+                    max_body: config.max_body,
+                    timeout: config.body_timeout,
+                },
                 client: ClientCheck {
                     access: Arc::new(config.access.clone()),
                     refusals: Arc::new(Refusals::new("http")),
