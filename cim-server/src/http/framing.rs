@@ -327,7 +327,9 @@ impl Framer {
         }
         Method::from_bytes(method.as_bytes())
             .map_err(|_| Refusal::bad("bad request line: invalid method"))?;
-        Uri::try_from(path).map_err(|e| Refusal::bad(format!("bad request target: {e}")))?;
+        if !plain_path(path) {
+            Uri::try_from(path).map_err(|e| Refusal::bad(format!("bad request target: {e}")))?;
+        }
         let http11 = version == 1;
         let mut keep_alive = http11;
         let mut saw_close = false;
@@ -479,6 +481,38 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// Whether `path` is an origin-form target of characters every URI parser takes (RFC 3986's
+/// unreserved and sub-delimiters, `:`, `@`, `/`, `?` and `%`): then it needs no full parse (which
+/// copies it) to know that hyper takes it. Anything else is parsed as hyper will.
+fn plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'/'
+                        | b'?'
+                        | b'%'
+                )
+        })
 }
 
 /// A Content-Length value: ASCII digits only, as hyper reads it.

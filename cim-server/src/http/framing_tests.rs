@@ -223,3 +223,29 @@ fn work_is_linear_in_a_trickled_head() {
         input.len()
     );
 }
+
+/// A target that skips the full parse is one the full parse takes: every short path of the
+/// characters `plain_path` allows, and a sample of longer ones.
+#[test]
+fn plain_paths_are_taken_by_the_full_parse() {
+    let allowed: Vec<char> = ('\u{20}'..='\u{7e}')
+        .filter(|c| super::plain_path(&format!("/{c}")))
+        .collect();
+    assert!(allowed.len() > 70, "{allowed:?}");
+    for a in &allowed {
+        for b in &allowed {
+            let path = format!("/{a}{b}");
+            assert!(
+                axum::http::Uri::try_from(path.as_str()).is_ok(),
+                "{path:?} skips the parse but fails it"
+            );
+        }
+    }
+    for path in ["/api/v1/messages?x=1&y=%20", "/a:b@c/d;e=f,g+h*(i)!$'~"] {
+        assert!(super::plain_path(path), "{path}");
+        assert!(axum::http::Uri::try_from(path).is_ok(), "{path}");
+    }
+    for path in ["*", "http://h/x", "/a b", "/a\"b", "/a{b}", "/a#b", "/a\\b"] {
+        assert!(!super::plain_path(path), "{path}");
+    }
+}
