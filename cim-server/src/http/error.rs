@@ -127,11 +127,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
+        // The content type every client sends is recognised at once; any other goes through
+        // axum's own check (which parses it as a MIME type), so what is accepted and refused,
+        // and with which message, is axum's either way.
+        if !plain_json(req.headers()) {
+            return match Json::<T>::from_request(req, state).await {
+                Ok(Json(v)) => Ok(ApiJson(v)),
+                Err(r) => Err(json_rejection(r)),
+            };
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(r) => Err(json_rejection(r)),
         }
     }
+}
+
+/// Whether the request says `Content-Type: application/json` exactly (in any case).
+fn plain_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/json"))
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
