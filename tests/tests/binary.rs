@@ -219,6 +219,27 @@ async fn malformed_and_oversized_bodies() {
     )
     .await;
     assert_eq!(r.status, 422, "{r:?}");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("bogus"),
+        "{r:?}"
+    );
+    // A fault deeper in the document is named by its path.
+    let r = http(
+        h,
+        "POST",
+        "/api/v1/messages/batch",
+        &[JSON],
+        r#"{"messages":[{"receiver":"x"},{"receiver":7}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("messages[1].receiver"),
+        "{r:?}"
+    );
     let r = http(h, "POST", "/api/v1/messages", &[], r#"{"receiver":"x"}"#).await;
     assert_eq!(r.status, 415, "{r:?}");
     // JSON in any of its spellings is taken; anything else is not.

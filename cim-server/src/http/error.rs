@@ -139,6 +139,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        // Read without tracking where in the document it is; only a body that fails is read
+        // again by axum, for its refusal naming the path to the fault.
+        if let Ok(v) = serde_json::from_slice::<T>(&bytes) {
+            return Ok(ApiJson(v));
+        }
         match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(r) => Err(json_rejection(r)),
