@@ -146,8 +146,9 @@ impl RequestHandler for ClientMessage {
         replies.into_iter().map(Ok).collect()
     }
 
-    /// Sends arrive by the thousand and log nothing themselves (a failure is logged in the
-    /// connection's span by the engine): no span is made for them.
+    /// Sends arrive by the thousand and log little (a debug line per send naming its sender
+    /// and receiver; a failure is logged in the connection's span by the engine): no span is
+    /// made for them.
     fn in_connection_span(&self) -> bool {
         false
     }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tracing::{Instrument, debug, warn};
+use tracing::{debug, warn};
 
 use crate::engine::conn::{ConnIds, ConnectionHandle, Outbound};
 use crate::engine::deadlines::Deadlines;
@@ -154,8 +154,7 @@ impl Hub {
                 .collect();
         }
         let Some(handler) = self.handler(&request_key).cloned() else {
-            ctx.span()
-                .in_scope(|| debug!(key = %request_key, "no handler"));
+            debug!(key = %request_key, "no handler");
             let message = format!("no handler for key {request_key:?}");
             return bodies
                 .iter()
@@ -166,22 +165,18 @@ impl Hub {
                 })
                 .collect();
         };
-        let handled = async {
-            if bodies.len() == 1 {
-                let mut bodies = bodies;
-                match bodies.pop() {
-                    Some(body) => vec![handler.handle(ctx, body).await],
-                    None => Vec::new(),
-                }
-            } else {
-                handler.handle_many(ctx, bodies).await
+        let results = if bodies.len() == 1 {
+            let mut bodies = bodies;
+            match bodies.pop() {
+                Some(body) => vec![handler.handle(ctx, body).await],
+                None => Vec::new(),
             }
-        };
-        let results = if handler.in_connection_span() {
-            handled.instrument(ctx.span()).await
         } else {
-            handled.await
+            handler.handle_many(ctx, bodies).await
         };
+        // The connection task runs a handler that asks for it inside the connection's span;
+        // a failure of one that does not is logged in the span all the same.
+        let in_span = handler.in_connection_span();
         results
             .into_iter()
             .map(|r| match r {
@@ -190,8 +185,12 @@ impl Hub {
                     Some(ReplyBody::new(request_key.clone(), code).with_message(message))
                 }
                 Err(e) => {
-                    ctx.span()
-                        .in_scope(|| warn!(key = %request_key, error = %e, "handler failed"));
+                    let failed = || warn!(key = %request_key, error = %e, "handler failed");
+                    if in_span {
+                        failed();
+                    } else {
+                        ctx.span().in_scope(failed);
+                    }
                     Some(
                         ReplyBody::new(request_key.clone(), code::SERVER_ERROR)
                             .with_message(e.to_string()),

@@ -18,8 +18,13 @@ impl<T: Transport> Conn<T> {
     /// Handles `first` and every whole frame buffered behind it, then writes the replies
     /// together (a client sending a burst of requests gets one write back, not one per
     /// request). Replies are written before the connection ends, whatever ends it.
+    ///
+    /// The connection's span covers the work that asks for it (binds and other frames, handlers
+    /// whose `in_connection_span` says yes), their replies, and the burst's final write when any
+    /// of it did, so that what the transport logs about a reply names the connection too.
     pub(super) async fn on_frames(&mut self, first: Frame) -> Result<(), End> {
         let mut next = Some(first);
+        let mut in_span = false;
         let handled = loop {
             let Some(frame) = next.take() else {
                 break Ok(());
@@ -37,6 +42,7 @@ impl<T: Transport> Conn<T> {
                     continue;
                 }
                 other => {
+                    in_span = true;
                     let span = self.span();
                     if let Err(end) = self.on_frame(other).instrument(span).await {
                         break Err(end);
@@ -61,15 +67,21 @@ impl<T: Transport> Conn<T> {
                     Err(e) => break Err(End::protocol(e)),
                 }
             };
-            if let Err(end) = self.on_requests(run).await {
-                break Err(end);
+            match self.on_requests(run).await {
+                Ok(spanned) => in_span |= spanned,
+                Err(end) => break Err(end),
             }
             match after {
                 Ok(f) => next = f,
                 Err(end) => break Err(end),
             }
         };
-        let written = self.write_out().await;
+        let written = if in_span {
+            let span = self.span();
+            self.write_out().instrument(span).await
+        } else {
+            self.write_out().await
+        };
         handled.and(written)
     }
 
@@ -105,14 +117,31 @@ impl<T: Transport> Conn<T> {
         if body.key == key::CLIENT_BIND {
             return self.bind(body).await;
         }
-        self.on_requests(vec![body]).await
+        self.on_requests(vec![body]).await.map(|_| ())
     }
 
-    /// Handles a run of requests of one key (not binds) and queues their replies, in order.
-    async fn on_requests(&mut self, run: Vec<SentBody>) -> Result<(), End> {
+    /// Handles a run of requests of one key (not binds) and queues their replies, in order,
+    /// inside the connection's span when the key's handler asks for it (see
+    /// [`RequestHandler::in_connection_span`](crate::engine::RequestHandler::in_connection_span));
+    /// says whether it did.
+    async fn on_requests(&mut self, run: Vec<SentBody>) -> Result<bool, End> {
         let Some(request_key) = run.first().map(|b| b.key.clone()) else {
-            return Ok(());
+            return Ok(false);
         };
+        let in_span = self
+            .hub
+            .handler(&request_key)
+            .is_none_or(|h| h.in_connection_span());
+        if in_span {
+            let span = self.span();
+            self.run_requests(request_key, run).instrument(span).await?;
+        } else {
+            self.run_requests(request_key, run).await?;
+        }
+        Ok(in_span)
+    }
+
+    async fn run_requests(&mut self, request_key: String, run: Vec<SentBody>) -> Result<(), End> {
         let ctx = RequestContext {
             conn: self.handle.id(),
             session: self.session.as_deref(),

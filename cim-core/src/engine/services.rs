@@ -124,13 +124,17 @@ impl Services {
     /// [`Admission`]).
     pub async fn send(&self, message: Message) -> Result<Sent> {
         self.admit(&message)?;
-        let sent = self.router.send(self.stamp(message)).await?;
+        let message = self.stamp(message);
+        let sent = self.router.send(Arc::clone(&message)).await?;
         self.metrics.sent(Target::Account).increment(1);
         if sent.stored {
             self.metrics.stored.increment(1);
         }
+        // Named by its sender and receiver: a send has no connection's span around it.
         debug!(
             id = sent.id,
+            sender = %message.message().sender,
+            receiver = %message.message().receiver,
             delivered = sent.delivered,
             stored = sent.stored,
             "sent"

@@ -4,18 +4,18 @@
 //!
 //! A "no" is certain: an account's bits are set before its first message is handed to the
 //! writer, and `seqs` rows are never deleted. A "maybe" costs what the read cost before. The
-//! filter is sized when the store opens, at 16 bits per account already stored (and at least
-//! [`MIN_BITS`]); with four probes that is about one false "maybe" in 400 while the number of
-//! accounts stays below that size, and more as it grows past it — never a wrong answer.
+//! filter is sized when the store opens, at 16 bits per account already stored rounded up to a
+//! power of two (at least [`MIN_BITS`], at most [`MAX_BITS`]), and is resident from then on;
+//! with four probes that is about one false "maybe" in 400 while the number of accounts stays
+//! below that size, and more as it grows past it — never a wrong answer.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The smallest filter: 2^23 bits (1 MiB), enough for half a million accounts at 16 bits each.
-/// Its pages are touched only as bits are set.
 pub(super) const MIN_BITS: u64 = 1 << 23;
 /// The largest filter: 2^32 bits (512 MiB), for a quarter of a billion accounts.
-const MAX_BITS: u64 = 1 << 32;
+pub(super) const MAX_BITS: u64 = 1 << 32;
 const BITS_PER_ACCOUNT: u64 = 16;
 const PROBES: u64 = 4;
 
