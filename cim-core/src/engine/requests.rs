@@ -2,7 +2,7 @@
 //! order — runs of requests of one key handed to their handler together, binds to
 //! `handover.rs` — and the replies are queued for the write path (`driver.rs`).
 
-use tracing::{Instrument, debug};
+use tracing::{Instrument, Span, debug};
 
 use crate::engine::conn::Outbound;
 use crate::engine::driver::Conn;
@@ -24,7 +24,8 @@ impl<T: Transport> Conn<T> {
     /// of it did, so that what the transport logs about a reply names the connection too.
     pub(super) async fn on_frames(&mut self, first: Frame) -> Result<(), End> {
         let mut next = Some(first);
-        let mut in_span = false;
+        // Made at the first work that asks for it, then shared by the rest of the burst.
+        let mut span: Option<Span> = None;
         let handled = loop {
             let Some(frame) = next.take() else {
                 break Ok(());
@@ -42,8 +43,7 @@ impl<T: Transport> Conn<T> {
                     continue;
                 }
                 other => {
-                    in_span = true;
-                    let span = self.span();
+                    let span = span.get_or_insert_with(|| self.span()).clone();
                     if let Err(end) = self.on_frame(other).instrument(span).await {
                         break Err(end);
                     }
@@ -67,20 +67,17 @@ impl<T: Transport> Conn<T> {
                     Err(e) => break Err(End::protocol(e)),
                 }
             };
-            match self.on_requests(run).await {
-                Ok(spanned) => in_span |= spanned,
-                Err(end) => break Err(end),
+            if let Err(end) = self.on_requests(run, &mut span).await {
+                break Err(end);
             }
             match after {
                 Ok(f) => next = f,
                 Err(end) => break Err(end),
             }
         };
-        let written = if in_span {
-            let span = self.span();
-            self.write_out().instrument(span).await
-        } else {
-            self.write_out().await
+        let written = match span {
+            Some(span) => self.write_out().instrument(span).await,
+            None => self.write_out().await,
         };
         handled.and(written)
     }
@@ -117,28 +114,31 @@ impl<T: Transport> Conn<T> {
         if body.key == key::CLIENT_BIND {
             return self.bind(body).await;
         }
-        self.on_requests(vec![body]).await.map(|_| ())
+        self.on_requests(vec![body], &mut None).await
     }
 
     /// Handles a run of requests of one key (not binds) and queues their replies, in order,
-    /// inside the connection's span when the key's handler asks for it (see
-    /// [`RequestHandler::in_connection_span`](crate::engine::RequestHandler::in_connection_span));
-    /// says whether it did.
-    async fn on_requests(&mut self, run: Vec<SentBody>) -> Result<bool, End> {
+    /// inside the connection's span (`span`, made if it is not yet) when the key's handler asks
+    /// for it (see
+    /// [`RequestHandler::in_connection_span`](crate::engine::RequestHandler::in_connection_span)).
+    async fn on_requests(
+        &mut self,
+        run: Vec<SentBody>,
+        span: &mut Option<Span>,
+    ) -> Result<(), End> {
         let Some(request_key) = run.first().map(|b| b.key.clone()) else {
-            return Ok(false);
+            return Ok(());
         };
         let in_span = self
             .hub
             .handler(&request_key)
             .is_none_or(|h| h.in_connection_span());
         if in_span {
-            let span = self.span();
-            self.run_requests(request_key, run).instrument(span).await?;
+            let span = span.get_or_insert_with(|| self.span()).clone();
+            self.run_requests(request_key, run).instrument(span).await
         } else {
-            self.run_requests(request_key, run).await?;
+            self.run_requests(request_key, run).await
         }
-        Ok(in_span)
     }
 
     async fn run_requests(&mut self, request_key: String, run: Vec<SentBody>) -> Result<(), End> {
