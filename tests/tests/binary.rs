@@ -223,44 +223,8 @@ async fn malformed_and_oversized_bodies() {
         r.json()["error"].as_str().unwrap().contains("bogus"),
         "{r:?}"
     );
-    // A fault deeper in the document is named by its path.
-    let r = http(
-        h,
-        "POST",
-        "/api/v1/messages/batch",
-        &[JSON],
-        r#"{"messages":[{"receiver":"x"},{"receiver":7}]}"#,
-    )
-    .await;
-    assert_eq!(r.status, 422, "{r:?}");
-    assert!(
-        r.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("messages[1].receiver"),
-        "{r:?}"
-    );
     let r = http(h, "POST", "/api/v1/messages", &[], r#"{"receiver":"x"}"#).await;
     assert_eq!(r.status, 415, "{r:?}");
-    // JSON in any of its spellings is taken; anything else is not.
-    for (ct, status) in [
-        ("application/json", 200),
-        ("Application/JSON", 200),
-        ("application/json; charset=utf-8", 200),
-        ("application/cloudevents+json", 200),
-        ("text/plain", 415),
-        ("application/jsonx", 415),
-    ] {
-        let r = http(
-            h,
-            "POST",
-            "/api/v1/messages",
-            &[("content-type", ct)],
-            r#"{"receiver":"x"}"#,
-        )
-        .await;
-        assert_eq!(r.status, status, "{ct}: {r:?}");
-    }
     let big = format!(r#"{{"receiver":"x","content":"{}"}}"#, "a".repeat(2000));
     let r = http(h, "POST", "/api/v1/messages", &[JSON], &big).await;
     assert_eq!(r.status, 413, "{r:?}");

@@ -514,3 +514,47 @@ async fn account_ids_in_every_send_form_and_token_at_the_edge() {
     }
     assert_eq!(pending("u".repeat(UID_MAX)).await, 1);
 }
+
+/// A JSON body is taken in any spelling of its content type and refused in others; a fault in
+/// it is named by its path.
+#[tokio::test]
+async fn json_bodies_in_their_spellings_and_faults_by_path() {
+    let p = ServerProcess::start(&[]);
+    let h = p.addr("http");
+    // JSON in any of its spellings is taken; anything else is not.
+    for (ct, status) in [
+        ("application/json", 200),
+        ("Application/JSON", 200),
+        ("application/json; charset=utf-8", 200),
+        ("application/cloudevents+json", 200),
+        ("text/plain", 415),
+        ("application/jsonx", 415),
+    ] {
+        let r = http(
+            h,
+            "POST",
+            "/api/v1/messages",
+            &[("content-type", ct)],
+            r#"{"receiver":"x"}"#,
+        )
+        .await;
+        assert_eq!(r.status, status, "{ct}: {r:?}");
+    }
+    // A fault deeper in the document is named by its path.
+    let r = http(
+        h,
+        "POST",
+        "/api/v1/messages/batch",
+        &[JSON],
+        r#"{"messages":[{"receiver":"x"},{"receiver":7}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("messages[1].receiver"),
+        "{r:?}"
+    );
+}
