@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cim_cluster::testing::RedisServer;
 use common::cluster::client;
-use common::process::{JSON, ServerProcess, http};
+use common::process::{ServerProcess, http};
 use common::scrape::*;
 use serde_json::json;
 
@@ -177,15 +177,8 @@ async fn redis_errors_and_an_empty_redis_are_counted() {
     redis.kill();
     let failed = 10;
     for i in 0..failed {
-        let body = json!({"receiver": "down", "content": i.to_string()}).to_string();
-        let r = http(
-            api,
-            "POST",
-            "/api/v1/messages",
-            &[JSON, ("x-api-key", KEY)],
-            &body,
-        )
-        .await;
+        let body = json!({"receiver": "down", "content": i.to_string()});
+        let r = post_answer(api, "/api/v1/messages", body).await;
         assert!(r.json_error(503).contains("redis"), "{r:?}");
     }
     let r = http(
@@ -222,15 +215,8 @@ async fn redis_errors_and_an_empty_redis_are_counted() {
     // Sending works again.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let body = json!({"receiver": "down", "content": "back"}).to_string();
-        let r = http(
-            api,
-            "POST",
-            "/api/v1/messages",
-            &[JSON, ("x-api-key", KEY)],
-            &body,
-        )
-        .await;
+        let body = json!({"receiver": "down", "content": "back"});
+        let r = post_answer(api, "/api/v1/messages", body).await;
         if r.status == 200 && r.json()["delivered"] == 1 {
             break;
         }

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
@@ -20,6 +19,7 @@ use crate::engine::handover::{self, Replay};
 use crate::engine::heartbeat::{Heartbeat, TimerAction};
 use crate::engine::hub::Hub;
 use crate::engine::metrics::Cause;
+use crate::engine::time_limit::within;
 use crate::engine::transport::{Closing, ConnectionConfig, End, Transport};
 use crate::error::Error;
 use crate::frame::Frame;
@@ -178,16 +178,9 @@ impl<T: Transport> Conn<T> {
         if self.out.is_empty() {
             return Ok(());
         }
-        // Most writes complete at once: only one that has to wait gets a deadline (a timer
-        // costs every write a clock read and a reference to the runtime's timer).
+        // Most writes complete at once: only one that has to wait gets a deadline.
         let stall = self.write_timeout();
-        let res = {
-            let mut send = std::pin::pin!(self.transport.send(&self.out));
-            match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
-                Poll::Ready(done) => Ok(done),
-                Poll::Pending => timeout(stall, send).await,
-            }
-        };
+        let res = within(stall, self.transport.send(&self.out)).await;
         if res.as_ref().is_ok_and(Result::is_ok) {
             self.heartbeat.on_write(Instant::now());
             // One count per write, not per message.

@@ -38,6 +38,7 @@ mod services;
 mod sessions;
 mod shared;
 mod store;
+mod time_limit;
 mod transport;
 
 pub use builder::HubBuilder;
@@ -62,4 +63,5 @@ pub use services::{Admission, Services};
 pub use sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
 pub use shared::SharedMessage;
 pub use store::{Appended, MemoryStore, MessageStore, Seq, Stored};
+pub use time_limit::within;
 pub use transport::{Closing, ConnectionConfig, Transport};

@@ -2,14 +2,13 @@
 //! timeout and the body limit; a body that does not arrive in time, is too large or cannot be
 //! decoded is answered with a JSON error, and the connection is closed.
 
-use std::future::Future;
-use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cim_core::engine::within;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::ApiError;
@@ -55,12 +54,11 @@ pub(crate) async fn read_body(limits: &BodyLimits, req: Request) -> Result<Reque
     }
     let (parts, body) = req.into_parts();
     // A small body usually came with its head: taken at once, it needs no timer.
-    let mut collect = std::pin::pin!(Limited::new(body, limits.max_body).collect());
-    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
-    let collected = match first {
-        Poll::Ready(done) => Ok(done),
-        Poll::Pending => tokio::time::timeout(limits.timeout, collect).await,
-    };
+    let collected = within(
+        limits.timeout,
+        Limited::new(body, limits.max_body).collect(),
+    )
+    .await;
     let bytes = match collected {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {

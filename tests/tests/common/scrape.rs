@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::WAIT;
-use super::process::{JSON, http};
+use super::process::{JSON, Resp, http};
 
 pub const KEY: &str = "metrics-test-key";
 
@@ -105,15 +105,21 @@ pub async fn expect_deltas(addr: SocketAddr, before: &Scrape, expected: &[(&str,
     }
 }
 
-pub async fn post(addr: SocketAddr, path: &str, body: serde_json::Value) -> serde_json::Value {
-    let r = http(
+/// `POST path` with `body` and the API key: the answer, whatever it is.
+pub async fn post_answer(addr: SocketAddr, path: &str, body: serde_json::Value) -> Resp {
+    http(
         addr,
         "POST",
         path,
         &[JSON, ("x-api-key", KEY)],
         &body.to_string(),
     )
-    .await;
+    .await
+}
+
+/// `POST path` with `body` and the API key, answered `200`: its JSON.
+pub async fn post(addr: SocketAddr, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = post_answer(addr, path, body).await;
     assert_eq!(r.status, 200, "{r:?}");
     r.json()
 }
