@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use cim_codec_binary::BinaryCodec;
 use cim_codec_xml::XmlCodec;
-use cim_core::engine::{ConnectionConfig, serve_connection};
+use cim_core::engine::{
+    ConnectionConfig, serve_connection, spawn_connection as spawn_connection_task,
+};
 use cim_core::{Hub, StreamCodec};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,7 +20,7 @@ use crate::access::{self, Access, Refused};
 use crate::refusal::{Reason, RefusalLog, Refusals, refuse_busy};
 use crate::tls::{self, TlsConfig};
 use crate::transport::ws::HandshakeCheck;
-use crate::transport::{StreamTransport, WsSettings, WsTransport, ws};
+use crate::transport::{StreamTransport, TcpTransport, WsSettings, WsTransport, ws};
 
 /// The protocol a listener speaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,20 +157,18 @@ struct Accepting {
 /// Starts the task of one accepted connection on `stream` (a TCP stream, or TLS over one).
 /// Each protocol gets a task of its own shape, so that a TCP connection's task is not as large
 /// as a WebSocket one's.
-fn spawn_connection<S>(
+fn spawn_connection<S: Accepted>(
     acc: &Arc<Accepting>,
     conf: ConnectionConfig,
     stream: S,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let hub = Arc::clone(&acc.hub);
     match &acc.protocol {
         &Protocol::Binary { max_frame } => {
             let codec = BinaryCodec::with_max_body(max_frame).with_max_entries(acc.max_entries);
-            spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
+            stream.spawn_stream(hub, codec, conf, peer, permit);
         }
         &Protocol::Xml {
             max_document,
@@ -178,7 +178,7 @@ fn spawn_connection<S>(
             if flash_policy {
                 crate::flash::spawn(hub, stream, codec, conf, peer, permit);
             } else {
-                spawn_stream(hub, StreamTransport::new(stream, codec), conf, peer, permit);
+                stream.spawn_stream(hub, codec, conf, peer, permit);
             }
         }
         Protocol::WebSocket(_) => {
@@ -317,20 +317,51 @@ fn refuse(acc: &Accepting, stream: TcpStream, peer: SocketAddr, refused: &Refuse
 /// What a WebSocket client whose address is denied is answered.
 const DENIED_HTTP: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\naddress not allowed\n";
 
-/// Starts the task of a connection on a stream protocol; the permit goes with the connection.
-fn spawn_stream<S, C>(
-    hub: Arc<Hub>,
-    transport: StreamTransport<S, C>,
-    conf: ConnectionConfig,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) where
+/// A stream a listener accepted: plain TCP, or TLS over it.
+trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Starts the task of a connection on a stream protocol over this stream; the permit goes
+    /// with the connection.
+    fn spawn_stream<C: StreamCodec + Sync>(
+        self,
+        hub: Arc<Hub>,
+        codec: C,
+        conf: ConnectionConfig,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    );
+}
+
+/// Plain TCP: the connection parks when it idles.
+impl Accepted for TcpStream {
+    fn spawn_stream<C: StreamCodec + Sync>(
+        self,
+        hub: Arc<Hub>,
+        codec: C,
+        conf: ConnectionConfig,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
+        spawn_connection_task(hub, TcpTransport::new(self, codec), conf, peer, permit);
+    }
+}
+
+/// TLS: the connection keeps its task (its TLS state is the stream's).
+impl<S> Accepted for crate::tls::TlsStream<S>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    C: StreamCodec + Sync,
 {
-    let conn = serve_connection(hub, transport, conf, peer);
-    // `map`, not an async block: a block would hold the future twice over.
-    tokio::spawn(conn.map(move |()| drop(permit)));
+    fn spawn_stream<C: StreamCodec + Sync>(
+        self,
+        hub: Arc<Hub>,
+        codec: C,
+        conf: ConnectionConfig,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let conn = serve_connection(hub, StreamTransport::new(self, codec), conf, peer);
+        // `map`, not an async block: a block would hold the future twice over.
+        tokio::spawn(conn.map(move |()| drop(permit)));
+    }
 }
 
 /// Accepts connections until `stop` turns true. Each connection holds a permit of `slots`;

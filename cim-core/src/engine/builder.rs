@@ -172,6 +172,8 @@ impl HubBuilder {
             conn_ids: ConnIds::default(),
             live: Registry::default(),
             deadlines: Arc::default(),
+            #[cfg(unix)]
+            parker: std::sync::OnceLock::new(),
         }
     }
 }

@@ -246,6 +246,16 @@ impl ConnectionHandle {
         wake(self.queue.lock());
     }
 
+    /// Sets the waker of the parked connection's queue (see `park.rs`); `true` when something
+    /// is already waiting for it (an item, a close request, a deadline), so that it is resumed
+    /// at once.
+    #[cfg(unix)]
+    pub(crate) fn park_waker(&self, waker: Waker) -> bool {
+        let mut st = self.queue.lock();
+        st.waker = Some(waker);
+        !st.items.is_empty() || st.close.is_some() || self.queue.due.load(Ordering::Acquire)
+    }
+
     /// Whether the connection is closed or closing.
     pub fn is_closed(&self) -> bool {
         self.queue.lock().close.is_some()

@@ -26,7 +26,7 @@ use crate::frame::Frame;
 use crate::session::Session;
 
 /// A connection's task's state: the loop and write path here, what it does with the frames it
-/// reads in `requests.rs`.
+/// reads in `requests.rs`. It outlives a task when the connection is parked (`park.rs`).
 pub(super) struct Conn<T> {
     pub(super) hub: Arc<Hub>,
     pub(super) transport: T,
@@ -38,6 +38,8 @@ pub(super) struct Conn<T> {
     /// every connection's task holds them.
     pub(super) write_timeout_ms: u32,
     pub(super) max_batch: u32,
+    /// Idle this long, the connection parks; 0: never.
+    park_after_ms: u32,
     pub(super) protocol: &'static str,
     pub(super) out: Vec<Outbound>,
     /// Ids of stored messages written during the bind hand-over: the same messages may also sit
@@ -45,10 +47,13 @@ pub(super) struct Conn<T> {
     /// (Boxed: a connection that never replays holds one pointer, not an empty set.)
     #[allow(clippy::box_collection)]
     pub(super) replayed: Option<Box<HashSet<i64>>>,
+    /// The deadline set in the node's shared timer.
+    armed: Instant,
 }
 
 /// Runs one connection to its end. Spawn it; it returns when the connection is closed and
-/// everything about it is cleaned up (unbound, `client_closed` handled, listeners told).
+/// everything about it is cleaned up (unbound, `client_closed` handled, listeners told). A
+/// connection served this way is never parked: [`spawn_connection`] parks idle ones.
 ///
 /// Logs carry the connection's id and account through a span made for the work at hand (a
 /// bind, a handler's run of requests when the handler asks for it) and, with the peer's
@@ -62,79 +67,137 @@ pub fn serve_connection<T: Transport>(
     config: ConnectionConfig,
     remote: SocketAddr,
 ) -> impl Future<Output = ()> {
-    let id = hub.conn_ids.next();
-    let (handle, rx) =
-        ConnectionHandle::with_policy(id, config.queue_capacity, config.slow_consumer);
-    // Built here and captured as it is, so the future holds one copy of each part.
-    let mut conn = Conn {
-        hub,
-        transport,
-        handle,
-        session: None,
-        heartbeat: Heartbeat::new(config.timers, Instant::now()),
-        remote,
-        write_timeout_ms: u32::try_from(config.write_timeout.as_millis()).unwrap_or(u32::MAX),
-        max_batch: u32::try_from(config.max_batch.max(1)).unwrap_or(u32::MAX),
-        protocol: config.protocol,
-        out: Vec::new(),
-        replayed: None,
-    };
+    let (conn, rx) = Conn::open(hub, transport, &config, remote, false);
+    run(conn, rx, (), Start::Fresh)
+}
+
+/// Spawns the task of one connection, as [`serve_connection`] runs it, except that the
+/// connection is parked when it idles for the listener's
+/// [`park_after`](ConnectionConfig::park_after) and its transport [parks](Transport::parks):
+/// its task ends and its state waits, much smaller, until it is resumed in a new one. `guard`
+/// is dropped when the connection has ended (a connection-limit permit, say). Must be called
+/// inside the runtime.
+pub fn spawn_connection<T: Transport, G: Send + 'static>(
+    hub: Arc<Hub>,
+    transport: T,
+    config: ConnectionConfig,
+    remote: SocketAddr,
+    guard: G,
+) {
+    let (conn, rx) = Conn::open(hub, transport, &config, remote, true);
+    tokio::spawn(run(conn, rx, guard, Start::Fresh));
+}
+
+/// How a connection's task starts.
+enum Start {
+    /// A new connection.
+    Fresh,
+    /// A parked one, its transport registered again.
+    Resumed,
+    /// A parked one whose transport could not be registered again: it ends.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Failed(std::io::Error),
+}
+
+/// The task of a connection, new or resumed: until it ends (then cleaned up, `guard` dropped)
+/// or parks.
+fn run<T: Transport, G: Send + 'static>(
+    conn: Conn<T>,
+    rx: OutboundReceiver,
+    guard: G,
+    start: Start,
+) -> impl Future<Output = ()> + Send {
+    // Built by the caller and captured as they are, so the future holds one copy of each part.
+    let (mut conn, mut rx, mut guard) = (conn, rx, guard);
     async move {
-        debug!(conn = id.0, peer = %remote, "connected");
-        // Looked up now and at the end rather than held: every connection's task would carry it.
-        conn.hub
-            .services()
-            .metrics()
-            .connections(conn.protocol)
-            .increment(1.0);
-        // A shutdown reaches the connection through its queue, as a close request.
-        conn.hub.live.insert(&conn.handle);
-        let mut armed = conn.arm();
-        let end = loop {
-            // A frame read is boxed at once: held in place across the await that handles it,
-            // it would make every idle connection's task larger by the size of a frame.
-            let read = tokio::select! {
-                () = rx.ready() => None,
-                frame = conn.transport.recv() => match frame {
-                    Ok(Some(frame)) => Some(Box::new(frame)),
-                    Ok(None) => break End::normal(Cause::Peer, "closed by peer"),
-                    Err(Error::Io(e)) => {
-                        break End::normal(Cause::ReadError, format!("read failed: {e}"));
+        let end = 'run: {
+            match start {
+                Start::Fresh => conn.start(),
+                // Parked, it was woken by its heartbeat alone: now it may park again.
+                Start::Resumed => conn.arm(Instant::now(), true),
+                Start::Failed(e) => {
+                    break 'run End::normal(Cause::ReadError, format!("resuming failed: {e}"));
+                }
+            }
+            loop {
+                // A frame read is boxed at once: held in place across the await that handles
+                // it, it would make every idle connection's task larger by the size of a frame.
+                let read = tokio::select! {
+                    () = rx.ready() => None,
+                    frame = conn.transport.recv() => match frame {
+                        Ok(Some(frame)) => Some(Box::new(frame)),
+                        Ok(None) => break End::normal(Cause::Peer, "closed by peer"),
+                        Err(Error::Io(e)) => {
+                            break End::normal(Cause::ReadError, format!("read failed: {e}"));
+                        }
+                        Err(e) => break End::protocol(e),
+                    },
+                };
+                // Whether to park: at once when the connection has just bound (so that in a
+                // storm of binds, a reconnecting fleet's, tasks do not pile up), else once it has
+                // idled for `park_after`.
+                let mut park = None;
+                if let Some(frame) = read {
+                    conn.heartbeat.on_read(Instant::now());
+                    let was_bound = conn.heartbeat.is_bound();
+                    // Boxed: requests (binds, handlers) are rare next to pushes, and their
+                    // futures would otherwise make every idle connection's task larger.
+                    if let Err(end) = Box::pin(conn.on_frames(*frame)).await {
+                        break end;
                     }
-                    Err(e) => break End::protocol(e),
-                },
-            };
-            if let Some(frame) = read {
-                conn.heartbeat.on_read(Instant::now());
-                // Boxed: requests (binds, handlers) are rare next to pushes, and their futures
-                // would otherwise make every idle connection's task larger.
-                if let Err(end) = Box::pin(conn.on_frames(*frame)).await {
+                    if was_bound || !conn.heartbeat.is_bound() || conn.park_after_ms == 0 {
+                        continue;
+                    }
+                    park = Some(Idle::JustBound);
+                }
+                // Reads and writes only move deadlines later, and a deadline reached early finds
+                // nothing due and is set again; so the shared timer is set only here.
+                if rx.take_due() {
+                    let now = Instant::now();
+                    let action = conn.heartbeat.poll(now);
+                    conn.arm(now, true);
+                    if action == TimerAction::Nothing && conn.idle_enough(now) {
+                        park = Some(Idle::Long);
+                    }
+                    match action {
+                        TimerAction::Nothing => {}
+                        TimerAction::Ping => {
+                            conn.out.push(Outbound::Frame(Box::new(Frame::Ping)));
+                            if let Err(end) = Box::pin(conn.write_out()).await {
+                                break end;
+                            }
+                        }
+                        TimerAction::Close(why) => break End::idle(why),
+                    }
+                }
+                // Boxed, so that an idle connection's task does not carry the write path.
+                if let Err(end) = Box::pin(conn.flush(&rx)).await {
                     break end;
                 }
-                continue;
-            }
-            // Reads and writes only move deadlines later, and a deadline reached early finds
-            // nothing due and is set again; so the shared timer is set only here.
-            if rx.take_due() {
-                let action = conn.heartbeat.poll(Instant::now());
-                armed = conn.arm();
-                match action {
-                    TimerAction::Nothing => {}
-                    TimerAction::Ping => {
-                        conn.out.push(Outbound::Frame(Box::new(Frame::Ping)));
-                        if let Err(end) = Box::pin(conn.write_out()).await {
-                            break end;
+                #[cfg(unix)]
+                if let Some(idle) = park {
+                    let parked = Parked {
+                        conn,
+                        rx,
+                        guard,
+                        fd: -1,
+                    };
+                    match parked.park(idle) {
+                        Ok(()) => return,
+                        Err((back, end)) => {
+                            (conn, rx, guard) = (back.conn, back.rx, back.guard);
+                            if let Some(end) = end {
+                                break end;
+                            }
+                            conn.arm(Instant::now(), true);
                         }
                     }
-                    TimerAction::Close(why) => break End::idle(why),
                 }
-            }
-            // Boxed, so that an idle connection's task does not carry the write path.
-            if let Err(end) = Box::pin(conn.flush(&rx)).await {
-                break end;
+                #[cfg(not(unix))]
+                let _ = park;
             }
         };
-        conn.hub.deadlines.clear(armed, conn.handle.id());
+        conn.hub.deadlines.clear(conn.armed, conn.handle.id());
         conn.hub.live.remove(conn.handle.id());
         let span = conn.end_span();
         let cause = end.cause;
@@ -142,6 +205,90 @@ pub fn serve_connection<T: Transport>(
         let metrics = conn.hub.services().metrics();
         metrics.closed(cause);
         metrics.connections(conn.protocol).decrement(1.0);
+        drop(guard);
+    }
+}
+
+/// Why a connection's task would park.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Idle {
+    /// It has just bound: nothing is expected of it but what others send.
+    JustBound,
+    /// It has idled for its `park_after`.
+    Long,
+}
+
+/// A parked connection: its task's state, held by the node's [`Parker`](super::park::Parker).
+#[cfg(unix)]
+struct Parked<T, G> {
+    conn: Conn<T>,
+    rx: OutboundReceiver,
+    guard: G,
+    fd: std::os::fd::RawFd,
+}
+
+#[cfg(unix)]
+impl<T: Transport, G: Send + 'static> Parked<T, G> {
+    /// Parks the connection if it is still idle and its transport can: `Ok` when its task is
+    /// then to end. Otherwise hands it back, with the end of the connection if parking broke
+    /// its transport.
+    // The connection's state comes back by value, as it went in: it is moved either way.
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
+    fn park(mut self, idle: Idle) -> Result<(), (Self, Option<End>)> {
+        let now = Instant::now();
+        // A write of what was queued meanwhile counts as work: not idle yet.
+        if !self.conn.out.is_empty()
+            || self.conn.replayed.is_some()
+            || (idle == Idle::Long && !self.conn.idle_enough(now))
+        {
+            return Err((self, None));
+        }
+        let Some(parker) = self.conn.hub.parker().cloned() else {
+            return Err((self, None));
+        };
+        self.fd = match self.conn.transport.park() {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Err((self, None)),
+            Err(e) => {
+                let end = End::normal(Cause::ReadError, format!("parking failed: {e}"));
+                return Err((self, Some(end)));
+            }
+        };
+        // Parked, it is woken by its heartbeat alone (the caller sets the park deadline again
+        // if this fails).
+        self.conn.arm(now, false);
+        let handle = self.conn.handle.clone();
+        parker.park(&handle, Box::new(self)).map_err(|mut back| {
+            let end = back
+                .conn
+                .transport
+                .unpark()
+                .err()
+                .map(|e| End::normal(Cause::ReadError, format!("resuming failed: {e}")));
+            (*back, end)
+        })
+    }
+}
+
+#[cfg(unix)]
+impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+
+    fn resume(self: Box<Self>) {
+        let Parked {
+            mut conn,
+            rx,
+            guard,
+            ..
+        } = *self;
+        let start = match conn.transport.unpark() {
+            Ok(()) => Start::Resumed,
+            Err(e) => Start::Failed(e),
+        };
+        tokio::spawn(run(conn, rx, guard, start));
     }
 }
 
@@ -166,11 +313,87 @@ impl<T: Transport> Conn<T> {
         Duration::from_millis(u64::from(self.write_timeout_ms))
     }
 
-    /// Sets the heartbeat's next deadline in the node's shared timer, and returns it.
-    fn arm(&self) -> Instant {
-        let at = self.heartbeat.next_deadline();
+    /// The state of a new connection, and its queue's receiving end.
+    fn open(
+        hub: Arc<Hub>,
+        transport: T,
+        config: &ConnectionConfig,
+        remote: SocketAddr,
+        parking: bool,
+    ) -> (Self, OutboundReceiver) {
+        let id = hub.conn_ids.next();
+        let (handle, rx) =
+            ConnectionHandle::with_policy(id, config.queue_capacity, config.slow_consumer);
+        #[cfg(unix)]
+        let parks = parking && transport.parks();
+        #[cfg(not(unix))]
+        let parks = {
+            let _ = parking;
+            false
+        };
+        let park_after_ms = if parks {
+            u32::try_from(config.park_after.as_millis()).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        let now = Instant::now();
+        let conn = Conn {
+            hub,
+            transport,
+            handle,
+            session: None,
+            heartbeat: Heartbeat::new(config.timers, now),
+            remote,
+            write_timeout_ms: u32::try_from(config.write_timeout.as_millis()).unwrap_or(u32::MAX),
+            max_batch: u32::try_from(config.max_batch.max(1)).unwrap_or(u32::MAX),
+            park_after_ms,
+            protocol: config.protocol,
+            out: Vec::new(),
+            replayed: None,
+            armed: now,
+        };
+        (conn, rx)
+    }
+
+    /// What a new connection's task does first: counted, registered for the shutdown, its
+    /// timer set.
+    fn start(&mut self) {
+        debug!(conn = self.handle.id().0, peer = %self.remote, "connected");
+        // Looked up now and at the end rather than held: every connection's task would carry it.
+        self.hub
+            .services()
+            .metrics()
+            .connections(self.protocol)
+            .increment(1.0);
+        // A shutdown reaches the connection through its queue, as a close request.
+        self.hub.live.insert(&self.handle);
+        self.arm(Instant::now(), true);
+    }
+
+    /// Whether the connection has idled long enough to park.
+    fn idle_enough(&self, now: Instant) -> bool {
+        self.park_after_ms > 0
+            && self.heartbeat.idle_for(now) >= Duration::from_millis(u64::from(self.park_after_ms))
+    }
+
+    /// Sets the connection's next deadline in the node's shared timer (replacing the one set
+    /// before, if it has not fired): the heartbeat's, or, `with_park`, the time it will have
+    /// idled long enough to park, if that is sooner.
+    fn arm(&mut self, now: Instant, with_park: bool) {
+        let mut at = self.heartbeat.next_deadline();
+        if with_park && self.park_after_ms > 0 {
+            let after = Duration::from_millis(u64::from(self.park_after_ms));
+            let idle = self.heartbeat.idle_for(now);
+            // Busy when last asked (a frame half read): asked again a whole period on.
+            let wait = after
+                .checked_sub(idle)
+                .filter(|w| !w.is_zero())
+                .unwrap_or(after);
+            at = at.min(now + wait);
+        }
+        self.hub.deadlines.clear(self.armed, self.handle.id());
         self.hub.deadlines.set(at, &self.handle);
-        at
+        self.armed = at;
     }
 
     /// Writes `self.out` (with the write timeout) and clears it.

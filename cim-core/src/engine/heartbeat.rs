@@ -82,6 +82,8 @@ pub struct Heartbeat {
     bind_deadline: u64,
     read_deadline: u64,
     write_deadline: u64,
+    /// The last read or write.
+    active: u64,
 }
 
 /// `bind_deadline` of a bound connection.
@@ -104,6 +106,7 @@ impl Heartbeat {
             bind_deadline: u64::from(millis(timers.bind_timeout)),
             read_deadline: u64::from(millis(timers.read_idle)),
             write_deadline: u64::from(millis(timers.write_idle)),
+            active: 0,
         }
     }
 
@@ -115,13 +118,21 @@ impl Heartbeat {
 
     /// Something was read at `now`: the missed-PING count starts again.
     pub fn on_read(&mut self, now: Instant) {
-        self.read_deadline = self.at(now).saturating_add(u64::from(self.read_idle));
+        self.active = self.at(now);
+        self.read_deadline = self.active.saturating_add(u64::from(self.read_idle));
         self.missed_pongs = 0;
     }
 
     /// Something was written at `now`.
     pub fn on_write(&mut self, now: Instant) {
-        self.write_deadline = self.at(now).saturating_add(u64::from(self.write_idle));
+        self.active = self.at(now);
+        self.write_deadline = self.active.saturating_add(u64::from(self.write_idle));
+    }
+
+    /// How long nothing has been read or written, at `now` (since the connection opened, if
+    /// nothing ever was).
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        Duration::from_millis(self.at(now).saturating_sub(self.active))
     }
 
     /// The connection bound: the bind timeout no longer applies, and idle means PING.
@@ -183,10 +194,25 @@ mod tests {
     use super::*;
 
     /// Every connection's task holds one: the opening instant, three `u32` settings and the
-    /// missed count, three `u64` deadlines in milliseconds since opening. 56 bytes.
+    /// missed count, three `u64` deadlines and the last read or write in milliseconds since
+    /// opening. 64 bytes.
     #[test]
-    fn a_heartbeat_is_56_bytes() {
-        assert_eq!(std::mem::size_of::<Heartbeat>(), 56);
+    fn a_heartbeat_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<Heartbeat>(), 64);
+    }
+
+    #[test]
+    fn idle_for_counts_from_the_last_read_or_write() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(Timers::default(), t0);
+        assert_eq!(hb.idle_for(t0 + secs(3)), secs(3));
+        hb.on_read(t0 + secs(5));
+        assert_eq!(hb.idle_for(t0 + secs(7)), secs(2));
+        hb.on_write(t0 + secs(8));
+        assert_eq!(hb.idle_for(t0 + secs(8)), Duration::ZERO);
+        // A PING the timers ask for is not counted until it is written.
+        let _ = hb.poll(t0 + secs(60));
+        assert_eq!(hb.idle_for(t0 + secs(60)), secs(52));
     }
 
     fn secs(s: u64) -> Duration {

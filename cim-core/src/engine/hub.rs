@@ -40,6 +40,9 @@ pub struct Hub {
     pub(crate) live: Registry,
     /// The heartbeat deadlines of every live connection.
     pub(crate) deadlines: Arc<Deadlines>,
+    /// The parked connections, made at the first park (`None`: the node cannot park).
+    #[cfg(unix)]
+    pub(crate) parker: std::sync::OnceLock<Option<Arc<crate::engine::park::Parker>>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -52,6 +55,31 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
+    /// The node's parked connections, made at the first park; `None` when the node cannot
+    /// park (it could not make the set that watches them).
+    #[cfg(unix)]
+    pub(crate) fn parker(&self) -> Option<&Arc<crate::engine::park::Parker>> {
+        self.parker
+            .get_or_init(|| match crate::engine::park::Parker::start() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot park idle connections");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Connections parked now: idle, without a task (see
+    /// [`ConnectionConfig::park_after`](crate::engine::ConnectionConfig::park_after)).
+    pub fn parked_connections(&self) -> usize {
+        #[cfg(unix)]
+        if let Some(Some(p)) = self.parker.get() {
+            return p.len();
+        }
+        0
+    }
+
     /// The services handlers and listeners act through.
     pub fn services(&self) -> &Services {
         &self.services

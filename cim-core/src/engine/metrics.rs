@@ -21,6 +21,8 @@ use crate::message::Message;
 
 /// Open long connections, by `listener` and `protocol` (a gauge).
 pub const CONNECTIONS: &str = "cim_connections";
+/// Long connections parked now: idle, without a task (a gauge).
+pub const CONNECTIONS_PARKED: &str = "cim_connections_parked";
 /// Connections that ended, by `reason`.
 pub const CONNECTIONS_CLOSED: &str = "cim_connections_closed_total";
 /// Successful binds.
@@ -53,6 +55,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         CONNECTIONS,
         "Open long connections, by listener and protocol."
+    );
+    describe_gauge!(
+        CONNECTIONS_PARKED,
+        "Long connections parked now: idle, their task given up until input, a push or a timer resumes them."
     );
     describe_counter!(
         CONNECTIONS_CLOSED,

@@ -1,5 +1,5 @@
-//! The connection engine: one task per connection ([`serve_connection`]) driving a
-//! [`Transport`], the [`Hub`] of shared services, the [`SessionManager`] seam with its
+//! The connection engine: one task per connection ([`serve_connection`], or
+//! [`spawn_connection`], which parks idle ones without a task) driving a [`Transport`], the [`Hub`] of shared services, the [`SessionManager`] seam with its
 //! in-memory [`LocalSessionManager`], the [`Router`] seam (the send rule) with its single-node
 //! [`LocalRouter`], the [`MessageStore`] seam, request handlers, policies and the heartbeat
 //! rules.
@@ -30,6 +30,8 @@ mod local;
 mod local_router;
 mod locks;
 pub mod metrics;
+#[cfg(unix)]
+mod park;
 mod policy;
 mod registry;
 mod requests;
@@ -47,7 +49,7 @@ pub use conn::{
     CloseRequest, ConnId, ConnectionHandle, Outbound, OutboundReceiver, PushError, SlowConsumer,
 };
 pub use dispatch::{Dispatch, LocalDispatch, NodeAddrs};
-pub use driver::serve_connection;
+pub use driver::{serve_connection, spawn_connection};
 pub use handler::{EventContext, EventListener, RequestContext, RequestHandler};
 pub use heartbeat::{Heartbeat, IdleReason, TimerAction, Timers};
 pub use hub::Hub;

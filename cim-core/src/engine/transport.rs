@@ -39,6 +39,32 @@ pub trait Transport: Send + 'static {
     fn recv_buffered(&mut self) -> Result<Option<Frame>> {
         Ok(None)
     }
+
+    /// Whether this transport's connections can be parked while idle: given up by their task
+    /// and runtime registration, their socket watched by the node instead (see
+    /// [`ConnectionConfig::park_after`]). The default says no; a transport that says yes
+    /// implements [`park`](Self::park) and [`unpark`](Self::unpark).
+    #[cfg(unix)]
+    fn parks(&self) -> bool {
+        false
+    }
+
+    /// Gives up the socket's registration with the runtime, so that the connection can idle
+    /// without a task, and returns the socket's descriptor, which the engine then watches for
+    /// input; `Ok(None)` when the transport cannot park now (part of a frame is buffered). After
+    /// `Ok(Some(_))` the transport is not used until [`unpark`](Self::unpark) (or
+    /// [`close`](Self::close) if that fails).
+    #[cfg(unix)]
+    fn park(&mut self) -> std::io::Result<Option<std::os::fd::RawFd>> {
+        Ok(None)
+    }
+
+    /// Registers the socket with the runtime again after [`park`](Self::park). Called inside
+    /// the runtime.
+    #[cfg(unix)]
+    fn unpark(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Why the engine closes a connection, for a transport that can tell its peer (a WebSocket's
@@ -126,6 +152,13 @@ pub struct ConnectionConfig {
     pub slow_consumer: SlowConsumer,
     /// The listener's protocol, shown in its connections' sessions (default `"tcp"`).
     pub protocol: &'static str,
+    /// Idle this long (nothing read or written), a connection is parked: its task ends and its
+    /// socket and queue are watched by the node, until input, a push, a close request or its
+    /// heartbeat resumes it in a new task. A parked TCP connection keeps about a third of the
+    /// memory of one with a task; a resume costs about one extra message's work. Only for
+    /// transports that can park ([`Transport::parks`]) and connections started with
+    /// [`spawn_connection`](crate::engine::spawn_connection); zero: never (default 1 s).
+    pub park_after: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -137,6 +170,7 @@ impl Default for ConnectionConfig {
             max_batch: 256,
             slow_consumer: SlowConsumer::Close,
             protocol: "tcp",
+            park_after: Duration::from_secs(1),
         }
     }
 }

@@ -273,6 +273,13 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if c.park_after_ms > u64::from(u32::MAX) {
+            return Err(invalid(
+                "connection.park_after_ms",
+                c.park_after_ms,
+                "must be 0 (never) to 4294967295",
+            ));
+        }
         if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
             return Err(invalid(
                 "max_connections",
@@ -524,6 +531,7 @@ impl Settings {
             queue_capacity: c.queue_capacity,
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             slow_consumer: c.slow_consumer,
+            park_after: Duration::from_millis(c.park_after_ms),
             ..ConnectionConfig::default()
         }
     }

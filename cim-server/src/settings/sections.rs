@@ -32,6 +32,9 @@ pub struct ConnectionSettings {
     /// Entries accepted in the `data` map of one request or reply; a frame with more closes
     /// its connection.
     pub max_data_entries: usize,
+    /// A plain TCP connection idle this long is parked (its task ends; its socket and queue
+    /// are watched by the node until something resumes it); 0: never.
+    pub park_after_ms: u64,
 }
 
 impl Default for ConnectionSettings {
@@ -47,6 +50,7 @@ impl Default for ConnectionSettings {
             write_timeout_ms: c.write_timeout.as_millis() as u64,
             slow_consumer: SlowConsumer::Close,
             max_data_entries: cim_core::DataMap::DEFAULT_MAX_ENTRIES,
+            park_after_ms: c.park_after.as_millis() as u64,
         }
     }
 }

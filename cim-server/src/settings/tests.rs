@@ -74,6 +74,21 @@ fn errors_name_the_key_and_value() {
     );
     let s = Settings::load(None, env(&[("CIM_CONNECTION__MAX_DATA_ENTRIES", "1")])).unwrap();
     assert_eq!(s.connection.max_data_entries, 1);
+    let e = Settings::load(
+        None,
+        env(&[("CIM_CONNECTION__PARK_AFTER_MS", "4294967296")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("connection.park_after_ms") && e.contains("4294967296"),
+        "{e}"
+    );
+    for ms in ["0", "4294967295"] {
+        let s = Settings::load(None, env(&[("CIM_CONNECTION__PARK_AFTER_MS", ms)])).unwrap();
+        assert_eq!(s.connection.park_after_ms.to_string(), ms);
+        assert_eq!(s.connection_config().park_after.as_millis().to_string(), ms);
+    }
     let e = Settings::load(None, env(&[("CIM_TCP__PATH", "/x")]))
         .unwrap_err()
         .to_string();

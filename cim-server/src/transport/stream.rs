@@ -18,14 +18,13 @@ const READ_CHUNK: usize = 8 * 1024;
 /// `AsyncRead + AsyncWrite + Unpin`.
 ///
 /// Idle connections hold no buffers: a read waits with none (it polls the stream with a buffer
-/// on the stack, and keeps only bytes of a frame not yet whole), and the write buffer is
-/// released after every write. Everything queued is written with one `write_all` per batch, and
+/// on the stack, and keeps only bytes of a frame not yet whole), and a write's buffer is the
+/// write's own. Everything queued is written with one `write_all` per batch, and
 /// a pushed message's encoding is shared with every other connection of the same wire format.
 pub struct StreamTransport<S, C> {
     stream: S,
     codec: C,
     rbuf: BytesMut,
-    wbuf: BytesMut,
 }
 
 impl<S, C: StreamCodec> StreamTransport<S, C> {
@@ -35,7 +34,6 @@ impl<S, C: StreamCodec> StreamTransport<S, C> {
             stream,
             codec,
             rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
         }
     }
 
@@ -53,15 +51,28 @@ impl<S, C: StreamCodec> StreamTransport<S, C> {
         &self.stream
     }
 
-    fn encode(&mut self, item: &Outbound) -> std::result::Result<(), CodecError> {
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Whether no part of a frame is buffered.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.rbuf.is_empty()
+    }
+
+    fn encode(
+        &mut self,
+        item: &Outbound,
+        out: &mut BytesMut,
+    ) -> std::result::Result<(), CodecError> {
         match item {
-            Outbound::Frame(frame) => self.codec.encode(frame, &mut self.wbuf),
+            Outbound::Frame(frame) => self.codec.encode(frame, out),
             Outbound::Message(shared) => match self.shared_encoding(shared) {
                 Some(bytes) => {
-                    self.wbuf.extend_from_slice(&bytes?);
+                    out.extend_from_slice(&bytes?);
                     Ok(())
                 }
-                None => self.codec.encode(shared.frame(), &mut self.wbuf),
+                None => self.codec.encode(shared.frame(), out),
             },
         }
     }
@@ -170,17 +181,17 @@ where
                 }
             };
         }
+        // A buffer of the write's own, not the connection's: it lives as long as the write.
+        let mut out = BytesMut::new();
         for item in items {
-            if let Err(e) = self.encode(item) {
+            if let Err(e) = self.encode(item, &mut out) {
                 warn!(error = %e, "cannot encode {}; skipped", describe(item));
             }
         }
-        if self.wbuf.is_empty() {
+        if out.is_empty() {
             return Ok(());
         }
-        let res = self.stream.write_all(&self.wbuf).await;
-        self.wbuf = BytesMut::new();
-        res?;
+        self.stream.write_all(&out).await?;
         self.stream.flush().await.map_err(Error::from)
     }
 

@@ -1,0 +1,180 @@
+//! [`TcpTransport`]: a [`StreamTransport`] over plain TCP whose idle connections can park
+//! (see [`ConnectionConfig::park_after`](cim_core::engine::ConnectionConfig::park_after)).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use cim_core::engine::{Closing, Outbound, SharedMessage, Transport};
+use cim_core::{Frame, Result, StreamCodec};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::StreamTransport;
+
+/// Frames of a [`StreamCodec`] over a TCP stream, as [`StreamTransport`] carries them, for
+/// connections that can park while idle: parked, the socket gives up its registration with the
+/// runtime, and the connection's task ends, until the engine resumes it.
+pub struct TcpTransport<C> {
+    inner: StreamTransport<Socket, C>,
+}
+
+impl<C: StreamCodec> TcpTransport<C> {
+    /// Wraps `stream`, framed by `codec`.
+    pub fn new(stream: TcpStream, codec: C) -> Self {
+        Self {
+            inner: StreamTransport::new(Socket(Io::Live(stream)), codec),
+        }
+    }
+}
+
+/// A TCP socket, registered with the runtime or parked.
+pub struct Socket(Io);
+
+enum Io {
+    Live(TcpStream),
+    /// Not registered: the engine watches it.
+    Parked(std::net::TcpStream),
+    /// Lost in a failed change of registration.
+    Gone,
+}
+
+impl Socket {
+    fn live(&mut self) -> io::Result<&mut TcpStream> {
+        match &mut self.0 {
+            Io::Live(s) => Ok(s),
+            Io::Parked(_) => Err(io::Error::new(io::ErrorKind::NotConnected, "socket parked")),
+            Io::Gone => Err(io::Error::new(io::ErrorKind::NotConnected, "socket gone")),
+        }
+    }
+
+    #[cfg(unix)]
+    fn park(&mut self) -> io::Result<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match std::mem::replace(&mut self.0, Io::Gone) {
+            Io::Live(s) => {
+                // Non-blocking still, as the runtime left it.
+                let s = s.into_std()?;
+                let fd = s.as_raw_fd();
+                self.0 = Io::Parked(s);
+                Ok(fd)
+            }
+            other => {
+                self.0 = other;
+                Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "socket not live",
+                ))
+            }
+        }
+    }
+
+    fn unpark(&mut self) -> io::Result<()> {
+        match std::mem::replace(&mut self.0, Io::Gone) {
+            Io::Parked(s) => {
+                self.0 = Io::Live(TcpStream::from_std(s)?);
+                Ok(())
+            }
+            other => {
+                self.0 = other;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().live() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().live() {
+            Ok(s) => Pin::new(s).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().live() {
+            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().live() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().live() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<C: StreamCodec> Transport for TcpTransport<C> {
+    async fn recv(&mut self) -> Result<Option<Frame>> {
+        self.inner.recv().await
+    }
+
+    async fn send(&mut self, items: &[Outbound]) -> Result<()> {
+        self.inner.send(items).await
+    }
+
+    async fn close(&mut self, why: Closing) {
+        self.inner.close(why).await;
+    }
+
+    fn can_carry(&mut self, message: &SharedMessage) -> bool {
+        self.inner.can_carry(message)
+    }
+
+    fn recv_buffered(&mut self) -> Result<Option<Frame>> {
+        self.inner.recv_buffered()
+    }
+
+    #[cfg(unix)]
+    fn parks(&self) -> bool {
+        true
+    }
+
+    #[cfg(unix)]
+    fn park(&mut self) -> io::Result<Option<std::os::fd::RawFd>> {
+        // Part of a frame read, or a write cut short: not idle.
+        if !self.inner.is_drained() {
+            return Ok(None);
+        }
+        self.inner.get_mut().park().map(Some)
+    }
+
+    #[cfg(unix)]
+    fn unpark(&mut self) -> io::Result<()> {
+        self.inner.get_mut().unpark()
+    }
+}

@@ -1,0 +1,269 @@
+//! Parked connections (`connection.park_after_ms`): an idle plain TCP connection gives up its
+//! task, and whatever would have woken the task resumes it — a push, input, a hang-up, its
+//! heartbeat, a kick, a shutdown — with nothing lost on the way.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use cim_core::engine::{ConnectionConfig, Timers};
+use cim_core::{Frame, SentBody};
+use cim_server::{RunningServer, WsSettings};
+use common::cluster::client;
+use common::process::ServerProcess;
+use common::scrape::{KEY, post, scrape_with};
+use common::*;
+use serde_json::json;
+
+fn parking(after: Duration) -> ConnectionConfig {
+    ConnectionConfig {
+        park_after: after,
+        ..ConnectionConfig::default()
+    }
+}
+
+async fn parked(server: &RunningServer, n: usize) {
+    let hub = server.hub().clone();
+    eventually(&format!("{n} parked"), WAIT, move || {
+        let hub = hub.clone();
+        async move { hub.parked_connections() == n }
+    })
+    .await;
+}
+
+/// A bound connection parks at once; a push resumes it, it gets the message, and once it has
+/// idled for `park_after` it parks again and the next push reaches it too.
+#[tokio::test]
+async fn a_push_resumes_a_parked_connection() {
+    let (server, _) = start_with(
+        parking(Duration::from_millis(100)),
+        WsSettings::default(),
+        |b| b,
+    )
+    .await;
+    let mut c = bound_tcp(&server, "p1").await;
+    parked(&server, 1).await;
+    for i in 0..3 {
+        assert_receives(&server, &mut c, "p1", &format!("hello {i}")).await;
+        parked(&server, 1).await;
+    }
+    // Many at once to a parked connection: all of them, in order.
+    for i in 0..50 {
+        server
+            .hub()
+            .send(message_to("p1", &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(c.message().await.content, format!("m{i}"));
+    }
+}
+
+/// Input resumes a parked connection: a request is answered, a message sent from it arrives.
+#[tokio::test]
+async fn input_resumes_a_parked_connection() {
+    let (server, _) = start().await;
+    let mut a = bound_tcp(&server, "pa").await;
+    let mut b = bound_tcp(&server, "pb").await;
+    parked(&server, 2).await;
+    a.send(Frame::Sent(SentBody::new("no_such_key"))).await;
+    assert_eq!(a.reply().await.code, "404");
+    // From a (resumed) to b (parked): b is resumed by the push.
+    a.send(Frame::Sent(
+        SentBody::new("client_message")
+            .with("receiver", "pb")
+            .with("content", "from a")
+            .with("action", "2"),
+    ))
+    .await;
+    let got = b.message().await;
+    assert_eq!(
+        (got.sender.as_str(), got.content.as_str()),
+        ("pa", "from a")
+    );
+}
+
+/// A frame that arrives in two parts with a pause between them: the connection does not park
+/// with half a frame read, and answers once the rest arrives.
+#[tokio::test]
+async fn a_half_read_frame_keeps_its_connection_unparked() {
+    let (server, _) = start_with(
+        parking(Duration::from_millis(50)),
+        WsSettings::default(),
+        |b| b,
+    )
+    .await;
+    let mut c = bound_tcp(&server, "half").await;
+    parked(&server, 1).await;
+    let mut bytes = bytes::BytesMut::new();
+    cim_core::StreamCodec::encode(
+        &mut cim_codec_binary::BinaryCodec::new(),
+        &Frame::Sent(SentBody::new("no_such_key").with("k", "v")),
+        &mut bytes,
+    )
+    .unwrap();
+    let (head, rest) = bytes.split_at(5);
+    c.send_raw(head).await;
+    parked(&server, 0).await;
+    // Several periods of `park_after` go by with the half frame held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.hub().parked_connections(), 0);
+    c.send_raw(rest).await;
+    assert_eq!(c.reply().await.code, "404");
+    parked(&server, 1).await;
+}
+
+/// The heartbeat reaches a parked connection: it is resumed to send the PING, parks again,
+/// and is closed when the PINGs go unanswered.
+#[tokio::test]
+async fn the_heartbeat_resumes_a_parked_connection() {
+    let conn = ConnectionConfig {
+        timers: Timers {
+            write_idle: Duration::from_millis(200),
+            read_idle: Duration::from_millis(200),
+            max_pong_timeout: 2,
+            ..Timers::default()
+        },
+        park_after: Duration::from_millis(50),
+        ..ConnectionConfig::default()
+    };
+    let (server, closes) = start_with(conn, WsSettings::default(), |b| b).await;
+    let mut c = bound_tcp(&server, "hb").await;
+    parked(&server, 1).await;
+    assert_eq!(c.next().await, Some(Frame::Ping));
+    c.send(Frame::Pong).await;
+    parked(&server, 1).await;
+    assert_eq!(c.next().await, Some(Frame::Ping));
+    // No answers now: closed for the missed PINGs, and cleaned up.
+    let seen = c.expect_closed().await;
+    assert!(seen.iter().all(|f| *f == Frame::Ping), "{seen:?}");
+    let reason = closes.wait_for("heartbeat").await;
+    assert!(reason.contains("no answer"), "{reason}");
+    assert_eq!(server.hub().parked_connections(), 0);
+    assert!(
+        server
+            .hub()
+            .sessions()
+            .sessions("hb")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A parked connection whose peer leaves is resumed by the hang-up and cleaned up: its session
+/// is gone and a message to it is stored, not lost.
+#[tokio::test]
+async fn a_parked_connection_whose_peer_leaves_is_cleaned_up() {
+    let (server, closes) = start().await;
+    let c = bound_tcp(&server, "gone").await;
+    parked(&server, 1).await;
+    drop(c);
+    closes.wait_for("closed by peer").await;
+    assert_eq!(server.hub().parked_connections(), 0);
+    assert!(
+        server
+            .hub()
+            .sessions()
+            .sessions("gone")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(server.connections(), 0);
+}
+
+/// A newer bind of the same account and channel kicks a parked connection: it is resumed,
+/// written the kick notice, and closed.
+#[tokio::test]
+async fn a_kick_reaches_a_parked_connection() {
+    let (server, closes) = start().await;
+    let mut old = tcp(&server).await;
+    old.bind("kick", "android", "d1").await;
+    parked(&server, 1).await;
+    let mut new = tcp(&server).await;
+    new.bind("kick", "android", "d2").await;
+    let seen = old.expect_closed().await;
+    assert!(
+        seen.iter()
+            .any(|f| matches!(f, Frame::Message(m) if m.action == "999")),
+        "{seen:?}"
+    );
+    closes.wait_for("kicked").await;
+    assert_receives(&server, &mut new, "kick", "still here").await;
+}
+
+/// A shutdown closes parked connections and waits for them like any other.
+#[tokio::test]
+async fn shutdown_closes_parked_connections() {
+    let (server, closes) = start().await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(bound_tcp(&server, &format!("s{i}")).await);
+    }
+    parked(&server, 20).await;
+    assert!(server.shutdown(WAIT).await, "not every connection closed");
+    for c in &mut clients {
+        c.expect_closed().await;
+    }
+    assert_eq!(closes.0.lock().unwrap().len(), 20);
+}
+
+/// `park_after` zero: never parked. WebSocket and XML-with-flash connections are not parked
+/// either (their transports keep state a parked socket would lose), whatever `park_after`.
+#[tokio::test]
+async fn parking_off_or_not_for_the_transport() {
+    let (server, _) = start_with(parking(Duration::ZERO), WsSettings::default(), |b| b).await;
+    let mut c = bound_tcp(&server, "never").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.hub().parked_connections(), 0);
+    assert_receives(&server, &mut c, "never", "hi").await;
+
+    let (server, _) = start_with(
+        parking(Duration::from_millis(20)),
+        WsSettings::default(),
+        |b| b,
+    )
+    .await;
+    let (mut ws, _) = ws_connect(&server, "/", None).await;
+    ws_send_binary(&mut ws, &Frame::Sent(bind_body("ws", "web", "w1"))).await;
+    assert!(matches!(ws_next(&mut ws).await, Some(Frame::Reply(r)) if r.code == "200"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.hub().parked_connections(), 0);
+}
+
+/// The real binary parks by default, and its gauge `cim_connections_parked` counts them.
+#[tokio::test]
+async fn the_binary_parks_by_default_and_counts_them() {
+    let p = ServerProcess::start(&[("CIM_HTTP__API_KEY", KEY)]);
+    let api = p.addr("http");
+    let mut a = client(&p).await;
+    a.bind("g1", "android", "d1").await;
+    let mut b = client(&p).await;
+    b.bind("g2", "android", "d2").await;
+    let mut parked_now = 0.0;
+    for _ in 0..100 {
+        parked_now = scrape_with(api, KEY).await.get("cim_connections_parked");
+        if parked_now == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(parked_now, 2.0);
+    drop(a);
+    let sent = post(
+        api,
+        "/api/v1/messages",
+        json!({"receiver": "g2", "content": "x"}),
+    )
+    .await;
+    assert_eq!(sent["delivered"], 1);
+    assert_eq!(b.message().await.content, "x");
+}
