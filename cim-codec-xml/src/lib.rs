@@ -181,6 +181,13 @@ impl StreamCodec for XmlCodec {
                 .get(from..)
                 .and_then(|rest| memchr::memchr2(TERMINATOR, ALT_TERMINATOR, rest));
             let Some(offset) = found else {
+                // Whitespace between documents (a client that ends each with a newline too) is
+                // what a document's decoding trims anyway: dropped, not kept as a document begun.
+                if src.iter().all(u8::is_ascii_whitespace) {
+                    src.clear();
+                    self.scanned = 0;
+                    return Ok(None);
+                }
                 self.scanned = src.len();
                 if src.len() > self.max_document {
                     return Err(CodecError::TooLarge {
@@ -221,6 +228,20 @@ impl StreamCodec for XmlCodec {
 mod tests {
     use super::*;
     use cim_core::{DataMap, Message, ReplyBody, SentBody};
+
+    #[test]
+    fn whitespace_between_documents_is_not_kept() {
+        let mut codec = XmlCodec::new();
+        let mut buf = BytesMut::from(&b"<sent><key>client_bind</key></sent>\0\r\n"[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.is_empty(), "{buf:?}");
+        // A document begun after whitespace is kept whole.
+        buf.extend_from_slice(b" \n<sent><key>k</key>");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"</sent>\0");
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+    }
 
     fn decode_all(bytes: &[u8]) -> Result<Vec<Frame>, CodecError> {
         let mut codec = XmlCodec::new();

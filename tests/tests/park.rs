@@ -267,3 +267,30 @@ async fn the_binary_parks_by_default_and_counts_them() {
     assert_eq!(sent["delivered"], 1);
     assert_eq!(b.message().await.content, "x");
 }
+
+/// A runtime dropped without the server's shutdown drops its parked connections as it drops
+/// tasks: their sockets close, and the peer sees it.
+#[test]
+fn a_dropped_runtime_closes_its_parked_connections() {
+    use std::io::{Read, Write};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async { start().await.0 });
+    let mut client = std::net::TcpStream::connect(server.addr("tcp").unwrap()).unwrap();
+    let mut bind = bytes::BytesMut::new();
+    cim_core::StreamCodec::encode(
+        &mut cim_codec_binary::BinaryCodec::new(),
+        &Frame::Sent(bind_body("rt", "android", "d1")),
+        &mut bind,
+    )
+    .unwrap();
+    client.write_all(&bind).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = [0u8; 3];
+    client.read_exact(&mut reply).unwrap();
+    rt.block_on(parked(&server, 1));
+    drop(server);
+    drop(rt);
+    // The rest of the bind's reply, then the end.
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+}

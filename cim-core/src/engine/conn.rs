@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::task::{Context, Poll, Waker};
 
+#[cfg(unix)]
+use crate::engine::park::Resume;
 use crate::engine::shared::SharedMessage;
 use crate::frame::Frame;
 
@@ -111,7 +113,7 @@ impl TryFrom<String> for SlowConsumer {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     items: VecDeque<Outbound>,
     /// Set once: after the queued items are written, the connection closes. (Boxed: every
@@ -122,14 +124,34 @@ struct State {
     overflowed: bool,
     /// The connection's task, waiting for something to write (one consumer, so one waker).
     waker: Option<Waker>,
+    /// The connection's state while it is parked (`park.rs`): what wakes the queue resumes it.
+    #[cfg(unix)]
+    parked: Option<Box<dyn Resume>>,
 }
 
-/// Wakes the connection's task, if it waits, after releasing the lock.
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("items", &self.items.len())
+            .field("close", &self.close)
+            .field("overflowed", &self.overflowed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wakes the connection's task, if it waits, or resumes the parked connection, after releasing
+/// the lock.
 fn wake(mut st: MutexGuard<'_, State>) {
     let waker = st.waker.take();
+    #[cfg(unix)]
+    let parked = st.parked.take();
     drop(st);
     if let Some(w) = waker {
         w.wake();
+    }
+    #[cfg(unix)]
+    if let Some(p) = parked {
+        p.wake();
     }
 }
 
@@ -246,14 +268,32 @@ impl ConnectionHandle {
         wake(self.queue.lock());
     }
 
-    /// Sets the waker of the parked connection's queue (see `park.rs`); `true` when something
-    /// is already waiting for it (an item, a close request, a deadline), so that it is resumed
-    /// at once.
+    /// Holds the parked connection's state (see `park.rs`), once `watch` has had its socket
+    /// watched, unless something already waits for it (an item, a close request, a deadline):
+    /// then, or if `watch` fails, the state is handed back. Both under the queue's lock, so
+    /// that whatever resumes the connection, from the queue or from its socket, finds it.
     #[cfg(unix)]
-    pub(crate) fn park_waker(&self, waker: Waker) -> bool {
+    pub(crate) fn hold_parked<R: Resume>(
+        &self,
+        entry: Box<R>,
+        watch: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<(), Box<R>> {
         let mut st = self.queue.lock();
-        st.waker = Some(waker);
-        !st.items.is_empty() || st.close.is_some() || self.queue.due.load(Ordering::Acquire)
+        let pending =
+            !st.items.is_empty() || st.close.is_some() || self.queue.due.load(Ordering::Acquire);
+        if pending || st.parked.is_some() || watch().is_err() {
+            return Err(entry);
+        }
+        // The task that parked has ended: nothing is left to wake but the parked state.
+        st.waker = None;
+        st.parked = Some(entry);
+        Ok(())
+    }
+
+    /// Takes the parked connection's state, for its socket woke it.
+    #[cfg(unix)]
+    pub(crate) fn take_parked(&self) -> Option<Box<dyn Resume>> {
+        self.queue.lock().parked.take()
     }
 
     /// Whether the connection is closed or closing.
@@ -292,6 +332,12 @@ impl OutboundReceiver {
             _ => st.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Whether a heartbeat deadline passed, without taking it.
+    #[cfg(unix)]
+    pub(crate) fn is_due(&self) -> bool {
+        self.queue.due.load(Ordering::Acquire)
     }
 
     /// Whether a heartbeat deadline passed since the last call.
@@ -350,12 +396,12 @@ mod tests {
     use super::*;
 
     /// A handle is one pointer (registries and the timer hold many); the queue behind it is
-    /// the lock, the ring buffer, the close request boxed, a waker, the flag, an id and a `u32`
-    /// capacity: 88 bytes, allocated once per connection.
+    /// the lock, the ring buffer, the close request boxed, a waker, the parked state, the flag,
+    /// an id and a `u32` capacity: 104 bytes, allocated once per connection.
     #[test]
-    fn a_handle_is_one_pointer_and_a_queue_88_bytes() {
+    fn a_handle_is_one_pointer_and_a_queue_104_bytes() {
         assert_eq!(std::mem::size_of::<ConnectionHandle>(), 8);
-        assert_eq!(std::mem::size_of::<Queue>(), 88);
+        assert_eq!(std::mem::size_of::<Queue>(), 104);
     }
 
     #[test]

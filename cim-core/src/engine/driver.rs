@@ -89,13 +89,13 @@ pub fn spawn_connection<T: Transport, G: Send + 'static>(
 }
 
 /// How a connection's task starts.
+#[cfg_attr(not(unix), allow(dead_code))]
 enum Start {
     /// A new connection.
     Fresh,
     /// A parked one, its transport registered again.
     Resumed,
     /// A parked one whose transport could not be registered again: it ends.
-    #[cfg_attr(not(unix), allow(dead_code))]
     Failed(std::io::Error),
 }
 
@@ -108,13 +108,22 @@ fn run<T: Transport, G: Send + 'static>(
     start: Start,
 ) -> impl Future<Output = ()> + Send {
     // Built by the caller and captured as they are, so the future holds one copy of each part.
+    // (Parking moves them out and, when it cannot park, back.)
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let (mut conn, mut rx, mut guard) = (conn, rx, guard);
     async move {
         let end = 'run: {
             match start {
                 Start::Fresh => conn.start(),
-                // Parked, it was woken by its heartbeat alone: now it may park again.
-                Start::Resumed => conn.arm(Instant::now(), true),
+                // Parked, it was woken by its heartbeat alone: now it may park again (set below
+                // if it was the heartbeat that woke it).
+                Start::Resumed =>
+                {
+                    #[cfg(unix)]
+                    if !rx.is_due() {
+                        conn.arm(Instant::now(), true);
+                    }
+                }
                 Start::Failed(e) => {
                     break 'run End::normal(Cause::ReadError, format!("resuming failed: {e}"));
                 }
@@ -245,6 +254,8 @@ impl<T: Transport, G: Send + 'static> Parked<T, G> {
             return Err((self, None));
         }
         let Some(parker) = self.conn.hub.parker().cloned() else {
+            // The node cannot park: this connection stops trying.
+            self.conn.park_after_ms = 0;
             return Err((self, None));
         };
         self.fd = match self.conn.transport.park() {
@@ -275,6 +286,18 @@ impl<T: Transport, G: Send + 'static> Parked<T, G> {
 impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
     fn fd(&self) -> std::os::fd::RawFd {
         self.fd
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.conn.hub
+    }
+
+    fn wake(self: Box<Self>) {
+        match self.conn.hub.parker().cloned() {
+            Some(parker) => parker.woke(self),
+            // Not parked by a parker, then: resumed where it was woken.
+            None => self.resume(),
+        }
     }
 
     fn resume(self: Box<Self>) {

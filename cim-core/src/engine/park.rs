@@ -1,21 +1,24 @@
 //! [`Parker`]: idle connections without a task.
 //!
 //! A connection's task, with its runtime registration, is most of what an idle connection
-//! costs (640 + 256 bytes for a TCP one, against some 300 for the state it keeps). So a
-//! connection that has been idle for its listener's `park_after` gives both up: its task moves
-//! its state into a box held here, its transport gives up its registration
-//! ([`Transport::park`](crate::engine::Transport::park)), and its socket is watched by one
-//! `epoll` (`kqueue`) set of the node's, itself watched by one task. Anything that would have
-//! woken the task resumes the connection in a new one: input or a hang-up on the socket, a push
-//! or a close request in its queue, its heartbeat's deadline (which reaches it through the
-//! queue too). Resuming costs a spawn and two registrations; it happens at most once per
-//! `park_after` of idleness.
+//! costs (a 512-byte task cell and 256 bytes of registration for a TCP one, against some 300
+//! for the state it keeps). So a connection that has just bound, or has been idle for its
+//! listener's `park_after`, gives both up: its task moves its state into a box held in its own
+//! queue, its transport gives up its registration
+//! ([`Transport::park`](crate::engine::Transport::park)), and its socket is watched by an
+//! `epoll` (`kqueue`) set of the node's, on a thread of its own. Anything that would have woken
+//! the task resumes the connection in a new one: input or a hang-up on the socket (the thread
+//! finds the queue through the node's live set), a push or a close request in its queue, its
+//! heartbeat's deadline (which reaches it through the queue too). Resuming costs a spawn and two
+//! registrations; the thread does it, one connection after another.
+//!
+//! Parked connections end with the node's shutdown like any other. A runtime dropped without
+//! it drops its parked connections' states too (closing their sockets), as it drops tasks.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Wake, Waker};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -23,6 +26,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
 use crate::engine::conn::{ConnId, ConnectionHandle};
+use crate::engine::hub::Hub;
 use crate::engine::locks::lock;
 
 /// Readiness events taken from the set at once.
@@ -31,25 +35,34 @@ const EVENTS: usize = 256;
 /// The token of the set's own waker (connection ids start at 1 and never reach it).
 const WAKE: Token = Token(usize::MAX);
 
-/// A parked connection: its state, and how to start its task again.
+/// A parked connection: its state, and how to start its task again. Held in the connection's
+/// queue, so that whatever wakes the queue resumes it.
 pub(crate) trait Resume: Send + 'static {
     /// The socket watched while parked.
     fn fd(&self) -> RawFd;
+    /// Its node.
+    fn hub(&self) -> &Arc<Hub>;
     /// Registers the socket with the runtime again and spawns the connection's task. Called
     /// inside the runtime's context.
     fn resume(self: Box<Self>);
+    /// Its queue woke it (a push, a close request, a deadline): hands it to the parking thread
+    /// to resume ([`Parker::woke`]).
+    fn wake(self: Box<Self>);
 }
 
 /// The parked connections of a node, and the set that watches their sockets (on a thread of
-/// its own, which resumes them in the runtime that last parked one).
+/// its own, which resumes them in the runtime that last parked one). The connections' states
+/// are in their queues; the set's tokens are their ids, found in the node's live set.
 pub(crate) struct Parker {
     registry: Registry,
     /// Wakes the watching thread: a queue woke a connection, or the parker is gone.
     wake: mio::Waker,
-    parked: Mutex<HashMap<ConnId, Box<dyn Resume>>>,
-    /// Parked connections whose queue woke them (a push, a close, a deadline).
-    woken: Mutex<Vec<ConnId>>,
+    /// Parked connections whose queue woke them.
+    woken: Mutex<Vec<Box<dyn Resume>>>,
     runtime: Mutex<Option<Handle>>,
+    /// The node, for the live set (set at the first park).
+    hub: OnceLock<Weak<Hub>>,
+    parked: AtomicUsize,
     gauge: metrics::Gauge,
 }
 
@@ -77,9 +90,10 @@ impl Parker {
         let parker = Arc::new(Self {
             registry,
             wake,
-            parked: Mutex::default(),
             woken: Mutex::default(),
             runtime: Mutex::new(None),
+            hub: OnceLock::new(),
+            parked: AtomicUsize::new(0),
             gauge: metrics::gauge!(crate::engine::metrics::CONNECTIONS_PARKED),
         });
         let weak = Arc::downgrade(&parker);
@@ -91,91 +105,116 @@ impl Parker {
 
     /// Connections parked now.
     pub(crate) fn len(&self) -> usize {
-        lock(&self.parked).len()
+        self.parked.load(Ordering::Relaxed)
     }
 
-    /// Parks `entry`, the connection `handle`'s, watching its socket and its queue; hands it
-    /// back when it cannot be parked (its socket could not be watched). Called by the
-    /// connection's task, inside the runtime, after its queue was last found empty: anything
-    /// queued since resumes it at once.
+    /// Parks `entry`, the connection `handle`'s: its socket watched, its state held in its
+    /// queue. Hands it back when it cannot be parked: something is queued for it already, or
+    /// its socket could not be watched. Called by the connection's task, inside the runtime.
     pub(crate) fn park<R: Resume>(
         self: &Arc<Self>,
         handle: &ConnectionHandle,
         entry: Box<R>,
     ) -> Result<(), Box<R>> {
         let id = handle.id();
-        let Ok(token) = usize::try_from(id.0) else {
-            return Err(entry);
+        let token = match usize::try_from(id.0) {
+            Ok(t) if Token(t) != WAKE => Token(t),
+            _ => return Err(entry),
         };
-        if Token(token) == WAKE {
+        let _ = self.hub.set(Arc::downgrade(entry.hub()));
+        if !self.watch_runtime() {
             return Err(entry);
-        }
-        if let Ok(rt) = Handle::try_current() {
-            *lock(&self.runtime) = Some(rt);
         }
         let fd = entry.fd();
-        // Held until the entry is in and the queue's waker set, so that a wake-up, which takes
-        // the entry out under this lock, always finds it.
-        let mut parked = lock(&self.parked);
-        let watched = self
-            .registry
-            .register(&mut SourceFd(&fd), Token(token), Interest::READABLE);
-        if let Err(e) = watched {
-            drop(parked);
-            warn!(conn = id.0, error = %e, "cannot watch a socket for parking");
-            return Err(entry);
-        }
-        parked.insert(id, entry);
+        let watch = || {
+            self.registry
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                .inspect_err(
+                    |e| warn!(conn = id.0, error = %e, "cannot watch a socket for parking"),
+                )
+        };
+        // Counted first: once held, it may be resumed (and counted out) at any moment.
+        self.parked.fetch_add(1, Ordering::Relaxed);
         self.gauge.increment(1.0);
-        let pending = handle.park_waker(Waker::from(Arc::new(QueueWake {
-            id,
-            parker: Arc::downgrade(self),
-        })));
-        drop(parked);
-        if pending {
-            self.woke(id);
-        }
-        Ok(())
+        handle.hold_parked(entry, watch).inspect_err(|_| {
+            self.parked.fetch_sub(1, Ordering::Relaxed);
+            self.gauge.decrement(1.0);
+        })
     }
 
-    /// A queue woke the parked connection `id`.
-    fn woke(&self, id: ConnId) {
+    /// Records the runtime connections are resumed in, the first time (or the first since it
+    /// went away), with a task that tells when it goes; `false` outside a runtime.
+    fn watch_runtime(self: &Arc<Self>) -> bool {
+        let mut runtime = lock(&self.runtime);
+        if runtime.is_some() {
+            return true;
+        }
+        let Ok(rt) = Handle::try_current() else {
+            return false;
+        };
+        let sentinel = RuntimeGone(Arc::downgrade(self));
+        // Never ends: it is dropped with the runtime's other tasks.
+        rt.spawn(async move {
+            let _sentinel = sentinel;
+            std::future::pending::<()>().await;
+        });
+        *runtime = Some(rt);
+        true
+    }
+
+    /// The runtime went away without the node's shutdown: its parked connections can no longer
+    /// be resumed, and are dropped as its tasks were (their sockets closed).
+    fn runtime_gone(&self) {
+        *lock(&self.runtime) = None;
+        let mut gone = std::mem::take(&mut *lock(&self.woken));
+        if let Some(hub) = self.hub.get().and_then(Weak::upgrade) {
+            gone.extend(
+                hub.live
+                    .handles()
+                    .iter()
+                    .filter_map(ConnectionHandle::take_parked),
+            );
+        }
+        for entry in gone {
+            self.release(&*entry);
+        }
+    }
+
+    /// Counts a parked connection out and stops watching its socket, before it is resumed or
+    /// dropped.
+    fn release(&self, entry: &dyn Resume) {
+        self.parked.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.decrement(1.0);
+        // Before the runtime registers it: one set watches a socket at a time.
+        let _ = self.registry.deregister(&mut SourceFd(&entry.fd()));
+    }
+
+    /// A queue woke its parked connection.
+    pub(crate) fn woke(&self, entry: Box<dyn Resume>) {
         let mut woken = lock(&self.woken);
         let first = woken.is_empty();
-        woken.push(id);
+        woken.push(entry);
         drop(woken);
-        // The thread takes every id at once: one wake-up per batch.
+        // The thread takes every one at once: one wake-up per batch.
         if first && let Err(e) = self.wake.wake() {
             warn!(error = %e, "cannot wake the parking thread");
         }
     }
 
-    /// Resumes the parked connection `id`, if it is still parked.
-    fn resume(&self, id: ConnId) {
-        let Some(entry) = lock(&self.parked).remove(&id) else {
-            return;
-        };
-        self.gauge.decrement(1.0);
-        // Before the runtime registers it: one set watches a socket at a time.
-        let _ = self.registry.deregister(&mut SourceFd(&entry.fd()));
+    /// Resumes a connection taken out of its queue.
+    fn resume(&self, entry: Box<dyn Resume>) {
+        self.release(&*entry);
         entry.resume();
     }
 }
 
-/// What a parked connection's queue wakes: its parker, with the connection's id.
-struct QueueWake {
-    id: ConnId,
-    parker: Weak<Parker>,
-}
+/// Dropped with the runtime parked connections are resumed in.
+struct RuntimeGone(Weak<Parker>);
 
-impl Wake for QueueWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(parker) = self.parker.upgrade() {
-            parker.woke(self.id);
+impl Drop for RuntimeGone {
+    fn drop(&mut self) {
+        if let Some(parker) = self.0.upgrade() {
+            parker.runtime_gone();
         }
     }
 }
@@ -197,21 +236,28 @@ fn watch(mut poll: Poll, parker: &Weak<Parker>) {
             return;
         };
         let mut ready = std::mem::take(&mut *lock(&p.woken));
-        ready.extend(
-            events
-                .iter()
-                .filter(|e| e.token() != WAKE)
-                .map(|e| ConnId(e.token().0 as u64)),
-        );
+        if let Some(hub) = p.hub.get().and_then(Weak::upgrade) {
+            for event in events.iter().filter(|e| e.token() != WAKE) {
+                let id = ConnId(event.token().0 as u64);
+                // Not found: a wake-up from its queue took it first.
+                if let Some(entry) = hub.live.get(id).and_then(|h| h.take_parked()) {
+                    ready.push(entry);
+                }
+            }
+        }
         if ready.is_empty() {
             continue;
         }
         let Some(rt) = lock(&p.runtime).clone() else {
+            // The runtime is gone: dropped, as `runtime_gone` drops the others.
+            for entry in ready {
+                p.release(&*entry);
+            }
             continue;
         };
         let _entered = rt.enter();
-        for id in ready {
-            p.resume(id);
+        for entry in ready {
+            p.resume(entry);
         }
     }
 }

@@ -42,6 +42,22 @@ impl Registry {
         }
     }
 
+    /// Every live connection.
+    #[cfg(unix)]
+    pub(crate) fn handles(&self) -> Vec<ConnectionHandle> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(lock(shard).values().cloned());
+        }
+        all
+    }
+
+    /// The live connection `id`.
+    #[cfg(unix)]
+    pub(crate) fn get(&self, id: ConnId) -> Option<ConnectionHandle> {
+        self.shard(id).get(&id).cloned()
+    }
+
     pub(crate) fn remove(&self, id: ConnId) {
         self.shard(id).remove(&id);
     }

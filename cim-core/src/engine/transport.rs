@@ -152,11 +152,12 @@ pub struct ConnectionConfig {
     pub slow_consumer: SlowConsumer,
     /// The listener's protocol, shown in its connections' sessions (default `"tcp"`).
     pub protocol: &'static str,
-    /// Idle this long (nothing read or written), a connection is parked: its task ends and its
-    /// socket and queue are watched by the node, until input, a push, a close request or its
-    /// heartbeat resumes it in a new task. A parked TCP connection keeps about a third of the
-    /// memory of one with a task; a resume costs about one extra message's work. Only for
-    /// transports that can park ([`Transport::parks`]) and connections started with
+    /// Idle this long (nothing read or written), or at once after it binds, a connection is
+    /// parked: its task ends and its socket and queue are watched by the node, until input, a
+    /// push, a close request or its heartbeat resumes it in a new task. A parked TCP connection
+    /// keeps about 60 % of the memory of an idle one with a task (BENCHMARKS.md); a resume costs
+    /// a spawn and two registrations, at most once per `park_after` of idleness. Only for
+    /// transports that can park (`Transport::parks`, on Unix) and connections started with
     /// [`spawn_connection`](crate::engine::spawn_connection); zero: never (default 1 s).
     pub park_after: Duration,
 }

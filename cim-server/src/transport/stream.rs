@@ -51,11 +51,13 @@ impl<S, C: StreamCodec> StreamTransport<S, C> {
         &self.stream
     }
 
+    #[cfg(unix)]
     pub(crate) fn get_mut(&mut self) -> &mut S {
         &mut self.stream
     }
 
     /// Whether no part of a frame is buffered.
+    #[cfg(unix)]
     pub(crate) fn is_drained(&self) -> bool {
         self.rbuf.is_empty()
     }

@@ -34,6 +34,7 @@ pub struct Socket(Io);
 enum Io {
     Live(TcpStream),
     /// Not registered: the engine watches it.
+    #[cfg(unix)]
     Parked(std::net::TcpStream),
     /// Lost in a failed change of registration.
     Gone,
@@ -43,6 +44,7 @@ impl Socket {
     fn live(&mut self) -> io::Result<&mut TcpStream> {
         match &mut self.0 {
             Io::Live(s) => Ok(s),
+            #[cfg(unix)]
             Io::Parked(_) => Err(io::Error::new(io::ErrorKind::NotConnected, "socket parked")),
             Io::Gone => Err(io::Error::new(io::ErrorKind::NotConnected, "socket gone")),
         }
@@ -69,6 +71,7 @@ impl Socket {
         }
     }
 
+    #[cfg(unix)]
     fn unpark(&mut self) -> io::Result<()> {
         match std::mem::replace(&mut self.0, Io::Gone) {
             Io::Parked(s) => {
@@ -166,7 +169,7 @@ impl<C: StreamCodec> Transport for TcpTransport<C> {
 
     #[cfg(unix)]
     fn park(&mut self) -> io::Result<Option<std::os::fd::RawFd>> {
-        // Part of a frame read, or a write cut short: not idle.
+        // Part of a frame read: not idle.
         if !self.inner.is_drained() {
             return Ok(None);
         }
