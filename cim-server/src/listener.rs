@@ -168,7 +168,7 @@ fn spawn_connection<S: Accepted>(
     match &acc.protocol {
         &Protocol::Binary { max_frame } => {
             let codec = BinaryCodec::with_max_body(max_frame).with_max_entries(acc.max_entries);
-            stream.spawn_stream(hub, codec, conf, peer, permit);
+            stream.spawn_stream(codec, Launch(hub, conf, peer, permit));
         }
         &Protocol::Xml {
             max_document,
@@ -178,7 +178,7 @@ fn spawn_connection<S: Accepted>(
             if flash_policy {
                 crate::flash::spawn(hub, stream, codec, conf, peer, permit);
             } else {
-                stream.spawn_stream(hub, codec, conf, peer, permit);
+                stream.spawn_stream(codec, Launch(hub, conf, peer, permit));
             }
         }
         Protocol::WebSocket(_) => {
@@ -317,30 +317,20 @@ fn refuse(acc: &Accepting, stream: TcpStream, peer: SocketAddr, refused: &Refuse
 /// What a WebSocket client whose address is denied is answered.
 const DENIED_HTTP: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\naddress not allowed\n";
 
+/// What a stream connection's task starts with: its node, its settings, its peer and its
+/// permit (which goes with the connection).
+struct Launch(Arc<Hub>, ConnectionConfig, SocketAddr, OwnedSemaphorePermit);
+
 /// A stream a listener accepted: plain TCP, or TLS over it.
 trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Starts the task of a connection on a stream protocol over this stream; the permit goes
-    /// with the connection.
-    fn spawn_stream<C: StreamCodec + Sync>(
-        self,
-        hub: Arc<Hub>,
-        codec: C,
-        conf: ConnectionConfig,
-        peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
-    );
+    /// Starts the task of a connection on a stream protocol over this stream.
+    fn spawn_stream<C: StreamCodec + Sync>(self, codec: C, launch: Launch);
 }
 
 /// Plain TCP: the connection parks when it idles.
 impl Accepted for TcpStream {
-    fn spawn_stream<C: StreamCodec + Sync>(
-        self,
-        hub: Arc<Hub>,
-        codec: C,
-        conf: ConnectionConfig,
-        peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
-    ) {
+    fn spawn_stream<C: StreamCodec + Sync>(self, codec: C, launch: Launch) {
+        let Launch(hub, conf, peer, permit) = launch;
         spawn_connection_task(hub, TcpTransport::new(self, codec), conf, peer, permit);
     }
 }
@@ -350,14 +340,8 @@ impl<S> Accepted for crate::tls::TlsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    fn spawn_stream<C: StreamCodec + Sync>(
-        self,
-        hub: Arc<Hub>,
-        codec: C,
-        conf: ConnectionConfig,
-        peer: SocketAddr,
-        permit: OwnedSemaphorePermit,
-    ) {
+    fn spawn_stream<C: StreamCodec + Sync>(self, codec: C, launch: Launch) {
+        let Launch(hub, conf, peer, permit) = launch;
         let conn = serve_connection(hub, StreamTransport::new(self, codec), conf, peer);
         // `map`, not an async block: a block would hold the future twice over.
         tokio::spawn(conn.map(move |()| drop(permit)));

@@ -21,11 +21,13 @@ use common::scrape::{KEY, post, scrape_with};
 use common::*;
 use serde_json::json;
 
-fn parking(after: Duration) -> ConnectionConfig {
-    ConnectionConfig {
+/// A server whose connections park after `after` of idleness (and at once after a bind).
+async fn start_parking(after: Duration) -> RunningServer {
+    let conn = ConnectionConfig {
         park_after: after,
         ..ConnectionConfig::default()
-    }
+    };
+    start_with(conn, WsSettings::default(), |b| b).await.0
 }
 
 async fn parked(server: &RunningServer, n: usize) {
@@ -41,12 +43,7 @@ async fn parked(server: &RunningServer, n: usize) {
 /// idled for `park_after` it parks again and the next push reaches it too.
 #[tokio::test]
 async fn a_push_resumes_a_parked_connection() {
-    let (server, _) = start_with(
-        parking(Duration::from_millis(100)),
-        WsSettings::default(),
-        |b| b,
-    )
-    .await;
+    let server = start_parking(Duration::from_millis(100)).await;
     let mut c = bound_tcp(&server, "p1").await;
     parked(&server, 1).await;
     for i in 0..3 {
@@ -94,12 +91,7 @@ async fn input_resumes_a_parked_connection() {
 /// with half a frame read, and answers once the rest arrives.
 #[tokio::test]
 async fn a_half_read_frame_keeps_its_connection_unparked() {
-    let (server, _) = start_with(
-        parking(Duration::from_millis(50)),
-        WsSettings::default(),
-        |b| b,
-    )
-    .await;
+    let server = start_parking(Duration::from_millis(50)).await;
     let mut c = bound_tcp(&server, "half").await;
     parked(&server, 1).await;
     let mut bytes = bytes::BytesMut::new();
@@ -220,18 +212,13 @@ async fn shutdown_closes_parked_connections() {
 /// either (their transports keep state a parked socket would lose), whatever `park_after`.
 #[tokio::test]
 async fn parking_off_or_not_for_the_transport() {
-    let (server, _) = start_with(parking(Duration::ZERO), WsSettings::default(), |b| b).await;
+    let server = start_parking(Duration::ZERO).await;
     let mut c = bound_tcp(&server, "never").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.hub().parked_connections(), 0);
     assert_receives(&server, &mut c, "never", "hi").await;
 
-    let (server, _) = start_with(
-        parking(Duration::from_millis(20)),
-        WsSettings::default(),
-        |b| b,
-    )
-    .await;
+    let server = start_parking(Duration::from_millis(20)).await;
     let (mut ws, _) = ws_connect(&server, "/", None).await;
     ws_send_binary(&mut ws, &Frame::Sent(bind_body("ws", "web", "w1"))).await;
     assert!(matches!(ws_next(&mut ws).await, Some(Frame::Reply(r)) if r.code == "200"));
