@@ -331,7 +331,28 @@ trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 impl Accepted for TcpStream {
     fn spawn_stream<C: StreamCodec + Sync>(self, codec: C, launch: Launch) {
         let Launch(hub, conf, peer, permit) = launch;
-        spawn_connection_task(hub, TcpTransport::new(self, codec), conf, peer, permit);
+        let slot = Slot::of(permit);
+        spawn_connection_task(hub, TcpTransport::new(self, codec), conf, peer, slot);
+    }
+}
+
+/// A connection's place under `max_connections`, as one pointer (a permit is two words, and a
+/// parked connection keeps its own): given back when dropped.
+struct Slot(Arc<Semaphore>);
+
+impl Slot {
+    /// The slot of `permit`, one of the accept loop's (each holds one).
+    fn of(permit: OwnedSemaphorePermit) -> Self {
+        let slots = Arc::clone(permit.semaphore());
+        debug_assert_eq!(permit.num_permits(), 1);
+        permit.forget();
+        Slot(slots)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
     }
 }
 

@@ -33,22 +33,68 @@ pub(super) struct Conn<T> {
     pub(super) handle: ConnectionHandle,
     pub(super) session: Option<Arc<Session>>,
     pub(super) heartbeat: Heartbeat,
-    pub(super) remote: SocketAddr,
-    /// From the listener's [`ConnectionConfig`] (the rest is used at the start only), packed:
-    /// every connection's task holds them.
-    pub(super) write_timeout_ms: u32,
-    pub(super) max_batch: u32,
-    /// Idle this long, the connection parks; 0: never.
-    park_after_ms: u32,
-    pub(super) protocol: &'static str,
+    pub(super) remote: Peer,
+    /// What of the listener's [`ConnectionConfig`] is used after the start, shared by every
+    /// connection with the same.
+    pub(super) settings: &'static Settings,
     pub(super) out: Vec<Outbound>,
     /// Ids of stored messages written during the bind hand-over: the same messages may also sit
     /// in the queue (pushed while the hand-over ran), and are skipped there once.
     /// (Boxed: a connection that never replays holds one pointer, not an empty set.)
     #[allow(clippy::box_collection)]
     pub(super) replayed: Option<Box<HashSet<i64>>>,
-    /// The deadline set in the node's shared timer.
-    armed: Instant,
+    /// The deadline set in the node's shared timer, in milliseconds since the connection
+    /// opened (see [`Heartbeat::instant`]).
+    armed_ms: u64,
+}
+
+/// The settings of a listener's connections that a connection reads after its start: one copy
+/// for all the connections with the same, rather than one in every connection's state (parked
+/// or not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Settings {
+    pub(super) write_timeout_ms: u32,
+    pub(super) max_batch: u32,
+    /// Idle this long, the connection parks; 0: never.
+    park_after_ms: u32,
+    pub(super) protocol: &'static str,
+}
+
+impl Settings {
+    /// The one copy of `self`. (Listeners have a few distinct settings at the most: each is
+    /// kept for the process's life.)
+    fn shared(self) -> &'static Settings {
+        static ALL: std::sync::Mutex<Vec<&'static Settings>> = std::sync::Mutex::new(Vec::new());
+        let mut all = crate::engine::locks::lock(&ALL);
+        if let Some(found) = all.iter().find(|s| ***s == self) {
+            return found;
+        }
+        let made: &'static Settings = Box::leak(Box::new(self));
+        all.push(made);
+        made
+    }
+}
+
+/// A peer's address, compact: most are IPv4, and every connection keeps one.
+pub(super) enum Peer {
+    V4(std::net::Ipv4Addr, u16),
+    V6(Box<std::net::SocketAddrV6>),
+}
+
+impl Peer {
+    fn new(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => Peer::V4(*a.ip(), a.port()),
+            SocketAddr::V6(a) => Peer::V6(Box::new(a)),
+        }
+    }
+
+    pub(super) fn get(&self) -> SocketAddr {
+        match self {
+            Peer::V4(ip, port) => SocketAddr::from((*ip, *port)),
+            Peer::V6(a) => SocketAddr::V6(**a),
+        }
+    }
 }
 
 /// Runs one connection to its end. Spawn it; it returns when the connection is closed and
@@ -154,7 +200,7 @@ fn run<T: Transport, G: Send + 'static>(
                     if let Err(end) = Box::pin(conn.on_frames(*frame)).await {
                         break end;
                     }
-                    if was_bound || !conn.heartbeat.is_bound() || conn.park_after_ms == 0 {
+                    if was_bound || !conn.heartbeat.is_bound() || conn.settings.park_after_ms == 0 {
                         continue;
                     }
                     park = Some(Idle::JustBound);
@@ -206,14 +252,15 @@ fn run<T: Transport, G: Send + 'static>(
                 let _ = park;
             }
         };
-        conn.hub.deadlines.clear(conn.armed, conn.handle.id());
+        let armed = conn.heartbeat.instant(conn.armed_ms);
+        conn.hub.deadlines.clear(armed, conn.handle.id());
         conn.hub.live.remove(conn.handle.id());
         let span = conn.end_span();
         let cause = end.cause;
         Box::pin(conn.finish(end, &rx).instrument(span)).await;
         let metrics = conn.hub.services().metrics();
         metrics.closed(cause);
-        metrics.connections(conn.protocol).decrement(1.0);
+        metrics.connections(conn.settings.protocol).decrement(1.0);
         drop(guard);
     }
 }
@@ -255,7 +302,11 @@ impl<T: Transport, G: Send + 'static> Parked<T, G> {
         }
         let Some(parker) = self.conn.hub.parker().cloned() else {
             // The node cannot park: this connection stops trying.
-            self.conn.park_after_ms = 0;
+            self.conn.settings = Settings {
+                park_after_ms: 0,
+                ..*self.conn.settings
+            }
+            .shared();
             return Err((self, None));
         };
         self.fd = match self.conn.transport.park() {
@@ -329,11 +380,11 @@ impl<T: Transport> Conn<T> {
     /// [`span`](Self::span) with the peer's address, for the connection's end.
     fn end_span(&self) -> Span {
         let uid = self.session.as_deref().map_or("", |s| s.uid.as_str());
-        info_span!("conn", id = self.handle.id().0, peer = %self.remote, uid)
+        info_span!("conn", id = self.handle.id().0, peer = %self.remote.get(), uid)
     }
 
     fn write_timeout(&self) -> Duration {
-        Duration::from_millis(u64::from(self.write_timeout_ms))
+        Duration::from_millis(u64::from(self.settings.write_timeout_ms))
     }
 
     /// The state of a new connection, and its queue's receiving end.
@@ -366,14 +417,18 @@ impl<T: Transport> Conn<T> {
             handle,
             session: None,
             heartbeat: Heartbeat::new(config.timers, now),
-            remote,
-            write_timeout_ms: u32::try_from(config.write_timeout.as_millis()).unwrap_or(u32::MAX),
-            max_batch: u32::try_from(config.max_batch.max(1)).unwrap_or(u32::MAX),
-            park_after_ms,
-            protocol: config.protocol,
+            remote: Peer::new(remote),
+            settings: Settings {
+                write_timeout_ms: u32::try_from(config.write_timeout.as_millis())
+                    .unwrap_or(u32::MAX),
+                max_batch: u32::try_from(config.max_batch.max(1)).unwrap_or(u32::MAX),
+                park_after_ms,
+                protocol: config.protocol,
+            }
+            .shared(),
             out: Vec::new(),
             replayed: None,
-            armed: now,
+            armed_ms: 0,
         };
         (conn, rx)
     }
@@ -381,12 +436,12 @@ impl<T: Transport> Conn<T> {
     /// What a new connection's task does first: counted, registered for the shutdown, its
     /// timer set.
     fn start(&mut self) {
-        debug!(conn = self.handle.id().0, peer = %self.remote, "connected");
+        debug!(conn = self.handle.id().0, peer = %self.remote.get(), "connected");
         // Looked up now and at the end rather than held: every connection's task would carry it.
         self.hub
             .services()
             .metrics()
-            .connections(self.protocol)
+            .connections(self.settings.protocol)
             .increment(1.0);
         // A shutdown reaches the connection through its queue, as a close request.
         self.hub.live.insert(&self.handle);
@@ -395,8 +450,8 @@ impl<T: Transport> Conn<T> {
 
     /// Whether the connection has idled long enough to park.
     fn idle_enough(&self, now: Instant) -> bool {
-        self.park_after_ms > 0
-            && self.heartbeat.idle_for(now) >= Duration::from_millis(u64::from(self.park_after_ms))
+        let after = self.settings.park_after_ms;
+        after > 0 && self.heartbeat.idle_for(now) >= Duration::from_millis(u64::from(after))
     }
 
     /// Sets the connection's next deadline in the node's shared timer (replacing the one set
@@ -404,8 +459,8 @@ impl<T: Transport> Conn<T> {
     /// idled long enough to park, if that is sooner.
     fn arm(&mut self, now: Instant, with_park: bool) {
         let mut at = self.heartbeat.next_deadline();
-        if with_park && self.park_after_ms > 0 {
-            let after = Duration::from_millis(u64::from(self.park_after_ms));
+        if with_park && self.settings.park_after_ms > 0 {
+            let after = Duration::from_millis(u64::from(self.settings.park_after_ms));
             let idle = self.heartbeat.idle_for(now);
             // Busy when last asked (a frame half read): asked again a whole period on.
             let wait = after
@@ -414,9 +469,17 @@ impl<T: Transport> Conn<T> {
                 .unwrap_or(after);
             at = at.min(now + wait);
         }
-        self.hub.deadlines.clear(self.armed, self.handle.id());
-        self.hub.deadlines.set(at, &self.handle);
-        self.armed = at;
+        // Kept in whole milliseconds, rounded up: never before it is due.
+        let mut ms = self.heartbeat.millis_at(at);
+        if self.heartbeat.instant(ms) < at {
+            ms += 1;
+        }
+        let before = self.heartbeat.instant(self.armed_ms);
+        self.hub.deadlines.clear(before, self.handle.id());
+        self.hub
+            .deadlines
+            .set(self.heartbeat.instant(ms), &self.handle);
+        self.armed_ms = ms;
     }
 
     /// Writes `self.out` (with the write timeout) and clears it.
@@ -461,7 +524,7 @@ impl<T: Transport> Conn<T> {
     /// Writes what others queued, batch by batch; ends the connection on a close request.
     async fn flush(&mut self, rx: &OutboundReceiver) -> Result<(), End> {
         loop {
-            let close = rx.drain(&mut self.out, self.max_batch as usize);
+            let close = rx.drain(&mut self.out, self.settings.max_batch as usize);
             let drained = self.out.len();
             let uncarried = handover::sort_out(&mut self.out, self.replayed.take(), |m| {
                 self.transport.can_carry(m)
@@ -473,7 +536,7 @@ impl<T: Transport> Conn<T> {
             if let Some(req) = close {
                 return Err(End::requested(&req));
             }
-            if drained < self.max_batch as usize {
+            if drained < self.settings.max_batch as usize {
                 // Caught up after an overflow: what was refused meanwhile is in the store.
                 if rx.overflowed() && rx.recover_overflow() {
                     Box::pin(self.replay_stored()).await?;
@@ -514,7 +577,7 @@ impl<T: Transport> Conn<T> {
         handover::release(
             &self.hub,
             &self.handle,
-            self.remote,
+            self.remote.get(),
             self.session.as_deref(),
             &end.reason,
             undelivered,
@@ -525,5 +588,46 @@ impl<T: Transport> Conn<T> {
             Closing::ProtocolError => warn!(reason = %end.reason, "closed"),
             _ => info!(reason = %end.reason, "closed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every connection keeps, parked or not: with a transport of 80 bytes (a TCP one),
+    /// 232 bytes; parked, with its queue's receiver, a one-pointer guard and its socket's
+    /// descriptor, 256 — an allocator class of its own, not the next one up (320).
+    #[test]
+    fn a_connection_is_232_bytes_and_parked_256() {
+        assert_eq!(std::mem::size_of::<Conn<[u64; 10]>>(), 232);
+        #[cfg(unix)]
+        assert_eq!(std::mem::size_of::<Parked<[u64; 10], Arc<()>>>(), 256);
+        assert_eq!(std::mem::size_of::<Peer>(), 16);
+    }
+
+    #[test]
+    fn a_peer_gives_back_its_address() {
+        for addr in ["127.0.0.1:23456", "[::1]:9", "[fe80::1%2]:80", "0.0.0.0:0"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(Peer::new(addr).get(), addr);
+        }
+    }
+
+    #[test]
+    fn settings_are_shared() {
+        let a = Settings {
+            write_timeout_ms: 1,
+            max_batch: 2,
+            park_after_ms: 3,
+            protocol: "tcp",
+        };
+        assert!(std::ptr::eq(a.shared(), a.shared()));
+        let b = Settings {
+            park_after_ms: 0,
+            ..a
+        };
+        assert!(!std::ptr::eq(a.shared(), b.shared()));
+        assert_eq!(*b.shared(), b);
     }
 }

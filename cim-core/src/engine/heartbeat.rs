@@ -86,6 +86,9 @@ pub struct Heartbeat {
     active: u64,
 }
 
+/// A deadline past what an `Instant` can hold is as good as never: a year on.
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `bind_deadline` of a bound connection.
 const BOUND: u64 = u64::MAX;
 
@@ -129,6 +132,18 @@ impl Heartbeat {
         self.write_deadline = self.active.saturating_add(u64::from(self.write_idle));
     }
 
+    /// `now` in milliseconds since the connection opened, rounded down.
+    pub(crate) fn millis_at(&self, now: Instant) -> u64 {
+        self.at(now)
+    }
+
+    /// The instant `ms` milliseconds after the connection opened (a year on at the most, as
+    /// [`next_deadline`](Self::next_deadline)).
+    pub(crate) fn instant(&self, ms: u64) -> Instant {
+        let wait = Duration::from_millis(ms).min(FAR);
+        self.opened.checked_add(wait).unwrap_or(self.opened)
+    }
+
     /// How long nothing has been read or written, at `now` (since the connection opened, if
     /// nothing ever was).
     pub fn idle_for(&self, now: Instant) -> Duration {
@@ -156,10 +171,7 @@ impl Heartbeat {
             .read_deadline
             .min(self.write_deadline)
             .min(self.bind_deadline);
-        // A deadline past what an `Instant` can hold is as good as never: a year on.
-        let far = Duration::from_secs(365 * 24 * 3600);
-        let wait = Duration::from_millis(ms).min(far);
-        self.opened.checked_add(wait).unwrap_or(self.opened)
+        self.instant(ms)
     }
 
     /// What is due at `now`. A returned [`TimerAction::Ping`] counts as sent; the caller

@@ -56,7 +56,7 @@ impl<T: Transport> Conn<T> {
             };
             let mut run = vec![body];
             let after = loop {
-                if run.len() >= self.max_batch as usize {
+                if run.len() >= self.settings.max_batch as usize {
                     break self.transport.recv_buffered().map_err(End::protocol);
                 }
                 match self.transport.recv_buffered() {
@@ -104,7 +104,7 @@ impl<T: Transport> Conn<T> {
         // handled; see `on_frames`).
         self.out
             .push(Outbound::Frame(Box::new(Frame::Reply(reply))));
-        if self.out.len() >= self.max_batch as usize {
+        if self.out.len() >= self.settings.max_batch as usize {
             self.write_out().await?;
         }
         Ok(())
@@ -145,7 +145,7 @@ impl<T: Transport> Conn<T> {
         let ctx = RequestContext {
             conn: self.handle.id(),
             session: self.session.as_deref(),
-            remote: self.remote,
+            remote: self.remote.get(),
             handle: &self.handle,
             services: self.hub.services(),
         };
@@ -160,7 +160,7 @@ impl<T: Transport> Conn<T> {
         let bound = handover::bind(
             &self.hub,
             &self.handle,
-            (self.remote, self.protocol),
+            (self.remote.get(), self.settings.protocol),
             self.session.as_deref(),
             &body,
         )
