@@ -155,8 +155,8 @@ pub struct ConnectionConfig {
     /// Idle this long (nothing read or written), or at once after it binds, a connection is
     /// parked: its task ends and its socket and queue are watched by the node, until input, a
     /// push, a close request or its heartbeat resumes it in a new task. A parked TCP connection
-    /// keeps about 60 % of the memory of an idle one with a task (BENCHMARKS.md); a resume costs
-    /// a spawn and two registrations, at most once per `park_after` of idleness. Only for
+    /// keeps a little over half the memory of an idle one with a task (BENCHMARKS.md); a resume
+    /// costs a spawn and two registrations, at most once per `park_after` of idleness. Only for
     /// transports that can park (`Transport::parks`, on Unix) and connections started with
     /// [`spawn_connection`](crate::engine::spawn_connection); zero: never (default 1 s).
     pub park_after: Duration,
