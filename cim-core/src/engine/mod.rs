@@ -1,6 +1,7 @@
 //! The connection engine: one task per connection ([`serve_connection`], or
-//! [`spawn_connection`], which parks idle ones without a task) driving a [`Transport`], the [`Hub`] of shared services, the [`SessionManager`] seam with its
-//! in-memory [`LocalSessionManager`], the [`Router`] seam (the send rule) with its single-node
+//! [`spawn_connection`], which parks idle ones without a task) driving a [`Transport`], the
+//! [`Hub`] of shared services, the [`SessionManager`] seam with its in-memory
+//! [`LocalSessionManager`], the [`Router`] seam (the send rule) with its single-node
 //! [`LocalRouter`], the [`MessageStore`] seam, request handlers, policies and the heartbeat
 //! rules.
 //!
