@@ -161,8 +161,8 @@ fn run<T: Transport, G: Send + 'static>(
         let end = 'run: {
             match start {
                 Start::Fresh => conn.start(),
-                // Parked, it was woken by its heartbeat alone: now it may park again (set below
-                // if it was the heartbeat that woke it).
+                // Parked, its only deadline was its heartbeat's: now it may park again (set in
+                // the timer's branch below instead, if it was the heartbeat that woke it).
                 Start::Resumed =>
                 {
                     #[cfg(unix)]
@@ -275,7 +275,8 @@ enum Idle {
     Long,
 }
 
-/// A parked connection: its task's state, held by the node's [`Parker`](super::park::Parker).
+/// A parked connection: its task's state, held in its queue while the node's
+/// [`Parker`](super::park::Parker) watches its socket.
 #[cfg(unix)]
 struct Parked<T, G> {
     conn: Conn<T>,
