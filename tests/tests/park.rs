@@ -118,9 +118,9 @@ async fn a_half_read_frame_keeps_its_connection_unparked() {
 async fn the_heartbeat_resumes_a_parked_connection() {
     let conn = ConnectionConfig {
         timers: Timers {
-            write_idle: Duration::from_millis(200),
-            read_idle: Duration::from_millis(200),
-            max_pong_timeout: 2,
+            write_idle: Duration::from_millis(300),
+            read_idle: Duration::from_millis(300),
+            max_pong_timeout: 3,
             ..Timers::default()
         },
         park_after: Duration::from_millis(50),
