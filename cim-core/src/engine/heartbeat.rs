@@ -113,28 +113,23 @@ impl Heartbeat {
         }
     }
 
-    /// `now` in milliseconds since the connection opened.
-    fn at(&self, now: Instant) -> u64 {
+    /// `now` in milliseconds since the connection opened, rounded down.
+    pub(crate) fn millis_at(&self, now: Instant) -> u64 {
         let ms = now.saturating_duration_since(self.opened).as_millis();
         u64::try_from(ms).unwrap_or(BOUND - 1)
     }
 
     /// Something was read at `now`: the missed-PING count starts again.
     pub fn on_read(&mut self, now: Instant) {
-        self.active = self.at(now);
+        self.active = self.millis_at(now);
         self.read_deadline = self.active.saturating_add(u64::from(self.read_idle));
         self.missed_pongs = 0;
     }
 
     /// Something was written at `now`.
     pub fn on_write(&mut self, now: Instant) {
-        self.active = self.at(now);
+        self.active = self.millis_at(now);
         self.write_deadline = self.active.saturating_add(u64::from(self.write_idle));
-    }
-
-    /// `now` in milliseconds since the connection opened, rounded down.
-    pub(crate) fn millis_at(&self, now: Instant) -> u64 {
-        self.at(now)
     }
 
     /// The instant `ms` milliseconds after the connection opened (a year on at the most, as
@@ -147,7 +142,7 @@ impl Heartbeat {
     /// How long nothing has been read or written, at `now` (since the connection opened, if
     /// nothing ever was).
     pub fn idle_for(&self, now: Instant) -> Duration {
-        Duration::from_millis(self.at(now).saturating_sub(self.active))
+        Duration::from_millis(self.millis_at(now).saturating_sub(self.active))
     }
 
     /// The connection bound: the bind timeout no longer applies, and idle means PING.
@@ -177,7 +172,7 @@ impl Heartbeat {
     /// What is due at `now`. A returned [`TimerAction::Ping`] counts as sent; the caller
     /// writes it (and reports the write with [`on_write`](Self::on_write)).
     pub fn poll(&mut self, now: Instant) -> TimerAction {
-        let now = self.at(now);
+        let now = self.millis_at(now);
         if !self.is_bound() && now >= self.bind_deadline {
             return TimerAction::Close(IdleReason::BindTimeout);
         }

@@ -43,7 +43,6 @@ impl Registry {
     }
 
     /// Every live connection.
-    #[cfg(unix)]
     pub(crate) fn handles(&self) -> Vec<ConnectionHandle> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
@@ -65,11 +64,8 @@ impl Registry {
     /// Asks every connection, now and later, to write what is queued and close.
     pub(crate) fn close_all(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        for shard in self.shards.iter() {
-            let handles: Vec<ConnectionHandle> = lock(shard).values().cloned().collect();
-            for h in handles {
-                h.close(CloseRequest::Shutdown);
-            }
+        for h in self.handles() {
+            h.close(CloseRequest::Shutdown);
         }
     }
 
@@ -77,10 +73,7 @@ impl Registry {
     /// for the caller to close at its own pace (a drain).
     pub(crate) fn begin_drain(&self) -> Vec<ConnectionHandle> {
         self.closing.store(true, Ordering::SeqCst);
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            all.extend(lock(shard).values().cloned());
-        }
+        let mut all = self.handles();
         // Oldest first: connection ids grow.
         all.sort_by_key(ConnectionHandle::id);
         all
