@@ -20,14 +20,27 @@ use crate::engine::locks::lock;
 /// The longest the task sleeps before it looks again whether its node is still there.
 const MAX_NAP: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 pub(crate) struct Deadlines {
-    due: Mutex<BTreeMap<(Instant, ConnId), ConnectionHandle>>,
+    /// The deadlines, in whole milliseconds since `epoch` (rounded up: an entry never fires
+    /// early), and the connection: 16 bytes a key, where an `Instant` and the id took 24.
+    due: Mutex<BTreeMap<(u64, ConnId), ConnectionHandle>>,
+    epoch: Instant,
     /// An entry earlier than every other was added: the task sleeps too long.
     sooner: Notify,
     /// The task that pokes; started by the first entry (inside the runtime), and again if its
     /// runtime went away.
     task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            due: Mutex::default(),
+            epoch: Instant::now(),
+            sooner: Notify::new(),
+            task: Mutex::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Deadlines {
@@ -39,16 +52,40 @@ impl std::fmt::Debug for Deadlines {
 }
 
 impl Deadlines {
-    fn entries(&self) -> MutexGuard<'_, BTreeMap<(Instant, ConnId), ConnectionHandle>> {
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<(u64, ConnId), ConnectionHandle>> {
         lock(&self.due)
+    }
+
+    /// `at` in whole milliseconds since the epoch, rounded down.
+    fn millis(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The key of a deadline at `at`: its milliseconds rounded up.
+    fn key(&self, at: Instant) -> u64 {
+        let ms = self.millis(at);
+        if at.saturating_duration_since(self.epoch) > Duration::from_millis(ms) {
+            ms.saturating_add(1)
+        } else {
+            ms
+        }
+    }
+
+    /// The instant of the deadline `key` (the nap's end when that is past what an `Instant` holds).
+    fn instant(&self, key: u64) -> Instant {
+        self.epoch
+            .checked_add(Duration::from_millis(key))
+            .unwrap_or_else(|| Instant::now() + MAX_NAP)
     }
 
     /// Pokes `handle` at `at` (once). Must be called inside a tokio runtime.
     pub(crate) fn set(self: &Arc<Self>, at: Instant, handle: &ConnectionHandle) {
+        let key = self.key(at);
         let earliest = {
             let mut due = self.entries();
-            due.insert((at, handle.id()), handle.clone());
-            due.first_key_value().is_some_and(|(k, _)| k.0 == at)
+            due.insert((key, handle.id()), handle.clone());
+            due.first_key_value().is_some_and(|(k, _)| k.0 == key)
         };
         self.ensure_task();
         if earliest {
@@ -58,7 +95,8 @@ impl Deadlines {
 
     /// Removes the entry [`set`](Self::set) at `at` for `id`, if it has not fired.
     pub(crate) fn clear(&self, at: Instant, id: ConnId) {
-        self.entries().remove(&(at, id));
+        let key = self.key(at);
+        self.entries().remove(&(key, id));
     }
 
     fn ensure_task(self: &Arc<Self>) {
@@ -68,8 +106,9 @@ impl Deadlines {
         }
     }
 
-    /// Takes the entries due at `now`.
+    /// Takes the entries due at `now`, and the next deadline.
     fn take_due(&self, now: Instant) -> (Vec<ConnectionHandle>, Option<Instant>) {
+        let now = self.millis(now);
         let mut due = self.entries();
         let mut fired = Vec::new();
         while let Some(entry) = due.first_entry() {
@@ -78,7 +117,7 @@ impl Deadlines {
             }
             fired.push(entry.remove());
         }
-        (fired, due.first_key_value().map(|(k, _)| k.0))
+        (fired, due.first_key_value().map(|(k, _)| self.instant(k.0)))
     }
 
     #[cfg(test)]
@@ -128,6 +167,22 @@ mod tests {
         assert!(t0.elapsed() >= Duration::from_millis(150));
         assert_eq!(d.len(), 0, "fired entries are gone");
         assert!(!ra.take_due(), "a was poked once");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_between_milliseconds_fires_on_the_next_one_never_before() {
+        let d = Arc::new(Deadlines::default());
+        let (a, _ra) = ConnectionHandle::new(ConnId(1), 4);
+        let at = d.epoch + Duration::from_micros(1_500);
+        d.set(at, &a);
+        let (fired, next) = d.take_due(at);
+        assert!(fired.is_empty(), "1.5 ms is kept as 2 ms");
+        assert_eq!(next, Some(d.epoch + Duration::from_millis(2)));
+        assert_eq!(d.take_due(d.epoch + Duration::from_millis(2)).0.len(), 1);
+        // Set and cleared at the same instant: the same key.
+        d.set(at, &a);
+        d.clear(at, a.id());
+        assert_eq!(d.len(), 0);
     }
 
     #[tokio::test]
