@@ -22,8 +22,35 @@ struct Entry {
     /// Shared with the connection's task.
     session: Arc<Session>,
     handle: ConnectionHandle,
-    /// Rarely set, so a boxed slice (two words) rather than a vector (three).
-    tags: Box<[String]>,
+    tags: Tags,
+}
+
+/// A connection's tags: rarely any, so one pointer, null when there are none (a vector would
+/// be three words in every entry).
+#[derive(Default)]
+#[allow(clippy::box_collection)] // one pointer in every entry, against a vector's three
+struct Tags(Option<Box<Vec<String>>>);
+
+impl Tags {
+    fn as_slice(&self) -> &[String] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn add(&mut self, tag: &str) {
+        let tags = self.0.get_or_insert_default();
+        if !tags.iter().any(|t| t == tag) {
+            tags.push(tag.to_owned());
+        }
+    }
+
+    fn remove(&mut self, tag: &str) {
+        if let Some(tags) = &mut self.0 {
+            tags.retain(|t| t != tag);
+            if tags.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 /// An account's connections: almost always one, kept inline in the map.
@@ -202,7 +229,7 @@ impl LocalSessionManager {
         read(lock)
             .of(h, &session.uid)
             .find(|e| same_connection(&e.session, session))
-            .map(|e| e.tags.to_vec())
+            .map(|e| e.tags.as_slice().to_vec())
             .unwrap_or_default()
     }
 
@@ -231,7 +258,7 @@ impl LocalSessionManager {
         };
         let mut tags: Option<Vec<String>> = None;
         for e in removed {
-            self.untag(e.handle.id(), &e.tags);
+            self.untag(e.handle.id(), e.tags.as_slice());
             if let Some(n) = &notice {
                 let _ = e
                     .handle
@@ -240,7 +267,8 @@ impl LocalSessionManager {
             if let Some(why) = &close {
                 e.handle.close(why.clone());
             }
-            tags.get_or_insert_default().extend(e.tags.iter().cloned());
+            tags.get_or_insert_default()
+                .extend(e.tags.as_slice().iter().cloned());
         }
         tags
     }
@@ -282,18 +310,18 @@ impl SessionManager for LocalSessionManager {
                     Some(d) => removed.push((entries.swap_remove(i), d)),
                     None => {
                         let old = entries.swap_remove(i);
-                        self.untag(old.handle.id(), &old.tags);
+                        self.untag(old.handle.id(), old.tags.as_slice());
                     }
                 }
             }
             entries.push(Entry {
                 session: Arc::clone(&session),
                 handle: conn,
-                tags: Box::default(),
+                tags: Tags::default(),
             });
         }
         for (entry, decision) in removed {
-            self.untag(entry.handle.id(), &entry.tags);
+            self.untag(entry.handle.id(), entry.tags.as_slice());
             if decision == KickDecision::Kick {
                 let notice = kick_notice(&session.uid, &session.device_name);
                 let _ = entry
@@ -314,7 +342,7 @@ impl SessionManager for LocalSessionManager {
             write(lock).remove_where(h, |e| same_connection(&e.session, session))
         };
         for e in removed {
-            self.untag(e.handle.id(), &e.tags);
+            self.untag(e.handle.id(), e.tags.as_slice());
         }
         Ok(())
     }
@@ -373,11 +401,7 @@ impl SessionManager for LocalSessionManager {
             else {
                 return Ok(());
             };
-            if !e.tags.iter().any(|t| t == tag) {
-                let mut tags = std::mem::take(&mut e.tags).into_vec();
-                tags.push(tag.to_owned());
-                e.tags = tags.into_boxed_slice();
-            }
+            e.tags.add(tag);
             e.handle.clone()
         };
         write(&self.tags)
@@ -397,9 +421,7 @@ impl SessionManager for LocalSessionManager {
             else {
                 return Ok(());
             };
-            let mut tags = std::mem::take(&mut e.tags).into_vec();
-            tags.retain(|t| t != tag);
-            e.tags = tags.into_boxed_slice();
+            e.tags.remove(tag);
             e.handle.id()
         };
         self.untag(conn, &[tag.to_owned()]);
@@ -448,7 +470,7 @@ impl SessionManager for LocalSessionManager {
         let entries = write(lock).remove_where(h, |e| e.session.uid == uid);
         let n = entries.len();
         for e in entries {
-            self.untag(e.handle.id(), &e.tags);
+            self.untag(e.handle.id(), e.tags.as_slice());
             let notice = kick_notice(uid, OPERATOR);
             let _ = e
                 .handle
@@ -472,13 +494,26 @@ mod sizes {
     use super::*;
 
     /// Every bound connection keeps one entry in its account's slot: the shared session, the
-    /// queue handle (one pointer) and the tags as a boxed slice (two words, not a vector's
-    /// three). 32 bytes; an account with one connection keeps it inline in the map (40 bytes
-    /// with the small vector's length).
+    /// queue handle and the tags, one pointer each. 24 bytes; an account with one connection
+    /// keeps it inline in the map (32 bytes with the small vector's length).
     #[test]
-    fn an_entry_is_32_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 32);
-        assert_eq!(std::mem::size_of::<Entries>(), 40);
+    fn an_entry_is_three_pointers() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<Entries>(), 32);
+    }
+
+    #[test]
+    fn tags_are_kept_once_and_freed_when_the_last_goes() {
+        let mut tags = Tags::default();
+        tags.add("a");
+        tags.add("b");
+        tags.add("a");
+        assert_eq!(tags.as_slice(), ["a", "b"]);
+        tags.remove("a");
+        tags.remove("c");
+        assert_eq!(tags.as_slice(), ["b"]);
+        tags.remove("b");
+        assert!(tags.0.is_none(), "no allocation is kept for no tags");
     }
 }
 
