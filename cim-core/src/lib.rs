@@ -41,6 +41,9 @@ pub mod testing;
 pub use account::{DEFAULT_MAX_UID_BYTES, UidError, check_uid};
 pub use codec::{CodecError, OwnedPacket, Packet, PacketCodec, StreamCodec, WireFormat};
 pub use data::DataMap;
+/// The string type of a [`Session`]'s fields: up to 15 bytes inline, longer text shared by its
+/// clones.
+pub use ecow::EcoString;
 #[cfg(feature = "engine")]
 pub use engine::{
     ConnId, ConnectionHandle, Hub, LocalSessionManager, RequestContext, RequestHandler,

@@ -1,40 +1,44 @@
 //! [`Session`]: what the server knows about a bound connection.
 
-use std::borrow::Cow;
-
+use ecow::EcoString;
 use serde::{Deserialize, Serialize};
 
 use crate::message::SentBody;
 use crate::protocol::bind;
 
 /// A connection bound to an account, as listed by the session manager and the HTTP API.
+///
+/// Every bound connection keeps one, so its text is held as [`EcoString`]s: sixteen bytes
+/// each, a value of up to 15 bytes (an account, a terminal type, an IPv4 address and port)
+/// inline, a longer one in one allocation that clones share. The struct's size is guarded by a
+/// test.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
     /// Connection id, unique within its node (CIM's `nid`).
     pub nid: u64,
     /// Node (server) that holds the connection.
-    pub node: String,
+    pub node: EcoString,
     /// The bound account.
-    pub uid: String,
+    pub uid: EcoString,
     /// Terminal type, see [`crate::protocol::channel`].
-    pub channel: String,
+    pub channel: EcoString,
     /// Device id.
-    pub device_id: String,
+    pub device_id: EcoString,
     /// Device name.
-    pub device_name: String,
+    pub device_name: EcoString,
     /// Application version.
-    pub app_version: String,
+    pub app_version: EcoString,
     /// Operating system version.
-    pub os_version: String,
+    pub os_version: EcoString,
     /// Language.
-    pub language: String,
+    pub language: EcoString,
     /// Peer address, as `ip:port`.
-    pub remote_addr: String,
+    pub remote_addr: EcoString,
     /// The protocol of the listener that accepted the connection (`tcp`, `websocket`, `xml`;
     /// a name of the server's choosing).
     #[serde(default)]
-    pub protocol: Cow<'static, str>,
+    pub protocol: EcoString,
     /// Bind time, milliseconds since the Unix epoch.
     pub bind_time: i64,
     /// Whether the client acknowledges messages (the receipts extension).
@@ -47,13 +51,10 @@ impl Session {
     /// `device` and `version` accepted for `uid`, `deviceName` and `appVersion`. `nid`, `node`, `remote_addr` and
     /// `bind_time` are left for the caller.
     pub fn from_bind(body: &SentBody) -> Session {
-        let pick = |k: &str, legacy: Option<&str>| -> String {
+        let pick = |k: &str, legacy: Option<&str>| -> EcoString {
             match body.data.get(k) {
-                Some(v) => v.to_owned(),
-                None => legacy
-                    .and_then(|l| body.data.get(l))
-                    .unwrap_or("")
-                    .to_owned(),
+                Some(v) => v.into(),
+                None => legacy.and_then(|l| body.data.get(l)).unwrap_or("").into(),
             }
         };
         Session {
@@ -73,6 +74,23 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Held by every bound connection behind an `Arc`: 184 bytes and the `Arc`'s two counts fit
+    /// a 224-byte allocation; a `String` for each field made it 264 (a 320-byte one).
+    #[test]
+    fn size() {
+        assert!(size_of::<Session>() <= 184, "{}", size_of::<Session>());
+    }
+
+    #[test]
+    fn short_text_is_inline_and_long_text_shared() {
+        let s = Session::from_bind(&SentBody::new("client_bind").with("uid", "u123456789abcde"));
+        assert_eq!(s.uid.len(), 15);
+        assert!(s.uid.is_inline());
+        let long = EcoString::from("an account of more than fifteen bytes");
+        assert!(!long.is_inline());
+        assert_eq!(long.clone().as_ptr(), long.as_ptr());
+    }
 
     #[test]
     fn from_bind_reads_new_and_legacy_keys() {

@@ -56,7 +56,7 @@ impl EventListener for Greeter {
     fn on_bound(&self, ctx: &EventContext<'_>, s: &Session) {
         println!("bound {} on {} ({})", s.uid, s.channel, s.device_name);
         ctx.send(Message {
-            receiver: s.uid.clone(),
+            receiver: s.uid.to_string(),
             sender: "system".into(),
             action: "2".into(),
             content: format!("welcome, {}", s.uid),

@@ -266,7 +266,7 @@ struct OnClosed(Mutex<Vec<(String, String)>>);
 #[async_trait]
 impl RequestHandler for OnClosed {
     async fn handle(&self, ctx: &RequestContext<'_>, body: SentBody) -> Result<Option<ReplyBody>> {
-        let uid = ctx.session.map(|s| s.uid.clone()).unwrap_or_default();
+        let uid = ctx.session.map(|s| s.uid.to_string()).unwrap_or_default();
         self.0
             .lock()
             .unwrap()
@@ -332,7 +332,7 @@ async fn sessions_name_their_protocol() {
         .await
         .unwrap()
         .into_iter()
-        .map(|s| s.protocol.into_owned())
+        .map(|s| s.protocol.to_string())
         .collect();
     protocols.sort();
     assert_eq!(protocols, ["tcp", "websocket", "xml"]);

@@ -87,7 +87,7 @@ fn message_of(
             Error::bad_request("receiver is required"),
         ));
     }
-    message.sender = session.uid.clone();
+    message.sender = session.uid.to_string();
     Ok((request_id, message))
 }
 

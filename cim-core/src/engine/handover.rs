@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ecow::EcoString;
 use tracing::{debug, warn};
 
 use crate::engine::conn::{ConnectionHandle, Outbound};
@@ -66,8 +67,8 @@ pub(crate) async fn bind(
         return Err(refusal);
     }
     session.nid = handle.id().0;
-    session.node = hub.node().to_owned();
-    session.remote_addr = remote.to_string();
+    session.node = hub.services().node_name().clone();
+    session.remote_addr = ecow::eco_format!("{remote}");
     session.protocol = protocol.into();
     session.bind_time = crate::now_ms();
     if let Some(old) = current
@@ -105,7 +106,7 @@ pub(crate) async fn bind(
 pub(crate) struct Replay {
     store: Arc<dyn MessageStore>,
     metrics: Arc<EngineMetrics>,
-    uid: String,
+    uid: EcoString,
     client_ack: bool,
     boundary: Seq,
     /// The last sequence read.

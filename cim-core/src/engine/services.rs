@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use ecow::EcoString;
+
 use tracing::debug;
 
 use crate::engine::ids::MessageIds;
@@ -29,7 +31,8 @@ pub trait Admission: Send + Sync + 'static {
 /// [`EventContext`](crate::engine::EventContext) hands to handlers and listeners.
 #[derive(Clone)]
 pub struct Services {
-    node: Arc<str>,
+    /// Shared by the sessions of the node's connections (a clone of a long name is a count).
+    node: EcoString,
     sessions: Arc<dyn SessionManager>,
     router: Arc<dyn Router>,
     store: Option<Arc<dyn MessageStore>>,
@@ -75,6 +78,11 @@ impl Services {
 
     /// This node's name.
     pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// This node's name, for a session.
+    pub(crate) fn node_name(&self) -> &EcoString {
         &self.node
     }
 

@@ -15,7 +15,7 @@ use crate::engine::{
     CimKickPolicy, CloseRequest, ConnId, ConnectionHandle, MessageStore, Outbound,
     OutboundReceiver, Page, Router, SessionManager, SharedMessage,
 };
-use crate::{Message, Session};
+use crate::{EcoString, Message, Session};
 
 /// One node of the system under test.
 #[derive(Clone)]
@@ -56,11 +56,11 @@ static CONNS: AtomicU64 = AtomicU64::new(1);
 fn session(node: &Node, nid: u64, uid: &str, channel: &str, device: &str) -> Arc<Session> {
     Arc::new(Session {
         nid,
-        node: node.name.clone(),
+        node: node.name.as_str().into(),
         uid: uid.into(),
         channel: channel.into(),
         device_id: device.into(),
-        device_name: format!("{device}-name"),
+        device_name: ecow::eco_format!("{device}-name"),
         ..Session::default()
     })
 }
@@ -199,7 +199,7 @@ async fn push_reaches_every_connection_of_the_account(nodes: &[Node]) {
     assert_eq!(expect(&r1, 1, false).await.0, ["for a"]);
     assert_eq!(expect(&r2, 1, false).await.0, ["for a"]);
     assert!(drained(&r3).0.is_empty());
-    let mut seen: Vec<(String, String)> = b
+    let mut seen: Vec<(EcoString, EcoString)> = b
         .sessions
         .sessions("a")
         .await
@@ -209,8 +209,8 @@ async fn push_reaches_every_connection_of_the_account(nodes: &[Node]) {
         .collect();
     seen.sort();
     let mut want = vec![
-        (a.name.clone(), "android".to_owned()),
-        (b.name.clone(), "web".to_owned()),
+        (a.name.as_str().into(), "android".into()),
+        (b.name.as_str().into(), "web".into()),
     ];
     want.sort();
     assert_eq!(seen, want);
@@ -230,7 +230,7 @@ async fn unbind_forgets(nodes: &[Node]) {
     if nodes.len() > 1 {
         let (s1, _r1) = bind(a, "u", "android", "p").await;
         let mut twin = Session::clone(&s1);
-        twin.node = b.name.clone();
+        twin.node = b.name.as_str().into();
         b.sessions.unbind(&twin).await.unwrap();
         assert_eq!(b.sessions.sessions("u").await.unwrap().len(), 1);
     }
@@ -347,7 +347,8 @@ async fn online_pages(nodes: &[Node]) {
         keep.push(bind(node, &format!("o{i}"), ch, "p").await);
     }
     // Ordered by node, then connection id.
-    let mut order: Vec<(String, u64)> = keep.iter().map(|(s, _)| (s.node.clone(), s.nid)).collect();
+    let mut order: Vec<(EcoString, u64)> =
+        keep.iter().map(|(s, _)| (s.node.clone(), s.nid)).collect();
     order.sort();
     let page = |offset, limit| Page {
         offset,

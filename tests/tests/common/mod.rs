@@ -71,7 +71,7 @@ impl EventListener for Closes {
         self.0
             .lock()
             .unwrap()
-            .push((conn, session.map(|s| s.uid.clone()), reason.to_owned()));
+            .push((conn, session.map(|s| s.uid.to_string()), reason.to_owned()));
     }
 }
 
