@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cim_core::engine::{ConnectionConfig, Timers};
@@ -50,10 +51,10 @@ async fn no_session(server: &RunningServer, uid: &str) -> bool {
         .is_empty()
 }
 
-/// A bound connection parks at once; a push resumes it, it gets the message, and once it has
-/// idled for `park_after` it parks again and the next push reaches it too.
+/// A bound connection parks at once; a push reaches it while it stays parked, and so does the
+/// next one; many at once arrive whole and in order.
 #[tokio::test]
-async fn a_push_resumes_a_parked_connection() {
+async fn a_push_reaches_a_parked_connection() {
     let server = start_parking(Duration::from_millis(100)).await;
     let mut c = bound_tcp(&server, "p1").await;
     parked(&server, 1).await;
@@ -71,6 +72,95 @@ async fn a_push_resumes_a_parked_connection() {
     }
     for i in 0..50 {
         assert_eq!(c.message().await.content, format!("m{i}"));
+    }
+}
+
+/// Counts the deliveries the engine reports (`on_delivered`).
+#[derive(Default)]
+struct Delivered(std::sync::atomic::AtomicUsize);
+
+impl cim_core::engine::EventListener for Delivered {
+    fn on_delivered(
+        &self,
+        _: &cim_core::engine::EventContext<'_>,
+        _: &cim_core::Session,
+        _: &cim_core::Message,
+    ) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn wants_delivered(&self) -> bool {
+        true
+    }
+}
+
+/// A push to a parked connection is written from its parked state: with `park_after` a minute,
+/// a connection resumed to write would stay unparked for that minute, and these stay parked.
+/// The deliveries are reported as from a task.
+#[tokio::test]
+async fn a_push_to_a_parked_connection_does_not_resume_it() {
+    let conn = ConnectionConfig {
+        park_after: Duration::from_secs(60),
+        ..ConnectionConfig::default()
+    };
+    let delivered = Arc::new(Delivered::default());
+    let listener = Arc::clone(&delivered);
+    let (server, _) = start_with(conn, WsSettings::default(), |b| b.event_listener(listener)).await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(bound_tcp(&server, &format!("w{i}")).await);
+    }
+    parked(&server, 10).await;
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_receives(&server, c, &format!("w{i}"), &format!("r{round}")).await;
+        }
+        assert_eq!(server.hub().parked_connections(), 10, "round {round}");
+    }
+    eventually("30 deliveries reported", WAIT, || {
+        let n = delivered.0.load(std::sync::atomic::Ordering::Relaxed);
+        async move { n == 30 }
+    })
+    .await;
+    // Still a connection like any other: input resumes it.
+    clients[0]
+        .send(Frame::Sent(SentBody::new("no_such_key")))
+        .await;
+    assert_eq!(clients[0].reply().await.code, "404");
+    parked(&server, 9).await;
+}
+
+/// Pushed to a parked connection whose peer reads nothing, until its socket takes no more: the
+/// write that fills it is finished by the resumed connection, and the peer, reading at last,
+/// gets every message whole and in order.
+#[tokio::test]
+async fn a_parked_write_the_socket_cannot_take_is_finished_after_resuming() {
+    let conn = ConnectionConfig {
+        park_after: Duration::from_secs(60),
+        queue_capacity: 10_000,
+        write_timeout: Duration::from_secs(60),
+        ..ConnectionConfig::default()
+    };
+    let (server, _) = start_with(conn, WsSettings::default(), |b| b).await;
+    let mut c = bound_tcp(&server, "full").await;
+    parked(&server, 1).await;
+    let body = "x".repeat(60_000);
+    let n = 300;
+    for i in 0..n {
+        // One at a time, each written while the connection is parked until one is not.
+        let sent = server
+            .hub()
+            .send(message_to("full", &format!("{i} {body}")))
+            .await
+            .unwrap();
+        assert_eq!(sent.delivered, 1);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // 18 MB is more than the sockets hold: the connection had to be resumed to write.
+    assert_eq!(server.hub().parked_connections(), 0);
+    for i in 0..n {
+        let m = c.message().await;
+        assert_eq!(m.content, format!("{i} {body}"), "message {i}");
     }
 }
 

@@ -348,6 +348,13 @@ impl OutboundReceiver {
         Poll::Pending
     }
 
+    /// Whether nothing but items waits: no close request, no heartbeat deadline, no overflow.
+    #[cfg(unix)]
+    pub(crate) fn holds_only_items(&self) -> bool {
+        let st = self.queue.lock();
+        st.close.is_none() && !st.overflowed && !self.queue.due.load(Ordering::Acquire)
+    }
+
     /// Whether a heartbeat deadline passed, without taking it.
     #[cfg(unix)]
     pub(crate) fn is_due(&self) -> bool {

@@ -19,7 +19,11 @@ use crate::engine::handover::{self, Replay};
 use crate::engine::heartbeat::{Heartbeat, TimerAction};
 use crate::engine::hub::Hub;
 use crate::engine::metrics::Cause;
+#[cfg(unix)]
+use crate::engine::park::{Parker, Written};
 use crate::engine::time_limit::within;
+#[cfg(unix)]
+use crate::engine::transport::ParkedSend;
 use crate::engine::transport::{Closing, ConnectionConfig, End, Transport};
 use crate::error::Error;
 use crate::frame::Frame;
@@ -120,7 +124,9 @@ pub fn serve_connection<T: Transport>(
 /// Spawns the task of one connection, as [`serve_connection`] runs it, except that the
 /// connection is parked when it idles for the listener's
 /// [`park_after`](ConnectionConfig::park_after) and its transport [parks](Transport::parks):
-/// its task ends and its state waits, much smaller, until it is resumed in a new one. `guard`
+/// its task ends and its state waits, much smaller, until it is resumed in a new one (what is
+/// pushed to it meanwhile is written without resuming it, when the socket takes it at once; see
+/// [`Transport::send_parked`]). `guard`
 /// is dropped when the connection has ended (a connection-limit permit, say). Must be called
 /// inside the runtime.
 pub fn spawn_connection<T: Transport, G: Send + 'static>(
@@ -139,8 +145,9 @@ pub fn spawn_connection<T: Transport, G: Send + 'static>(
 enum Start {
     /// A new connection.
     Fresh,
-    /// A parked one, its transport registered again.
-    Resumed,
+    /// A parked one, its transport registered again; with the rest of a write begun while it
+    /// was parked, to be written first.
+    Resumed(Option<Box<Rest>>),
     /// A parked one whose transport could not be registered again: it ends.
     Failed(std::io::Error),
 }
@@ -163,11 +170,21 @@ fn run<T: Transport, G: Send + 'static>(
                 Start::Fresh => conn.start(),
                 // Parked, its only deadline was its heartbeat's: now it may park again (set in
                 // the timer's branch below instead, if it was the heartbeat that woke it).
-                Start::Resumed =>
-                {
+                Start::Resumed(rest) => {
+                    if let Some(rest) = rest
+                        && let Err(end) = Box::pin(conn.write_rest(*rest)).await
+                    {
+                        break 'run end;
+                    }
                     #[cfg(unix)]
                     if !rx.is_due() {
                         conn.arm(Instant::now(), true);
+                    }
+                    // What it was resumed to write.
+                    if !conn.out.is_empty()
+                        && let Err(end) = Box::pin(conn.flush(&rx)).await
+                    {
+                        break 'run end;
                     }
                 }
                 Start::Failed(e) => {
@@ -275,6 +292,15 @@ enum Idle {
     Long,
 }
 
+/// The bytes of a write begun while the connection was parked that its socket did not take at
+/// once, and the items they carry (accounted for once the bytes are written): the task that
+/// resumes it writes them before anything else.
+#[cfg_attr(not(unix), allow(dead_code))]
+pub(crate) struct Rest {
+    bytes: bytes::Bytes,
+    items: Vec<Outbound>,
+}
+
 /// A parked connection: its task's state, held in its queue while the node's
 /// [`Parker`](super::park::Parker) watches its socket.
 #[cfg(unix)]
@@ -348,11 +374,11 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
         match self.conn.hub.parker().cloned() {
             Some(parker) => parker.woke(self),
             // Not parked by a parker, then: resumed where it was woken.
-            None => self.resume(),
+            None => self.resume(None),
         }
     }
 
-    fn resume(self: Box<Self>) {
+    fn resume(self: Box<Self>, rest: Option<Box<Rest>>) {
         let Parked {
             mut conn,
             rx,
@@ -360,10 +386,50 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
             ..
         } = *self;
         let start = match conn.transport.unpark() {
-            Ok(()) => Start::Resumed,
+            Ok(()) => Start::Resumed(rest),
             Err(e) => Start::Failed(e),
         };
         tokio::spawn(run(conn, rx, guard, start));
+    }
+
+    fn write_queued(mut self: Box<Self>, parker: &Parker) -> Written {
+        // A close, a deadline, an overflow: the task's to handle.
+        if !self.rx.holds_only_items() {
+            return Written::Resume(self, None);
+        }
+        let conn = &mut self.conn;
+        // A close requested meanwhile stays in the queue, for the task.
+        let _ = self
+            .rx
+            .drain(&mut conn.out, conn.settings.max_batch as usize);
+        let uncarried = conn.out.iter().any(|o| match o {
+            Outbound::Message(m) => !conn.transport.can_carry(m),
+            Outbound::Frame(_) => false,
+        });
+        if uncarried {
+            // Kept for the account by the task's write path.
+            return Written::Resume(self, None);
+        }
+        if !conn.out.is_empty() {
+            match conn.transport.send_parked(&conn.out) {
+                ParkedSend::Written => {
+                    let items = std::mem::take(&mut conn.out);
+                    conn.wrote(&items);
+                    conn.arm(Instant::now(), false);
+                }
+                ParkedSend::Rest(bytes) => {
+                    let items = std::mem::take(&mut conn.out);
+                    return Written::Resume(self, Some(Box::new(Rest { bytes, items })));
+                }
+                ParkedSend::Unwritten => return Written::Resume(self, None),
+            }
+        }
+        let handle = self.conn.handle.clone();
+        let fd = self.fd;
+        match handle.hold_parked(self, || parker.rewatch(fd, handle.id())) {
+            Ok(()) => Written::Parked,
+            Err(back) => Written::Resume(back, None),
+        }
     }
 }
 
@@ -491,34 +557,55 @@ impl<T: Transport> Conn<T> {
         // Most writes complete at once: only one that has to wait gets a deadline.
         let stall = self.write_timeout();
         let res = within(stall, self.transport.send(&self.out)).await;
-        if res.as_ref().is_ok_and(Result::is_ok) {
-            self.heartbeat.on_write(Instant::now());
-            // One count per write, not per message.
-            let messages = self
-                .out
-                .iter()
-                .filter(|o| matches!(o, Outbound::Message(_)))
-                .count();
-            if messages > 0 {
-                self.hub
-                    .services()
-                    .metrics()
-                    .delivered
-                    .increment(messages as u64);
-            }
-            if let Some(session) = &self.session {
-                self.hub.delivered(session, &self.out);
-            }
-        }
         // Released rather than cleared: an idle connection keeps no batch buffer.
-        self.out = Vec::new();
+        let items = std::mem::take(&mut self.out);
+        self.written(res, stall, &items)
+    }
+
+    /// Writes the rest of a write begun while the connection was parked.
+    async fn write_rest(&mut self, rest: Rest) -> Result<(), End> {
+        let stall = self.write_timeout();
+        let res = within(stall, self.transport.send_rest(rest.bytes)).await;
+        self.written(res, stall, &rest.items)
+    }
+
+    /// The outcome of a write of `items` that was given `stall`.
+    fn written(
+        &mut self,
+        res: Result<crate::error::Result<()>, tokio::time::error::Elapsed>,
+        stall: Duration,
+        items: &[Outbound],
+    ) -> Result<(), End> {
         match res {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.wrote(items);
+                Ok(())
+            }
             Ok(Err(e)) => Err(End::normal(Cause::WriteError, format!("write failed: {e}"))),
             Err(_) => Err(End::normal(
                 Cause::WriteStalled,
                 format!("write stalled for {stall:?} (slow reader)"),
             )),
+        }
+    }
+
+    /// `items` were written: the heartbeat, the count of deliveries, the listeners told.
+    fn wrote(&mut self, items: &[Outbound]) {
+        self.heartbeat.on_write(Instant::now());
+        // One count per write, not per message.
+        let messages = items
+            .iter()
+            .filter(|o| matches!(o, Outbound::Message(_)))
+            .count();
+        if messages > 0 {
+            self.hub
+                .services()
+                .metrics()
+                .delivered
+                .increment(messages as u64);
+        }
+        if let Some(session) = &self.session {
+            self.hub.delivered(session, items);
         }
     }
 

@@ -67,4 +67,6 @@ pub use sessions::{BindOutcome, Delivery, OnlinePage, Page, SessionManager};
 pub use shared::SharedMessage;
 pub use store::{Appended, MemoryStore, MessageStore, Seq, Stored};
 pub use time_limit::within;
+#[cfg(unix)]
+pub use transport::ParkedSend;
 pub use transport::{Closing, ConnectionConfig, Transport};

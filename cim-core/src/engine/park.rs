@@ -10,7 +10,9 @@
 //! the task resumes the connection in a new one: input or a hang-up on the socket (the thread
 //! finds the queue through the node's live set), a push or a close request in its queue, its
 //! heartbeat's deadline (which reaches it through the queue too). Resuming costs a spawn and two
-//! registrations; the thread does it, one connection after another.
+//! registrations; the thread does it, one connection after another. A push alone does not
+//! resume it: the thread writes what was queued straight from the parked state, and the
+//! connection is resumed only if its socket does not take it all at once.
 //!
 //! Parked connections end with the node's shutdown like any other. A runtime dropped without
 //! it drops its parked connections' states too (closing their sockets), as it drops tasks.
@@ -26,6 +28,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
 use crate::engine::conn::{ConnId, ConnectionHandle};
+use crate::engine::driver::Rest;
 use crate::engine::hub::Hub;
 use crate::engine::locks::lock;
 
@@ -42,12 +45,25 @@ pub(crate) trait Resume: Send + 'static {
     fn fd(&self) -> RawFd;
     /// Its node.
     fn hub(&self) -> &Arc<Hub>;
-    /// Registers the socket with the runtime again and spawns the connection's task. Called
-    /// inside the runtime's context.
-    fn resume(self: Box<Self>);
+    /// Registers the socket with the runtime again and spawns the connection's task, which
+    /// writes `rest` first. Called inside the runtime's context.
+    fn resume(self: Box<Self>, rest: Option<Box<Rest>>);
     /// Its queue woke it (a push, a close request, a deadline): hands it to the parking thread
-    /// to resume ([`Parker::woke`]).
+    /// ([`Parker::woke`]).
     fn wake(self: Box<Self>);
+    /// Woken by its queue: writes what is queued without a task, if that is all there is to do
+    /// and the socket takes it at once, and holds the state in its queue again, watched by
+    /// `parker`; otherwise hands it back to be resumed. Called on the parking thread, inside
+    /// the runtime's context.
+    fn write_queued(self: Box<Self>, parker: &Parker) -> Written;
+}
+
+/// What [`Resume::write_queued`] did.
+pub(crate) enum Written {
+    /// Wrote what was queued; parked again.
+    Parked,
+    /// The connection is to be resumed, with the rest of what it began to write.
+    Resume(Box<dyn Resume>, Option<Box<Rest>>),
 }
 
 /// The parked connections of a node, and the set that watches their sockets (on a thread of
@@ -117,9 +133,8 @@ impl Parker {
         entry: Box<R>,
     ) -> Result<(), Box<R>> {
         let id = handle.id();
-        let token = match usize::try_from(id.0) {
-            Ok(t) if Token(t) != WAKE => Token(t),
-            _ => return Err(entry),
+        let Some(token) = token(id) else {
+            return Err(entry);
         };
         let _ = self.hub.set(Arc::downgrade(entry.hub()));
         if !self.watch_runtime() {
@@ -140,6 +155,15 @@ impl Parker {
             self.parked.fetch_sub(1, Ordering::Relaxed);
             self.gauge.decrement(1.0);
         })
+    }
+
+    /// Watches the socket of connection `id` again, after a write while parked: its readiness
+    /// is looked at afresh, so that input that came meanwhile (whose event found the
+    /// connection's state out of its queue) is not missed.
+    pub(crate) fn rewatch(&self, fd: RawFd, id: ConnId) -> io::Result<()> {
+        let token = token(id).ok_or_else(|| io::Error::other("no token for this connection"))?;
+        self.registry
+            .reregister(&mut SourceFd(&fd), token, Interest::READABLE)
     }
 
     /// Records the runtime connections are resumed in, the first time (or the first since it
@@ -202,10 +226,15 @@ impl Parker {
     }
 
     /// Resumes a connection taken out of its queue.
-    fn resume(&self, entry: Box<dyn Resume>) {
+    fn resume(&self, entry: Box<dyn Resume>, rest: Option<Box<Rest>>) {
         self.release(&*entry);
-        entry.resume();
+        entry.resume(rest);
     }
+}
+
+/// The set's token for connection `id`, if it has one.
+fn token(id: ConnId) -> Option<Token> {
+    usize::try_from(id.0).ok().map(Token).filter(|t| *t != WAKE)
 }
 
 /// Dropped with the runtime parked connections are resumed in.
@@ -235,7 +264,9 @@ fn watch(mut poll: Poll, parker: &Weak<Parker>) {
             debug!("parking thread ends");
             return;
         };
-        let mut ready = std::mem::take(&mut *lock(&p.woken));
+        // Woken by their queues: most have only to write what was pushed.
+        let woken = std::mem::take(&mut *lock(&p.woken));
+        let mut ready = Vec::new();
         if let Some(hub) = p.hub.get().and_then(Weak::upgrade) {
             for event in events.iter().filter(|e| e.token() != WAKE) {
                 let id = ConnId(event.token().0 as u64);
@@ -245,19 +276,24 @@ fn watch(mut poll: Poll, parker: &Weak<Parker>) {
                 }
             }
         }
-        if ready.is_empty() {
+        if ready.is_empty() && woken.is_empty() {
             continue;
         }
         let Some(rt) = lock(&p.runtime).clone() else {
             // The runtime is gone: dropped, as `runtime_gone` drops the others.
-            for entry in ready {
+            for entry in ready.into_iter().chain(woken) {
                 p.release(&*entry);
             }
             continue;
         };
         let _entered = rt.enter();
+        for entry in woken {
+            if let Written::Resume(entry, rest) = entry.write_queued(&p) {
+                p.resume(entry, rest);
+            }
+        }
         for entry in ready {
-            p.resume(entry);
+            p.resume(entry, None);
         }
     }
 }

@@ -65,6 +65,40 @@ pub trait Transport: Send + 'static {
     fn unpark(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+
+    /// Parked, encodes `items` and writes as much of them as the socket takes at once, without
+    /// waiting and without the runtime (the engine calls it on its parking thread, so that a
+    /// message to an idle connection does not cost a task). The default writes nothing
+    /// ([`ParkedSend::Unwritten`]): the connection is then resumed to write them with
+    /// [`send`](Self::send). A transport that returns [`ParkedSend::Rest`] implements
+    /// [`send_rest`](Self::send_rest).
+    #[cfg(unix)]
+    fn send_parked(&mut self, _items: &[Outbound]) -> ParkedSend {
+        ParkedSend::Unwritten
+    }
+
+    /// Writes `rest`, the bytes [`send_parked`](Self::send_parked) left, as they are, waiting
+    /// for the socket as [`send`](Self::send) does, then flushes. Called after
+    /// [`unpark`](Self::unpark), before anything else is written.
+    #[cfg(unix)]
+    fn send_rest(&mut self, rest: bytes::Bytes) -> impl Future<Output = Result<()>> + Send {
+        let _ = rest;
+        async { Ok(()) }
+    }
+}
+
+/// What [`Transport::send_parked`] wrote.
+#[cfg(unix)]
+#[derive(Debug)]
+pub enum ParkedSend {
+    /// Everything.
+    Written,
+    /// Part: these bytes are still to be written, by [`Transport::send_rest`], before anything
+    /// else.
+    Rest(bytes::Bytes),
+    /// Nothing (the socket took nothing, or the transport does not write while parked): the
+    /// items are written by [`Transport::send`].
+    Unwritten,
 }
 
 /// Why the engine closes a connection, for a transport that can tell its peer (a WebSocket's
@@ -154,9 +188,10 @@ pub struct ConnectionConfig {
     pub protocol: &'static str,
     /// Idle this long (nothing read or written), or at once after it binds, a connection is
     /// parked: its task ends and its socket and queue are watched by the node, until input, a
-    /// push, a close request or its heartbeat resumes it in a new task. A parked TCP connection
-    /// keeps a little over half the memory of an idle one with a task (BENCHMARKS.md); a resume
-    /// costs a spawn and two registrations, at most once per `park_after` of idleness. Only for
+    /// close request or its heartbeat resumes it in a new task. What is pushed to it is written
+    /// from the parked state, and resumes it only when the socket does not take it at once. A
+    /// parked TCP connection keeps under half the memory of an idle one with a task
+    /// (BENCHMARKS.md); a resume costs a spawn and two registrations. Only for
     /// transports that can park (`Transport::parks`, on Unix) and connections started with
     /// [`spawn_connection`](crate::engine::spawn_connection); zero: never (default 1 s).
     pub park_after: Duration,

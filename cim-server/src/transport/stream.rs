@@ -95,6 +95,41 @@ impl<S, C: StreamCodec> StreamTransport<S, C> {
     }
 }
 
+impl<S, C: StreamCodec> StreamTransport<S, C> {
+    /// `items` encoded for one write, `None` when there is nothing to write. One pushed message
+    /// (the usual case of a fan-out) is its shared encoding as it is, with no copy and no
+    /// buffer; several are encoded into a buffer of the write's own, not the connection's. An
+    /// item that cannot be encoded is skipped with a warning.
+    pub(crate) fn encoded(&mut self, items: &[Outbound]) -> Option<Bytes> {
+        if let [Outbound::Message(shared)] = items
+            && let Some(encoded) = self.shared_encoding(shared)
+        {
+            return match encoded {
+                Ok(bytes) => Some(bytes.into_owned()),
+                Err(e) => {
+                    warn!(error = %e, "cannot encode message {}; skipped", shared.message().id);
+                    None
+                }
+            };
+        }
+        let mut out = BytesMut::new();
+        for item in items {
+            if let Err(e) = self.encode(item, &mut out) {
+                warn!(error = %e, "cannot encode {}; skipped", describe(item));
+            }
+        }
+        (!out.is_empty()).then(|| out.freeze())
+    }
+}
+
+impl<S: AsyncWrite + Unpin, C> StreamTransport<S, C> {
+    /// Writes `bytes` as they are, then flushes.
+    pub(crate) async fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await.map_err(Error::from)
+    }
+}
+
 impl<S: AsyncRead + Unpin, C> StreamTransport<S, C> {
     /// Reads what the stream has into the read buffer; `Ok(0)` at its end. Cancel-safe: a read
     /// that is not ready consumes nothing.
@@ -167,34 +202,10 @@ where
     }
 
     async fn send(&mut self, items: &[Outbound]) -> Result<()> {
-        // One pushed message (the usual case of a fan-out): write its shared encoding as it
-        // is, with no copy and no buffer.
-        if let [Outbound::Message(shared)] = items
-            && let Some(encoded) = self.shared_encoding(shared)
-        {
-            return match encoded {
-                Ok(bytes) => {
-                    self.stream.write_all(&bytes).await?;
-                    self.stream.flush().await.map_err(Error::from)
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot encode message {}; skipped", shared.message().id);
-                    Ok(())
-                }
-            };
+        match self.encoded(items) {
+            Some(bytes) => self.write_raw(&bytes).await,
+            None => Ok(()),
         }
-        // A buffer of the write's own, not the connection's: it lives as long as the write.
-        let mut out = BytesMut::new();
-        for item in items {
-            if let Err(e) = self.encode(item, &mut out) {
-                warn!(error = %e, "cannot encode {}; skipped", describe(item));
-            }
-        }
-        if out.is_empty() {
-            return Ok(());
-        }
-        self.stream.write_all(&out).await?;
-        self.stream.flush().await.map_err(Error::from)
     }
 
     async fn close(&mut self, _: Closing) {

@@ -5,6 +5,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+#[cfg(unix)]
+use cim_core::engine::ParkedSend;
 use cim_core::engine::{Closing, Outbound, SharedMessage, Transport};
 use cim_core::{Frame, Result, StreamCodec};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -69,6 +71,26 @@ impl Socket {
                 ))
             }
         }
+    }
+
+    /// Parked: writes what of `bytes` the socket takes without waiting, and says how much. An
+    /// error ends the writing as a full socket does: the connection's task meets it again.
+    #[cfg(unix)]
+    fn write_parked(&mut self, bytes: &[u8]) -> usize {
+        use std::io::Write;
+        let Io::Parked(s) = &mut self.0 else {
+            return 0;
+        };
+        let mut written = 0;
+        while let Some(left) = bytes.get(written..).filter(|l| !l.is_empty()) {
+            match s.write(left) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        written
     }
 
     #[cfg(unix)]
@@ -179,5 +201,93 @@ impl<C: StreamCodec> Transport for TcpTransport<C> {
     #[cfg(unix)]
     fn unpark(&mut self) -> io::Result<()> {
         self.inner.get_mut().unpark()
+    }
+
+    #[cfg(unix)]
+    fn send_parked(&mut self, items: &[Outbound]) -> ParkedSend {
+        let Some(bytes) = self.inner.encoded(items) else {
+            return ParkedSend::Written;
+        };
+        match self.inner.get_mut().write_parked(&bytes) {
+            0 => ParkedSend::Unwritten,
+            n if n >= bytes.len() => ParkedSend::Written,
+            n => ParkedSend::Rest(bytes.slice(n..)),
+        }
+    }
+
+    #[cfg(unix)]
+    async fn send_rest(&mut self, rest: bytes::Bytes) -> Result<()> {
+        self.inner.write_raw(&rest).await
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use bytes::BytesMut;
+    use cim_codec_binary::BinaryCodec;
+    use cim_core::Message;
+    use cim_core::engine::ParkedSend;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Parked, the transport writes what its socket takes at once and hands back the rest of
+    /// the write that fills it, which it writes once live again: the peer, which read nothing
+    /// meanwhile, then reads every byte, in order.
+    #[tokio::test]
+    async fn a_parked_write_hands_back_what_the_socket_does_not_take() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut peer = peer.unwrap();
+        let mut t = TcpTransport::new(accepted.unwrap().0, BinaryCodec::new());
+        assert!(t.park().unwrap().is_some());
+        let mut expected = BytesMut::new();
+        let mut rest = None;
+        for i in 0..1_000 {
+            let frame = Frame::Message(Message {
+                content: format!("{i:05}{}", "y".repeat(60_000)),
+                ..Message::default()
+            });
+            StreamCodec::encode(&mut BinaryCodec::new(), &frame, &mut expected).unwrap();
+            match t.send_parked(&[Outbound::Frame(Box::new(frame))]) {
+                ParkedSend::Written => {}
+                ParkedSend::Rest(r) => {
+                    rest = Some(r);
+                    break;
+                }
+                ParkedSend::Unwritten => {
+                    panic!("frame {i} refused whole: the socket filled on a frame's end")
+                }
+            }
+        }
+        let rest = rest.expect("the socket never filled");
+        assert!(!rest.is_empty());
+        t.unpark().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; expected.len()];
+            peer.read_exact(&mut got).await.unwrap();
+            got == expected
+        });
+        t.send_rest(rest).await.unwrap();
+        assert!(
+            reader.await.unwrap(),
+            "the peer read what was encoded, in order"
+        );
+    }
+
+    /// A transport that is not parked writes nothing from `send_parked`.
+    #[tokio::test]
+    async fn a_live_transport_does_not_write_parked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut t = TcpTransport::new(accepted.unwrap().0, BinaryCodec::new());
+        assert!(matches!(
+            t.send_parked(&[Outbound::Frame(Box::new(Frame::Ping))]),
+            ParkedSend::Unwritten
+        ));
     }
 }
