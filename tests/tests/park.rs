@@ -1,6 +1,7 @@
 //! Parked connections (`connection.park_after_ms`): an idle plain TCP connection gives up its
-//! task, and whatever would have woken the task resumes it — a push, input, a hang-up, its
-//! heartbeat, a kick, a shutdown — with nothing lost on the way.
+//! task; a push is written from its parked state, and whatever else would have woken the task
+//! resumes it — input, a hang-up, its heartbeat, a kick, a shutdown, a write its socket cannot
+//! take at once — with nothing lost on the way.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -130,35 +131,46 @@ async fn a_push_to_a_parked_connection_does_not_resume_it() {
     parked(&server, 9).await;
 }
 
-/// Pushed to a parked connection whose peer reads nothing, until its socket takes no more: the
-/// write that fills it is finished by the resumed connection, and the peer, reading at last,
-/// gets every message whole and in order.
+/// Pushed to a parked connection whose peer reads nothing: written from the parked state while
+/// the sockets take them (some 3 MB here), until one write is taken in part; that resumes the
+/// connection, which finishes it, the messages pushed after it wait their turn, and the peer,
+/// reading at last, gets every one whole and in order.
 #[tokio::test]
 async fn a_parked_write_the_socket_cannot_take_is_finished_after_resuming() {
     let conn = ConnectionConfig {
         park_after: Duration::from_secs(60),
-        queue_capacity: 10_000,
-        write_timeout: Duration::from_secs(60),
         ..ConnectionConfig::default()
     };
     let (server, _) = start_with(conn, WsSettings::default(), |b| b).await;
-    let mut c = bound_tcp(&server, "full").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr("tcp").unwrap()).await.unwrap();
+    let mut c = StreamClient::on(stream, cim_codec_binary::BinaryCodec::new());
+    c.bind("full", "android", "dev-full").await;
     parked(&server, 1).await;
     let body = "x".repeat(60_000);
-    let n = 300;
-    for i in 0..n {
-        // One at a time, each written while the connection is parked until one is not.
+    let mut pushed = 0;
+    let mut resumed_at = None;
+    // Up to 12 MB: more than a socket's largest send buffer (4 MB by default) and the peer's.
+    while pushed < 200 && resumed_at.is_none_or(|at| pushed < at + 10) {
         let sent = server
             .hub()
-            .send(message_to("full", &format!("{i} {body}")))
+            .send(message_to("full", &format!("{pushed} {body}")))
             .await
             .unwrap();
         assert_eq!(sent.delivered, 1);
+        pushed += 1;
         tokio::time::sleep(Duration::from_millis(2)).await;
+        if resumed_at.is_none() && server.hub().parked_connections() == 0 {
+            resumed_at = Some(pushed);
+        }
     }
-    // 18 MB is more than the sockets hold: the connection had to be resumed to write.
-    assert_eq!(server.hub().parked_connections(), 0);
-    for i in 0..n {
+    let at = resumed_at.expect("a write the socket could not take resumed the connection");
+    assert!(
+        at > 1,
+        "the first message, which the socket takes, was written parked"
+    );
+    for i in 0..pushed {
         let m = c.message().await;
         assert_eq!(m.content, format!("{i} {body}"), "message {i}");
     }
@@ -173,7 +185,7 @@ async fn input_resumes_a_parked_connection() {
     parked(&server, 2).await;
     a.send(Frame::Sent(SentBody::new("no_such_key"))).await;
     assert_eq!(a.reply().await.code, "404");
-    // From a (resumed) to b (parked): b is resumed by the push.
+    // From a (resumed) to b (parked): written to b from its parked state.
     a.send(Frame::Sent(
         SentBody::new("client_message")
             .with("receiver", "pb")

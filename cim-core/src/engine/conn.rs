@@ -286,8 +286,10 @@ impl ConnectionHandle {
         watch: impl FnOnce() -> std::io::Result<()>,
     ) -> Result<(), Box<R>> {
         let mut st = self.queue.lock();
-        let pending =
-            !st.items.is_empty() || st.close.is_some() || self.queue.due.load(Ordering::Acquire);
+        let pending = !st.items.is_empty()
+            || st.close.is_some()
+            || st.overflowed
+            || self.queue.due.load(Ordering::Acquire);
         if pending || matches!(st.waiter, Waiter::Parked(_)) || watch().is_err() {
             return Err(entry);
         }
@@ -483,5 +485,57 @@ mod tests {
         tokio::task::yield_now().await;
         h.push_frame(Frame::Pong).unwrap();
         assert_eq!(waiter.await.unwrap(), 1);
+    }
+
+    /// A parked state the tests hold.
+    #[cfg(unix)]
+    struct Held(Arc<crate::engine::hub::Hub>);
+
+    #[cfg(unix)]
+    impl Resume for Held {
+        fn fd(&self) -> std::os::fd::RawFd {
+            -1
+        }
+        fn hub(&self) -> &Arc<crate::engine::hub::Hub> {
+            &self.0
+        }
+        fn resume(self: Box<Self>, _: Option<Box<crate::engine::driver::Rest>>) {}
+        fn wake(self: Box<Self>) {}
+        fn write_queued(
+            self: Box<Self>,
+            _: &crate::engine::park::Parker,
+        ) -> crate::engine::park::Written {
+            crate::engine::park::Written::Parked(ConnId(0))
+        }
+    }
+
+    /// A parked state is held only when nothing waits for the connection's task: not with an
+    /// item queued, a close requested, a deadline passed or an overflow to recover from.
+    #[cfg(unix)]
+    #[test]
+    fn a_parked_state_is_held_only_when_nothing_waits() {
+        let hub = Arc::new(crate::engine::hub::Hub::builder().build());
+        let held = || Box::new(Held(Arc::clone(&hub)));
+        let (h, _rx) = ConnectionHandle::new(ConnId(1), 4);
+        h.push_frame(Frame::Ping).unwrap();
+        assert!(h.hold_parked(held(), || Ok(())).is_err(), "an item");
+        let (h, _rx) = ConnectionHandle::new(ConnId(2), 4);
+        h.close(CloseRequest::Shutdown);
+        assert!(h.hold_parked(held(), || Ok(())).is_err(), "a close");
+        let (h, _rx) = ConnectionHandle::new(ConnId(3), 4);
+        h.poke();
+        assert!(h.hold_parked(held(), || Ok(())).is_err(), "a deadline");
+        let (h, rx) = ConnectionHandle::with_policy(ConnId(4), 1, SlowConsumer::Keep);
+        h.push_frame(Frame::Ping).unwrap();
+        assert!(h.push_frame(Frame::Ping).is_err());
+        rx.drain(&mut Vec::new(), 8);
+        assert!(h.hold_parked(held(), || Ok(())).is_err(), "an overflow");
+        let (h, _rx) = ConnectionHandle::new(ConnId(5), 4);
+        let failed = std::io::Error::other("cannot watch");
+        assert!(h.hold_parked(held(), || Err(failed)).is_err(), "unwatched");
+        assert!(h.hold_parked(held(), || Ok(())).is_ok());
+        assert!(h.hold_parked(held(), || Ok(())).is_err(), "held once");
+        assert!(h.take_parked().is_some());
+        assert!(h.take_parked().is_none());
     }
 }

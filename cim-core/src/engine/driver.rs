@@ -387,35 +387,46 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
         } = *self;
         let start = match conn.transport.unpark() {
             Ok(()) => Start::Resumed(rest),
-            Err(e) => Start::Failed(e),
+            Err(e) => {
+                // Kept for the account as unwritten, though part may have gone.
+                if let Some(rest) = rest {
+                    conn.out.splice(0..0, rest.items);
+                }
+                Start::Failed(e)
+            }
         };
         tokio::spawn(run(conn, rx, guard, start));
     }
 
     fn write_queued(mut self: Box<Self>, parker: &Parker) -> Written {
-        // A close, a deadline, an overflow: the task's to handle.
-        if !self.rx.holds_only_items() {
-            return Written::Resume(self, None);
-        }
-        let conn = &mut self.conn;
-        // A close requested meanwhile stays in the queue, for the task.
-        let _ = self
-            .rx
-            .drain(&mut conn.out, conn.settings.max_batch as usize);
-        let uncarried = conn.out.iter().any(|o| match o {
-            Outbound::Message(m) => !conn.transport.can_carry(m),
-            Outbound::Frame(_) => false,
-        });
-        if uncarried {
-            // Kept for the account by the task's write path.
-            return Written::Resume(self, None);
-        }
-        if !conn.out.is_empty() {
+        let mut wrote = false;
+        // A few batches, for pushes that came while one was written; more resume it.
+        for _ in 0..PARKED_BATCHES {
+            // A close, a deadline, an overflow: the task's to handle.
+            if !self.rx.holds_only_items() {
+                return Written::Resume(self, None);
+            }
+            let conn = &mut self.conn;
+            // A close requested meanwhile stays in the queue, for the task.
+            let _ = self
+                .rx
+                .drain(&mut conn.out, conn.settings.max_batch as usize);
+            if conn.out.is_empty() {
+                break;
+            }
+            let uncarried = conn.out.iter().any(|o| match o {
+                Outbound::Message(m) => !conn.transport.can_carry(m),
+                Outbound::Frame(_) => false,
+            });
+            if uncarried {
+                // Kept for the account by the task's write path.
+                return Written::Resume(self, None);
+            }
             match conn.transport.send_parked(&conn.out) {
                 ParkedSend::Written => {
                     let items = std::mem::take(&mut conn.out);
                     conn.wrote(&items);
-                    conn.arm(Instant::now(), false);
+                    wrote = true;
                 }
                 ParkedSend::Rest(bytes) => {
                     let items = std::mem::take(&mut conn.out);
@@ -424,14 +435,23 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
                 ParkedSend::Unwritten => return Written::Resume(self, None),
             }
         }
+        if wrote {
+            // Its heartbeat's deadline, from the write.
+            self.conn.arm(Instant::now(), false);
+        }
         let handle = self.conn.handle.clone();
         let fd = self.fd;
         match handle.hold_parked(self, || parker.rewatch(fd, handle.id())) {
-            Ok(()) => Written::Parked,
+            Ok(()) => Written::Parked(handle.id()),
             Err(back) => Written::Resume(back, None),
         }
     }
 }
+
+/// Batches a parked connection writes when its queue wakes it, before it is resumed to write
+/// more: pushes that come while one is written are written too.
+#[cfg(unix)]
+const PARKED_BATCHES: usize = 4;
 
 impl<T: Transport> Conn<T> {
     /// The connection's span (`conn{id uid}`), for the frames it handles: a bind, a handler's
@@ -661,7 +681,10 @@ impl<T: Transport> Conn<T> {
 
     /// Cleans up after the connection ended, and says why it did.
     async fn finish(&mut self, end: End, rx: &OutboundReceiver) {
-        let undelivered = rx.shut(CloseRequest::Closed(end.reason.clone()));
+        // What was taken out of the queue and not written (a connection that could not be
+        // resumed to write it), ahead of what is still queued.
+        let mut undelivered = std::mem::take(&mut self.out);
+        undelivered.extend(rx.shut(CloseRequest::Closed(end.reason.clone())));
         handover::release(
             &self.hub,
             &self.handle,

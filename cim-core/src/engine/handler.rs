@@ -136,8 +136,10 @@ impl<'a> EventContext<'a> {
     }
 }
 
-/// Told about connection events. Methods run on the connection's task: keep them quick, and
-/// hand slow work to [`EventContext::send`], [`EventContext::kick`] or a task of your own.
+/// Told about connection events. Methods run on the connection's task (`on_delivered`, for a
+/// parked connection, on the node's parking thread, which writes for every parked connection):
+/// keep them quick, never block, and hand slow work to [`EventContext::send`],
+/// [`EventContext::kick`] or a task of your own.
 pub trait EventListener: Send + Sync + 'static {
     /// A connection bound.
     fn on_bound(&self, _ctx: &EventContext<'_>, _session: &Session) {}

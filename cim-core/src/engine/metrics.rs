@@ -58,7 +58,7 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         CONNECTIONS_PARKED,
-        "Long connections parked now: idle, without a task until input, a push or a timer resumes them."
+        "Long connections parked now: idle, without a task until input, a close or a timer resumes them (a push is written without)."
     );
     describe_counter!(
         CONNECTIONS_CLOSED,

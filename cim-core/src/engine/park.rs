@@ -39,7 +39,8 @@ const EVENTS: usize = 256;
 const WAKE: Token = Token(usize::MAX);
 
 /// A parked connection: its state, and how to start its task again. Held in the connection's
-/// queue, so that whatever wakes the queue resumes it.
+/// queue, so that whatever wakes the queue reaches it: a push is written from it
+/// ([`write_queued`](Self::write_queued)), anything else resumes it.
 pub(crate) trait Resume: Send + 'static {
     /// The socket watched while parked.
     fn fd(&self) -> RawFd;
@@ -60,8 +61,8 @@ pub(crate) trait Resume: Send + 'static {
 
 /// What [`Resume::write_queued`] did.
 pub(crate) enum Written {
-    /// Wrote what was queued; parked again.
-    Parked,
+    /// Wrote what was queued; connection `ConnId` is parked again.
+    Parked(ConnId),
     /// The connection is to be resumed, with the rest of what it began to write.
     Resume(Box<dyn Resume>, Option<Box<Rest>>),
 }
@@ -225,6 +226,36 @@ impl Parker {
         }
     }
 
+    /// Has a connection woken by its queue write what was queued, and resumes it if it has to
+    /// be. A panic there (a codec's, an event listener's) ends that connection alone, as it
+    /// would end its task, not the parking thread.
+    fn write_queued(&self, entry: Box<dyn Resume>) {
+        let written =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.write_queued(self)));
+        match written {
+            Ok(Written::Resume(entry, rest)) => self.resume(entry, rest),
+            Ok(Written::Parked(id)) => {
+                // The runtime went away meanwhile, and `runtime_gone` did not find it held.
+                if lock(&self.runtime).is_none()
+                    && let Some(entry) = self
+                        .hub
+                        .get()
+                        .and_then(Weak::upgrade)
+                        .and_then(|hub| hub.live.get(id))
+                        .and_then(|h| h.take_parked())
+                {
+                    self.release(&*entry);
+                }
+            }
+            Err(_) => {
+                // Its state, socket and all, was dropped on the way out.
+                warn!("a parked connection's write panicked; the connection is closed");
+                self.parked.fetch_sub(1, Ordering::Relaxed);
+                self.gauge.decrement(1.0);
+            }
+        }
+    }
+
     /// Resumes a connection taken out of its queue.
     fn resume(&self, entry: Box<dyn Resume>, rest: Option<Box<Rest>>) {
         self.release(&*entry);
@@ -288,9 +319,7 @@ fn watch(mut poll: Poll, parker: &Weak<Parker>) {
         };
         let _entered = rt.enter();
         for entry in woken {
-            if let Written::Resume(entry, rest) = entry.write_queued(&p) {
-                p.resume(entry, rest);
-            }
+            p.write_queued(entry);
         }
         for entry in ready {
             p.resume(entry, None);

@@ -82,8 +82,12 @@ pub trait Transport: Send + 'static {
     /// [`unpark`](Self::unpark), before anything else is written.
     #[cfg(unix)]
     fn send_rest(&mut self, rest: bytes::Bytes) -> impl Future<Output = Result<()>> + Send {
-        let _ = rest;
-        async { Ok(()) }
+        let n = rest.len();
+        async move {
+            Err(crate::error::Error::Io(std::io::Error::other(format!(
+                "{n} bytes left by a parked write, and this transport cannot write them"
+            ))))
+        }
     }
 }
 
