@@ -131,6 +131,34 @@ async fn a_push_to_a_parked_connection_does_not_resume_it() {
     parked(&server, 9).await;
 }
 
+/// A broadcast to many parked connections (more than the parking thread writes to itself: the
+/// writes are spread over the runtime's tasks) reaches every one, and none is resumed.
+#[tokio::test]
+async fn a_broadcast_to_parked_connections_does_not_resume_them() {
+    let conn = ConnectionConfig {
+        park_after: Duration::from_secs(60),
+        ..ConnectionConfig::default()
+    };
+    let (server, _) = start_with(conn, WsSettings::default(), |b| b).await;
+    let mut clients = Vec::new();
+    for i in 0..300 {
+        clients.push(bound_tcp(&server, &format!("b{i}")).await);
+    }
+    parked(&server, 300).await;
+    for round in 0..2 {
+        let sent = server
+            .hub()
+            .broadcast(message_to("", &format!("all {round}")))
+            .await
+            .unwrap();
+        assert_eq!(sent.delivered, 300);
+        for c in &mut clients {
+            assert_eq!(c.message().await.content, format!("all {round}"));
+        }
+        assert_eq!(server.hub().parked_connections(), 300, "round {round}");
+    }
+}
+
 /// Pushed to a parked connection whose peer reads nothing: written from the parked state while
 /// the sockets take them (some 3 MB here), until one write is taken in part; that resumes the
 /// connection, which finishes it, the messages pushed after it wait their turn, and the peer,

@@ -35,6 +35,10 @@ use crate::engine::locks::lock;
 /// Readiness events taken from the set at once.
 const EVENTS: usize = 256;
 
+/// Parked connections the thread writes to itself when their queues woke them; more at once
+/// (a fan-out) are written by tasks of the runtime, this many a task.
+const WRITES_HERE: usize = 64;
+
 /// The token of the set's own waker (connection ids start at 1 and never reach it).
 const WAKE: Token = Token(usize::MAX);
 
@@ -318,8 +322,25 @@ fn watch(mut poll: Poll, parker: &Weak<Parker>) {
             continue;
         };
         let _entered = rt.enter();
-        for entry in woken {
-            p.write_queued(entry);
+        if woken.len() <= WRITES_HERE {
+            for entry in woken {
+                p.write_queued(entry);
+            }
+        } else {
+            // A fan-out: its writes spread over the runtime's workers, a share a task.
+            let mut woken = woken.into_iter();
+            loop {
+                let share: Vec<_> = woken.by_ref().take(WRITES_HERE).collect();
+                if share.is_empty() {
+                    break;
+                }
+                let parker = Arc::clone(&p);
+                rt.spawn(async move {
+                    for entry in share {
+                        parker.write_queued(entry);
+                    }
+                });
+            }
         }
         for entry in ready {
             p.resume(entry, None);
