@@ -399,6 +399,11 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
     }
 
     fn write_queued(mut self: Box<Self>, parker: &Parker) -> Written {
+        // Busy (it read or wrote within `park_after`): its task would write again soon, and
+        // writes it better (from the runtime's workers, a batch at a time).
+        if !self.conn.idle_enough(Instant::now()) {
+            return Written::Resume(self, None);
+        }
         let mut wrote = false;
         // A few batches, for pushes that came while one was written; more resume it.
         for _ in 0..PARKED_BATCHES {

@@ -10,9 +10,11 @@
 //! the task resumes the connection in a new one: input or a hang-up on the socket (the thread
 //! finds the queue through the node's live set), a push or a close request in its queue, its
 //! heartbeat's deadline (which reaches it through the queue too). Resuming costs a spawn and two
-//! registrations; the thread does it, one connection after another. A push alone does not
-//! resume it: the thread writes what was queued straight from the parked state, and the
-//! connection is resumed only if its socket does not take it all at once.
+//! registrations; the thread does it, one connection after another. A push to a connection that
+//! has idled for its `park_after` does not resume it: what was queued is written straight from
+//! the parked state (by this thread, or for a fan-out by tasks of the runtime), and the
+//! connection is resumed only if its socket does not take it all at once. One that is pushed to
+//! again within `park_after` is resumed: a task serves a busy connection better.
 //!
 //! Parked connections end with the node's shutdown like any other. A runtime dropped without
 //! it drops its parked connections' states too (closing their sockets), as it drops tasks.
@@ -56,9 +58,10 @@ pub(crate) trait Resume: Send + 'static {
     /// Its queue woke it (a push, a close request, a deadline): hands it to the parking thread
     /// ([`Parker::woke`]).
     fn wake(self: Box<Self>);
-    /// Woken by its queue: writes what is queued without a task, if that is all there is to do
-    /// and the socket takes it at once, and holds the state in its queue again, watched by
-    /// `parker`; otherwise hands it back to be resumed. Called on the parking thread, inside
+    /// Woken by its queue: writes what is queued without a task, if that is all there is to do,
+    /// the connection has idled for its `park_after` (a busy one is resumed: its task writes
+    /// better) and the socket takes it at once, and holds the state in its queue again, watched
+    /// by `parker`; otherwise hands it back to be resumed. Called on the parking thread, inside
     /// the runtime's context.
     fn write_queued(self: Box<Self>, parker: &Parker) -> Written;
 }
