@@ -12,7 +12,14 @@ use crate::ctx::{Ctx, say};
 use crate::pool::Pool;
 use crate::stats::{describe, percentiles, rate};
 
-pub async fn broadcast(ctx: &Ctx, n: usize, count: u32, burst: u32) -> anyhow::Result<Value> {
+/// `idle`: how long the clients idle before each round (else 100 ms between rounds).
+pub async fn broadcast(
+    ctx: &Ctx,
+    n: usize,
+    count: u32,
+    burst: u32,
+    idle: Option<Duration>,
+) -> anyhow::Result<Value> {
     ctx.single("broadcast")?;
     ctx.check_fd_limits(n + 1)?;
     let http = ctx
@@ -28,6 +35,9 @@ pub async fn broadcast(ctx: &Ctx, n: usize, count: u32, burst: u32) -> anyhow::R
     let mut rounds = Vec::new();
     let per_round = n as u64 * u64::from(burst);
     for k in 1..=count {
+        if let Some(idle) = idle {
+            tokio::time::sleep(idle).await;
+        }
         let sent_us = counters.clock.micros();
         for _ in 0..burst {
             let body = json!({ "action": "2", "content": counters.clock.stamp(100) });
@@ -46,7 +56,9 @@ pub async fn broadcast(ctx: &Ctx, n: usize, count: u32, burst: u32) -> anyhow::R
                 .saturating_sub(sent_us),
         );
         rounds.push(took);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if idle.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let cpu = ctx.server.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
     let best = rounds.iter().min().copied().unwrap_or_default();
@@ -75,6 +87,7 @@ pub async fn broadcast(ctx: &Ctx, n: usize, count: u32, burst: u32) -> anyhow::R
     pool.close();
     Ok(json!({
         "scenario": "broadcast", "connections": n, "count": count, "burst": burst,
+        "idle_ms": idle.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         "deliveries_per_sec": per_sec, "latency": percentiles(&latency),
         "round_ms": rounds.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
         "server_cpu_seconds": cpu,

@@ -125,6 +125,11 @@ pub enum Scenario {
         /// stream of messages to everyone; each round ends when all have arrived).
         #[arg(long, default_value_t = 1)]
         burst: u32,
+        /// Before each round, the clients idle this long, in milliseconds (a lone broadcast to
+        /// idle connections, which a server may treat otherwise than ones that have just been
+        /// written to). Without it: none before the first round, 100 between rounds.
+        #[arg(long)]
+        idle_ms: Option<u64>,
     },
     /// A cluster of two nodes on a Redis that cim-bench starts (redis-server on a free port of
     /// 127.0.0.1, append-only file fsynced at every write): N subscribers on the second node, a

@@ -210,8 +210,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (plan, via, http_conns) = push_plan(&cli.scenario)?;
             push::push(&ctx, plan, via, http_conns).await?
         }
-        Scenario::Broadcast { n, count, burst } => {
-            broadcast::broadcast(&ctx, n, count, burst.max(1)).await?
+        Scenario::Broadcast {
+            n,
+            count,
+            burst,
+            idle_ms,
+        } => {
+            let idle = idle_ms.map(std::time::Duration::from_millis);
+            broadcast::broadcast(&ctx, n, count, burst.max(1), idle).await?
         }
         Scenario::Storm { n } => storm::storm(&mut ctx, n).await?,
         Scenario::Cluster {
