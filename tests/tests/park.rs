@@ -100,24 +100,36 @@ impl cim_core::engine::EventListener for Delivered {
 const PARK_AFTER: Duration = Duration::from_millis(500);
 const IDLE: Duration = Duration::from_millis(700);
 
+fn parks_after_idle() -> ConnectionConfig {
+    ConnectionConfig {
+        park_after: PARK_AFTER,
+        ..ConnectionConfig::default()
+    }
+}
+
+/// `n` clients bound as `{prefix}0`, `{prefix}1`, …, once they have all parked.
+async fn bound_and_parked(server: &RunningServer, prefix: &str, n: usize) -> Vec<TcpClient> {
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(bound_tcp(server, &format!("{prefix}{i}")).await);
+    }
+    parked(server, n).await;
+    clients
+}
+
 /// A push to a connection that has idled for `park_after` is written from its parked state: a
 /// connection resumed to write would stay unparked for `park_after`, and these stay parked. The
 /// deliveries are reported as from a task. A second push soon after finds the connection busy,
 /// and resumes it.
 #[tokio::test]
 async fn a_push_to_an_idle_parked_connection_does_not_resume_it() {
-    let conn = ConnectionConfig {
-        park_after: PARK_AFTER,
-        ..ConnectionConfig::default()
-    };
     let delivered = Arc::new(Delivered::default());
     let listener = Arc::clone(&delivered);
-    let (server, _) = start_with(conn, WsSettings::default(), |b| b.event_listener(listener)).await;
-    let mut clients = Vec::new();
-    for i in 0..10 {
-        clients.push(bound_tcp(&server, &format!("w{i}")).await);
-    }
-    parked(&server, 10).await;
+    let (server, _) = start_with(parks_after_idle(), WsSettings::default(), |b| {
+        b.event_listener(listener)
+    })
+    .await;
+    let mut clients = bound_and_parked(&server, "w", 10).await;
     for round in 0..3 {
         tokio::time::sleep(IDLE).await;
         for (i, c) in clients.iter_mut().enumerate() {
@@ -146,16 +158,8 @@ async fn a_push_to_an_idle_parked_connection_does_not_resume_it() {
 /// the writes are spread over the runtime's tasks) reaches every one, and none is resumed.
 #[tokio::test]
 async fn a_broadcast_to_idle_parked_connections_does_not_resume_them() {
-    let conn = ConnectionConfig {
-        park_after: PARK_AFTER,
-        ..ConnectionConfig::default()
-    };
-    let (server, _) = start_with(conn, WsSettings::default(), |b| b).await;
-    let mut clients = Vec::new();
-    for i in 0..300 {
-        clients.push(bound_tcp(&server, &format!("b{i}")).await);
-    }
-    parked(&server, 300).await;
+    let (server, _) = start_with(parks_after_idle(), WsSettings::default(), |b| b).await;
+    let mut clients = bound_and_parked(&server, "b", 300).await;
     for round in 0..2 {
         tokio::time::sleep(IDLE).await;
         let sent = server
@@ -178,11 +182,7 @@ async fn a_broadcast_to_idle_parked_connections_does_not_resume_them() {
 /// takes only in part is finished by the resumed connection: transport/tcp.rs tests it.)
 #[tokio::test]
 async fn a_burst_to_a_parked_connection_arrives_whole_and_in_order() {
-    let conn = ConnectionConfig {
-        park_after: PARK_AFTER,
-        ..ConnectionConfig::default()
-    };
-    let (server, _) = start_with(conn, WsSettings::default(), |b| b).await;
+    let (server, _) = start_with(parks_after_idle(), WsSettings::default(), |b| b).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr("tcp").unwrap()).await.unwrap();

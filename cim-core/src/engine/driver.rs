@@ -168,22 +168,9 @@ fn run<T: Transport, G: Send + 'static>(
         let end = 'run: {
             match start {
                 Start::Fresh => conn.start(),
-                // Parked, its only deadline was its heartbeat's: now it may park again (set in
-                // the timer's branch below instead, if it was the heartbeat that woke it).
+                // Boxed, as the other rare work: one pointer in the task while it runs.
                 Start::Resumed(rest) => {
-                    if let Some(rest) = rest
-                        && let Err(end) = Box::pin(conn.write_rest(*rest)).await
-                    {
-                        break 'run end;
-                    }
-                    #[cfg(unix)]
-                    if !rx.is_due() {
-                        conn.arm(Instant::now(), true);
-                    }
-                    // What it was resumed to write.
-                    if !conn.out.is_empty()
-                        && let Err(end) = Box::pin(conn.flush(&rx)).await
-                    {
+                    if let Err(end) = Box::pin(conn.resumed(rest, &rx)).await {
                         break 'run end;
                     }
                 }
@@ -585,6 +572,24 @@ impl<T: Transport> Conn<T> {
         // Released rather than cleared: an idle connection keeps no batch buffer.
         let items = std::mem::take(&mut self.out);
         self.written(res, stall, &items)
+    }
+
+    /// What a resumed connection does first: writes the rest of a write begun while it was
+    /// parked, and what it was resumed to write. Parked, its only deadline was its heartbeat's:
+    /// now it may park again, so that is set here (or in the loop's timer branch, if it was the
+    /// heartbeat that woke it).
+    async fn resumed(&mut self, rest: Option<Box<Rest>>, rx: &OutboundReceiver) -> Result<(), End> {
+        if let Some(rest) = rest {
+            self.write_rest(*rest).await?;
+        }
+        #[cfg(unix)]
+        if !rx.is_due() {
+            self.arm(Instant::now(), true);
+        }
+        if !self.out.is_empty() {
+            self.flush(rx).await?;
+        }
+        Ok(())
     }
 
     /// Writes the rest of a write begun while the connection was parked.
