@@ -127,7 +127,9 @@ pub enum Scenario {
         burst: u32,
         /// Before each round, the clients idle this long, in milliseconds (a lone broadcast to
         /// idle connections, which a server may treat otherwise than ones that have just been
-        /// written to). Without it: none before the first round, 100 between rounds.
+        /// written to: cim-server writes to a connection idle longer than its
+        /// `connection.park_after_ms` without resuming its task). The server's CPU figure
+        /// counts the idle time too. Without it: none before the first round, 100 ms between.
         #[arg(long)]
         idle_ms: Option<u64>,
     },

@@ -1,7 +1,8 @@
 //! Parked connections (`connection.park_after_ms`): an idle plain TCP connection gives up its
-//! task; a push is written from its parked state, and whatever else would have woken the task
-//! resumes it — input, a hang-up, its heartbeat, a kick, a shutdown, a write its socket cannot
-//! take at once — with nothing lost on the way.
+//! task; a push to one that has idled for `park_after` is written from its parked state, and
+//! whatever else would have woken the task resumes it — input, a hang-up, its heartbeat, a kick,
+//! a shutdown, a push sooner, a write its socket cannot take at once — with nothing lost on the
+//! way.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -52,8 +53,8 @@ async fn no_session(server: &RunningServer, uid: &str) -> bool {
         .is_empty()
 }
 
-/// A bound connection parks at once; a push reaches it while it stays parked, and so does the
-/// next one; many at once arrive whole and in order.
+/// A bound connection parks at once; a push reaches it (resuming it: it has just bound), it
+/// parks again, and so on; many at once arrive whole and in order.
 #[tokio::test]
 async fn a_push_reaches_a_parked_connection() {
     let server = start_parking(Duration::from_millis(100)).await;
@@ -100,13 +101,6 @@ impl cim_core::engine::EventListener for Delivered {
 const PARK_AFTER: Duration = Duration::from_millis(500);
 const IDLE: Duration = Duration::from_millis(700);
 
-fn parks_after_idle() -> ConnectionConfig {
-    ConnectionConfig {
-        park_after: PARK_AFTER,
-        ..ConnectionConfig::default()
-    }
-}
-
 /// `n` clients bound as `{prefix}0`, `{prefix}1`, …, once they have all parked.
 async fn bound_and_parked(server: &RunningServer, prefix: &str, n: usize) -> Vec<TcpClient> {
     let mut clients = Vec::new();
@@ -123,12 +117,13 @@ async fn bound_and_parked(server: &RunningServer, prefix: &str, n: usize) -> Vec
 /// and resumes it.
 #[tokio::test]
 async fn a_push_to_an_idle_parked_connection_does_not_resume_it() {
+    let conn = ConnectionConfig {
+        park_after: PARK_AFTER,
+        ..ConnectionConfig::default()
+    };
     let delivered = Arc::new(Delivered::default());
     let listener = Arc::clone(&delivered);
-    let (server, _) = start_with(parks_after_idle(), WsSettings::default(), |b| {
-        b.event_listener(listener)
-    })
-    .await;
+    let (server, _) = start_with(conn, WsSettings::default(), |b| b.event_listener(listener)).await;
     let mut clients = bound_and_parked(&server, "w", 10).await;
     for round in 0..3 {
         tokio::time::sleep(IDLE).await;
@@ -143,6 +138,8 @@ async fn a_push_to_an_idle_parked_connection_does_not_resume_it() {
     })
     .await;
     // Busy: pushed to again at once, it is resumed.
+    tokio::time::sleep(IDLE).await;
+    assert_receives(&server, &mut clients[0], "w0", "once").await;
     assert_receives(&server, &mut clients[0], "w0", "again").await;
     assert_eq!(server.hub().parked_connections(), 9);
     parked(&server, 10).await;
@@ -154,11 +151,12 @@ async fn a_push_to_an_idle_parked_connection_does_not_resume_it() {
     parked(&server, 9).await;
 }
 
-/// A broadcast to many idle parked connections (more than the parking thread writes to itself:
-/// the writes are spread over the runtime's tasks) reaches every one, and none is resumed.
+/// A broadcast to many idle parked connections (more than the parking thread writes to itself,
+/// when they wake at once: the writes are then spread over the runtime's tasks) reaches every
+/// one, and none is resumed.
 #[tokio::test]
 async fn a_broadcast_to_idle_parked_connections_does_not_resume_them() {
-    let (server, _) = start_with(parks_after_idle(), WsSettings::default(), |b| b).await;
+    let server = start_parking(PARK_AFTER).await;
     let mut clients = bound_and_parked(&server, "b", 300).await;
     for round in 0..2 {
         tokio::time::sleep(IDLE).await;
@@ -182,7 +180,7 @@ async fn a_broadcast_to_idle_parked_connections_does_not_resume_them() {
 /// takes only in part is finished by the resumed connection: transport/tcp.rs tests it.)
 #[tokio::test]
 async fn a_burst_to_a_parked_connection_arrives_whole_and_in_order() {
-    let (server, _) = start_with(parks_after_idle(), WsSettings::default(), |b| b).await;
+    let server = start_parking(PARK_AFTER).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr("tcp").unwrap()).await.unwrap();

@@ -6,15 +6,16 @@
 //! listener's `park_after`, gives both up: its task moves its state into a box held in its own
 //! queue, its transport gives up its registration
 //! ([`Transport::park`](crate::engine::Transport::park)), and its socket is watched by an
-//! `epoll` (`kqueue`) set of the node's, on a thread of its own. Anything that would have woken
-//! the task resumes the connection in a new one: input or a hang-up on the socket (the thread
-//! finds the queue through the node's live set), a push or a close request in its queue, its
-//! heartbeat's deadline (which reaches it through the queue too). Resuming costs a spawn and two
-//! registrations; the thread does it, one connection after another. A push to a connection that
-//! has idled for its `park_after` does not resume it: what was queued is written straight from
-//! the parked state (by this thread, or for a fan-out by tasks of the runtime), and the
-//! connection is resumed only if its socket does not take it all at once. One that is pushed to
-//! again within `park_after` is resumed: a task serves a busy connection better.
+//! `epoll` (`kqueue`) set of the node's, on a thread of its own. What would have woken the task
+//! resumes the connection in a new one: input or a hang-up on the socket (the thread finds the
+//! queue through the node's live set), a close request in its queue, its heartbeat's deadline
+//! (which reaches it through the queue too). Resuming costs a spawn and two registrations. A
+//! push to a connection that has idled for its `park_after` does not resume it: what was queued
+//! is written straight from the parked state (by this thread, or for a fan-out by tasks of the
+//! runtime, which resume the connections that need it), and the connection is resumed only if
+//! its socket does not take it all at once. A push to one that has read or written within
+//! `park_after` (one just bound, one pushed to a moment ago) resumes it: a task serves a busy
+//! connection better.
 //!
 //! Parked connections end with the node's shutdown like any other. A runtime dropped without
 //! it drops its parked connections' states too (closing their sockets), as it drops tasks.
@@ -45,7 +46,7 @@ const WRITES_HERE: usize = 64;
 const WAKE: Token = Token(usize::MAX);
 
 /// A parked connection: its state, and how to start its task again. Held in the connection's
-/// queue, so that whatever wakes the queue reaches it: a push is written from it
+/// queue, so that whatever wakes the queue reaches it: a push to an idle one is written from it
 /// ([`write_queued`](Self::write_queued)), anything else resumes it.
 pub(crate) trait Resume: Send + 'static {
     /// The socket watched while parked.
@@ -61,8 +62,8 @@ pub(crate) trait Resume: Send + 'static {
     /// Woken by its queue: writes what is queued without a task, if that is all there is to do,
     /// the connection has idled for its `park_after` (a busy one is resumed: its task writes
     /// better) and the socket takes it at once, and holds the state in its queue again, watched
-    /// by `parker`; otherwise hands it back to be resumed. Called on the parking thread, inside
-    /// the runtime's context.
+    /// by `parker`; otherwise hands it back to be resumed. Called on the parking thread, or for
+    /// a fan-out on a task of the runtime.
     fn write_queued(self: Box<Self>, parker: &Parker) -> Written;
 }
 
@@ -275,6 +276,21 @@ fn token(id: ConnId) -> Option<Token> {
     usize::try_from(id.0).ok().map(Token).filter(|t| *t != WAKE)
 }
 
+/// Parked connections a task of the runtime writes to (a share of a fan-out). Those it has not
+/// reached when it is dropped unrun (its runtime went away) are counted out as they go.
+struct Share {
+    parker: Arc<Parker>,
+    left: std::vec::IntoIter<Box<dyn Resume>>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        for entry in self.left.by_ref() {
+            self.parker.release(&*entry);
+        }
+    }
+}
+
 /// Dropped with the runtime parked connections are resumed in.
 struct RuntimeGone(Weak<Parker>);
 
@@ -337,10 +353,13 @@ fn watch(mut poll: Poll, parker: &Weak<Parker>) {
                 if share.is_empty() {
                     break;
                 }
-                let parker = Arc::clone(&p);
+                let mut share = Share {
+                    parker: Arc::clone(&p),
+                    left: share.into_iter(),
+                };
                 rt.spawn(async move {
-                    for entry in share {
-                        parker.write_queued(entry);
+                    for entry in share.left.by_ref() {
+                        share.parker.write_queued(entry);
                     }
                 });
             }

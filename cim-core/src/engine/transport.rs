@@ -67,8 +67,9 @@ pub trait Transport: Send + 'static {
     }
 
     /// Parked, encodes `items` and writes as much of them as the socket takes at once, without
-    /// waiting and without the runtime (the engine calls it on its parking thread, so that a
-    /// message to an idle connection does not cost a task). The default writes nothing
+    /// waiting and without the runtime's I/O (the engine calls it on its parking thread, or for
+    /// a fan-out on tasks of the runtime, so that a message to an idle connection does not cost
+    /// a resume). The default writes nothing
     /// ([`ParkedSend::Unwritten`]): the connection is then resumed to write them with
     /// [`send`](Self::send). A transport that returns [`ParkedSend::Rest`] implements
     /// [`send_rest`](Self::send_rest).
@@ -192,8 +193,9 @@ pub struct ConnectionConfig {
     pub protocol: &'static str,
     /// Idle this long (nothing read or written), or at once after it binds, a connection is
     /// parked: its task ends and its socket and queue are watched by the node, until input, a
-    /// close request or its heartbeat resumes it in a new task. What is pushed to it is written
-    /// from the parked state, and resumes it only when the socket does not take it at once. A
+    /// close request or its heartbeat resumes it in a new task. What is pushed to it once it has
+    /// idled this long is written from the parked state (resuming it only when the socket does
+    /// not take it at once); a push sooner than that after a read or write resumes it. A
     /// parked TCP connection keeps under half the memory of an idle one with a task
     /// (BENCHMARKS.md); a resume costs a spawn and two registrations. Only for
     /// transports that can park (`Transport::parks`, on Unix) and connections started with
