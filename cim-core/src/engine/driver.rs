@@ -125,8 +125,8 @@ pub fn serve_connection<T: Transport>(
 /// connection is parked when it idles for the listener's
 /// [`park_after`](ConnectionConfig::park_after) and its transport [parks](Transport::parks):
 /// its task ends and its state waits, much smaller, until it is resumed in a new one (what is
-/// pushed to it meanwhile is written without resuming it, when the socket takes it at once; see
-/// [`Transport::send_parked`]). `guard`
+/// pushed to it once it has idled for `park_after` is written without resuming it, when the
+/// socket takes it at once; see [`Transport::send_parked`]). `guard`
 /// is dropped when the connection has ended (a connection-limit permit, say). Must be called
 /// inside the runtime.
 pub fn spawn_connection<T: Transport, G: Send + 'static>(
