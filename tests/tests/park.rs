@@ -137,11 +137,13 @@ async fn a_push_to_an_idle_parked_connection_does_not_resume_it() {
         async move { n == 30 }
     })
     .await;
-    // Busy: pushed to again at once, it is resumed.
+    // Busy: pushed to again well within `park_after` (but after the first write is done: a
+    // push that comes while one is written is written with it), it is resumed.
     tokio::time::sleep(IDLE).await;
     assert_receives(&server, &mut clients[0], "w0", "once").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_receives(&server, &mut clients[0], "w0", "again").await;
-    assert_eq!(server.hub().parked_connections(), 9);
+    parked(&server, 9).await;
     parked(&server, 10).await;
     // Still a connection like any other: input resumes it.
     clients[1]
