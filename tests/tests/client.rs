@@ -232,14 +232,7 @@ async fn stop_resume_and_destroy() {
 
 async fn eventually_unbound(server: &RunningServer, uid: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !server
-        .hub()
-        .sessions()
-        .sessions(uid)
-        .await
-        .unwrap()
-        .is_empty()
-    {
+    while !no_session(server, uid).await {
         assert!(tokio::time::Instant::now() < deadline, "{uid} still bound");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

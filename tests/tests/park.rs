@@ -42,17 +42,6 @@ async fn parked(server: &RunningServer, n: usize) {
     .await;
 }
 
-/// Whether `uid` has no session left.
-async fn no_session(server: &RunningServer, uid: &str) -> bool {
-    server
-        .hub()
-        .sessions()
-        .sessions(uid)
-        .await
-        .unwrap()
-        .is_empty()
-}
-
 /// A bound connection parks at once; a push reaches it (resuming it: it has just bound), it
 /// parks again, and so on; many at once arrive whole and in order.
 #[tokio::test]

@@ -65,7 +65,7 @@ impl Deadlines {
     /// The key of a deadline at `at`: its milliseconds rounded up.
     fn key(&self, at: Instant) -> u64 {
         let ms = self.millis(at);
-        if at.saturating_duration_since(self.epoch) > Duration::from_millis(ms) {
+        if self.instant(ms) < at {
             ms.saturating_add(1)
         } else {
             ms

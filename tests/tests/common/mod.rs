@@ -46,6 +46,17 @@ where
     }
 }
 
+/// Whether `uid` has no session left on `server`.
+pub async fn no_session(server: &RunningServer, uid: &str) -> bool {
+    server
+        .hub()
+        .sessions()
+        .sessions(uid)
+        .await
+        .unwrap()
+        .is_empty()
+}
+
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
