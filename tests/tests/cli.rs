@@ -6,7 +6,7 @@
     missing_docs
 )]
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;

@@ -13,7 +13,7 @@
     missing_docs
 )]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

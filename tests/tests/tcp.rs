@@ -6,7 +6,7 @@
     missing_docs
 )]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

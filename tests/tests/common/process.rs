@@ -23,26 +23,27 @@ pub fn server_binary() -> PathBuf {
 }
 
 /// Binary `bin` of package `package` in this build, built on first use.
+///
+/// The first call builds every binary of the workspace, with the examples, as `cargo test
+/// --workspace` resolves their features: after that command it has nothing left to do. (A build
+/// of the one package would resolve features for it alone, and build the server a second time in
+/// another configuration.)
 pub fn built_binary(package: &str, bin: &str) -> PathBuf {
-    static BUILT: OnceLock<std::sync::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
-    built
-        .entry(bin.to_owned())
-        .or_insert_with(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", package, "--bin", bin])
-                .status()
-                .expect("running cargo build");
-            assert!(status.success(), "building {bin} failed");
-            // This test binary lives in target/<profile>/deps/.
-            let exe = std::env::current_exe().unwrap();
-            let dir = exe.parent().unwrap().parent().unwrap();
-            let path = dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
-            assert!(path.exists(), "{} not found", path.display());
-            path
-        })
-        .clone()
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--workspace", "--bins", "--examples"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the workspace's binaries failed");
+    });
+    // This test binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} (of {package}) not found", path.display());
+    path
 }
 
 /// A running `cim-server`; killed when dropped.
