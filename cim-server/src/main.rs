@@ -238,8 +238,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'stati
     })
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let settings = Settings::load(args.config.as_deref(), std::env::vars())?;
+async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
     let filter = log_filter(&settings)?;
     if args.print_config {
         print!("{}", settings.to_toml());
@@ -330,17 +329,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Read before the runtime starts: `worker_threads` sizes it.
+    let settings = match Settings::load(args.config.as_deref(), std::env::vars()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cim-server: {:#}", anyhow::Error::from(e));
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if settings.worker_threads > 0 {
+        builder.worker_threads(settings.worker_threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cim-server: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cim-server: {e:#}");

@@ -452,6 +452,34 @@ fn bad_configuration_stops_startup_naming_the_key() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `worker_threads` sizes the runtime: one worker per core unless set, as many as it says
+/// otherwise; 1025 is refused, naming the key.
+#[test]
+fn worker_threads_size_the_runtime() {
+    // The runtime's threads, by name (its blocking threads, none at start-up, share it).
+    let workers = |p: &ServerProcess| {
+        std::fs::read_dir(format!("/proc/{}/task", p.child.id()))
+            .unwrap()
+            .filter(|t| {
+                let comm = t.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "tokio-rt-worker")
+            })
+            .count()
+    };
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(workers(&ServerProcess::start(&[])), cores);
+    for n in [1, 3] {
+        let p = ServerProcess::start(&[("CIM_WORKER_THREADS", &n.to_string())]);
+        assert_eq!(workers(&p), n);
+    }
+    let (code, _, err) = run_once(&[], &[("CIM_WORKER_THREADS", "1025")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("worker_threads") && err.contains("1025"),
+        "{err}"
+    );
+}
+
 /// Every configuration error is printed once, names the key and the value (and the values
 /// allowed, for a choice); the command-line client's `CIM_API_KEY` in the environment does not
 /// stop the server; a public listener without bind tokens is refused unless anonymous binds are

@@ -71,7 +71,7 @@ const SECTIONS: &[&str] = &[
 ];
 
 /// The keys outside any section, as `CIM_<KEY>` variables name them.
-const TOP_KEYS: &[&str] = &["node", "node_id", "max_connections"];
+const TOP_KEYS: &[&str] = &["node", "node_id", "max_connections", "worker_threads"];
 
 /// Everything the server binary reads from configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +83,8 @@ pub struct Settings {
     pub node_id: u16,
     /// Connections accepted at once, over all listeners.
     pub max_connections: usize,
+    /// Threads of the binary's runtime, 1-1024; 0 (the default): one per core.
+    pub worker_threads: usize,
     /// CIM's binary protocol over TCP.
     pub tcp: ListenerSettings,
     /// WebSocket, protobuf or JSON.
@@ -111,6 +113,7 @@ impl Default for Settings {
             node: "node-0".into(),
             node_id: 0,
             max_connections: 100_000,
+            worker_threads: 0,
             tcp: ListenerSettings::tcp(),
             websocket: ListenerSettings::websocket(),
             xml: ListenerSettings::xml(),
@@ -278,6 +281,13 @@ impl Settings {
                 "connection.park_after_ms",
                 c.park_after_ms,
                 "must be 0 (never) to 4294967295",
+            ));
+        }
+        if self.worker_threads > 1024 {
+            return Err(invalid(
+                "worker_threads",
+                self.worker_threads,
+                "must be 0 (one per core) to 1024",
             ));
         }
         if self.max_connections == 0 || self.max_connections > u32::MAX as usize {

@@ -429,6 +429,24 @@ fn the_store_read_threads_hold_at_their_edges() {
     }
 }
 
+/// `worker_threads` is 0 (one per core) unless set, holds at 1024 and refuses 1025, naming the
+/// key and value.
+#[test]
+fn the_worker_threads_hold_at_their_edges() {
+    assert_eq!(Settings::load(None, env(&[])).unwrap().worker_threads, 0);
+    for (value, ok) in [("0", true), ("1", true), ("1024", true), ("1025", false)] {
+        let got = Settings::load(None, env(&[("CIM_WORKER_THREADS", value)]));
+        assert_eq!(got.is_ok(), ok, "{value}: {got:?}");
+        match got {
+            Ok(s) => assert_eq!(s.worker_threads.to_string(), value),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("worker_threads") && e.contains(value), "{e}");
+            }
+        }
+    }
+}
+
 /// With the HTTP API built in, it is on unless turned off.
 #[cfg(feature = "http")]
 #[test]
