@@ -25,9 +25,10 @@ pub fn server_binary() -> PathBuf {
 /// Binary `bin` of package `package` in this build, built on first use.
 ///
 /// The first call builds every binary of the workspace, with the examples, as `cargo test
-/// --workspace` resolves their features: after that command it has nothing left to do. (A build
-/// of the one package would resolve features for it alone, and build the server a second time in
-/// another configuration.)
+/// --workspace` resolves their features: after that command it only compiles and links the
+/// binaries that command builds as test harnesses alone (`cim`, `cim-bench`), on libraries
+/// already built. (A build of the one package would resolve features for it alone, and build
+/// the server a second time in another configuration.)
 pub fn built_binary(package: &str, bin: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
