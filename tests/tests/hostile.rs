@@ -87,6 +87,46 @@ async fn http_refuses_a_message_no_listener_carries() {
     assert_eq!(c.message().await.content.len(), 10);
 }
 
+/// A batch with a message no listener can carry is refused whole, with `413` naming the
+/// message and the limits: none of it is sent or stored.
+#[tokio::test]
+async fn http_refuses_a_batch_with_a_message_no_listener_carries() {
+    let p = ServerProcess::start(&[]);
+    let mut c = StreamClient::connect(p.addr("tcp"), cim_codec_binary::BinaryCodec::new()).await;
+    c.bind("big", "android", "d").await;
+    let batch = serde_json::json!({ "messages": [
+        { "receiver": "big", "content": "x".repeat(10) },
+        { "receiver": "big", "content": "x".repeat(70_000) },
+    ]});
+    let r = http(
+        p.addr("http"),
+        "POST",
+        "/api/v1/messages/batch",
+        &[JSON],
+        &batch.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let reason = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        reason.starts_with("messages[1]: the message is too large for every listener")
+            && reason.contains("tcp.max_frame"),
+        "{reason}"
+    );
+    assert_eq!(pending(&p, "big").await, 0);
+    // What arrives next is the next message, not the batch's first.
+    let r = http(
+        p.addr("http"),
+        "POST",
+        "/api/v1/messages",
+        &[JSON],
+        &big("big", 5),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(c.message().await.content.len(), 5);
+}
+
 /// A message one listener carries and the receiver's own connection's listener does not is
 /// not written there, and not lost: it is kept for the account, and a connection that can
 /// carry it gets it.
@@ -210,6 +250,44 @@ async fn client_message_refusals_reach_the_client_at_once() {
         }
     }
     assert!(client.send_message("bob", text("fine")).await.is_ok());
+}
+
+/// `client_message`s pipelined in one write are admitted one by one: the refused one is
+/// answered with its refusal and its `requestId`, the others are sent, in order.
+#[tokio::test]
+async fn pipelined_client_messages_are_admitted_one_by_one() {
+    let server = Server::builder()
+        .listener(Listener::binary(loopback()))
+        .admission(Arc::new(NoZ))
+        .start()
+        .await
+        .unwrap();
+    let mut bob = bound_tcp(&server, "bob").await;
+    let mut sender = bound_tcp(&server, "sender").await;
+    let mut out = bytes::BytesMut::new();
+    for (i, content) in ["a", "zz", "b"].into_iter().enumerate() {
+        let body = cim_core::SentBody::new("client_message")
+            .with("receiver", "bob")
+            .with("content", content)
+            .with("requestId", format!("r{i}"));
+        cim_core::StreamCodec::encode(
+            &mut cim_codec_binary::BinaryCodec::new(),
+            &Frame::Sent(body),
+            &mut out,
+        )
+        .unwrap();
+    }
+    sender.send_raw(&out).await;
+    for (i, want) in ["200", "413", "200"].into_iter().enumerate() {
+        let r = sender.reply().await;
+        assert_eq!(
+            (r.code.as_str(), r.data.get("requestId")),
+            (want, Some(format!("r{i}").as_str())),
+            "{r:?}"
+        );
+    }
+    assert_eq!(bob.message().await.content, "a");
+    assert_eq!(bob.message().await.content, "b");
 }
 
 /// A bind holds the account id to the same rule as the HTTP API: not empty, at most the

@@ -222,6 +222,78 @@ async fn counters_move_by_exactly_what_happened() {
     assert_eq!(shown, listed, "README's metrics table and /metrics differ");
 }
 
+/// Sends that travel together — a batch over the HTTP API, `client_message`s pipelined in one
+/// write — are counted as sends and stores one by one, as single sends are.
+#[tokio::test]
+async fn batched_and_pipelined_sends_are_counted() {
+    let p = ServerProcess::start(&[("CIM_HTTP__API_KEY", KEY)]);
+    let api = p.addr("http");
+    let before = scrape_with(api, KEY).await;
+    let mut alice = client(&p).await;
+    alice.bind("alice", "android", "dev-a").await;
+    let mut bob = client(&p).await;
+    bob.bind("bob", "android", "dev-b").await;
+
+    // Two to alice and one to carol, who is offline (stored), in one batch.
+    let answer = post(
+        api,
+        "/api/v1/messages/batch",
+        json!({"messages": [
+            {"receiver": "alice", "content": "b0"},
+            {"receiver": "carol", "content": "b1"},
+            {"receiver": "alice", "content": "b2"},
+        ]}),
+    )
+    .await;
+    let stored: Vec<_> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["stored"].as_bool().unwrap())
+        .collect();
+    assert_eq!(stored, [false, true, false]);
+
+    // The same from bob's connection, the three requests in one write.
+    let mut out = bytes::BytesMut::new();
+    for (i, to) in ["alice", "carol", "alice"].into_iter().enumerate() {
+        let body = SentBody::new("client_message")
+            .with("receiver", to)
+            .with("content", format!("p{i}"))
+            .with("requestId", format!("r{i}"));
+        cim_core::StreamCodec::encode(&mut BinaryCodec::new(), &Frame::Sent(body), &mut out)
+            .unwrap();
+    }
+    bob.send_raw(&out).await;
+    for i in 0..3 {
+        let r = bob.reply().await;
+        assert_eq!(
+            (r.code.as_str(), r.data.get("requestId")),
+            ("200", Some(format!("r{i}").as_str())),
+            "{r:?}"
+        );
+    }
+    for want in ["b0", "b2", "p0", "p2"] {
+        assert_eq!(alice.message().await.content, want);
+    }
+
+    expect_deltas(
+        api,
+        &before,
+        &[
+            ("cim_messages_sent_total{to=\"account\"}", 6.0),
+            ("cim_messages_stored_total", 2.0),
+            ("cim_messages_delivered_total", 4.0),
+            ("cim_store_append_seconds_count", 2.0),
+            (
+                "cim_http_requests_total{method=\"POST\",route=\"/api/v1/messages/batch\",status=\"200\"}",
+                1.0,
+            ),
+        ],
+    )
+    .await;
+    drop((alice, bob));
+}
+
 /// A client that does not read: once the socket's buffers and its queue of 4 are full, the
 /// push that finds the queue full is counted, once (the connection is then closing, so later
 /// pushes are refused as closed); the connection closes for its overflow once it has written

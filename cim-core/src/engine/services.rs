@@ -14,7 +14,7 @@ use crate::engine::router::{Router, Sent};
 use crate::engine::sessions::SessionManager;
 use crate::engine::shared::SharedMessage;
 use crate::engine::store::MessageStore;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::Message;
 
 /// Checks a message before it is routed or stored. A server refuses at the door what its
@@ -151,10 +151,54 @@ impl Services {
     }
 
     /// Sends each of `messages` as [`send`](Self::send) does, in order (through
-    /// [`Router::send_many`], which a cluster routes in one round trip).
+    /// [`Router::send_many`], which a cluster routes in one round trip): each is admitted
+    /// first, a refused one has its refusal in its place and the others are sent, and what is
+    /// sent and stored is counted as `send` counts it.
     pub async fn send_many(&self, messages: Vec<Message>) -> Vec<Result<Sent>> {
-        let stamped = messages.into_iter().map(|m| self.stamp(m)).collect();
-        self.router.send_many(stamped).await
+        let mut refusals: Vec<Option<Error>> = Vec::with_capacity(messages.len());
+        let mut admitted = Vec::with_capacity(messages.len());
+        for m in messages {
+            match self.admit(&m) {
+                Ok(()) => {
+                    refusals.push(None);
+                    admitted.push(self.stamp(m));
+                }
+                Err(e) => refusals.push(Some(e)),
+            }
+        }
+        let expected = admitted.len();
+        let mut routed = self.router.send_many(admitted).await.into_iter();
+        let (mut sent, mut stored) = (0, 0);
+        let results = refusals
+            .into_iter()
+            .map(|refusal| match refusal {
+                Some(e) => Err(e),
+                None => {
+                    let r = routed.next().unwrap_or_else(|| {
+                        Err(Error::unavailable(
+                            "router",
+                            format!("it answered fewer than the {expected} messages sent"),
+                        ))
+                    });
+                    if let Ok(s) = &r {
+                        sent += 1;
+                        stored += u64::from(s.stored);
+                        debug!(
+                            id = s.id,
+                            delivered = s.delivered,
+                            stored = s.stored,
+                            "sent"
+                        );
+                    }
+                    r
+                }
+            })
+            .collect();
+        self.metrics.sent(Target::Account).increment(sent);
+        if stored > 0 {
+            self.metrics.stored.increment(stored);
+        }
+        results
     }
 
     /// Sends `message` to every live connection tagged `tag`.

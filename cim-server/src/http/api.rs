@@ -144,11 +144,19 @@ pub async fn send_batch(
     for (i, m) in batch.messages.iter().enumerate() {
         check_message(m, true, &format!("messages[{i}]."), st.max_uid_bytes)?;
     }
-    let messages = batch
+    let messages: Vec<Message> = batch
         .messages
         .into_iter()
         .map(MessageIn::into_message)
         .collect();
+    // A message no listener can carry refuses the whole batch before any is sent, as a
+    // malformed one does.
+    for (i, m) in messages.iter().enumerate() {
+        st.hub.services().admit(m).map_err(|e| {
+            let e = ApiError::from(e);
+            ApiError::new(e.status, format!("messages[{i}]: {}", e.reason))
+        })?;
+    }
     // The first failure answers the request (the messages before it were sent).
     let results = st
         .hub

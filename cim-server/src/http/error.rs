@@ -116,7 +116,11 @@ impl From<cim_core::Error> for ApiError {
             E::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, e.to_string())
+        // A refusal's code is the status already: the reason is its message alone.
+        match e {
+            E::Reply { message, .. } => ApiError::new(status, message),
+            other => ApiError::new(status, other.to_string()),
+        }
     }
 }
 
