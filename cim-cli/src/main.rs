@@ -408,6 +408,10 @@ async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
             Event::Closed { reason, .. } => eprintln!("cim: connection closed: {reason}"),
             Event::Kicked(m) => {
                 client.destroy().await;
+                // The notice names the new device; an operator's kick names the operator.
+                if m.content == OPERATOR_KICK {
+                    bail!("{uid} was kicked by the server's operator");
+                }
                 bail!("{uid} was bound on another device ({})", m.content);
             }
             Event::Refused(r) => {
@@ -420,6 +424,10 @@ async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
     client.destroy().await;
     Ok(ExitCode::SUCCESS)
 }
+
+/// What the kick notice of an operator's kick names as the new device (the server's
+/// `cim_core::engine::OPERATOR`).
+const OPERATOR_KICK: &str = "admin";
 
 /// Percent-encodes a path segment.
 fn encode(s: &str) -> String {

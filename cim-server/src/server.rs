@@ -23,14 +23,15 @@ use crate::transport::ws::HandshakeCheck;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listening socket could not be opened.
-    #[error("cannot listen on {addr} ({protocol}): {source}")]
+    #[error("cannot listen on {addr} ({protocol}): {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The listener's protocol.
         protocol: &'static str,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, and so not also its source: a report of the chain would say it
+        /// twice).
+        error: std::io::Error,
     },
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
@@ -217,10 +218,10 @@ impl ServerBuilder {
         let mut bound = Vec::new();
         for (listener, tls) in &self.listeners {
             let name = listener.name(tls.is_some());
-            let failed = |source| ServerError::Bind {
+            let failed = |error| ServerError::Bind {
                 addr: listener.addr,
                 protocol: name,
-                source,
+                error,
             };
             let socket = listen(listener.addr).map_err(failed)?;
             let addr = socket.local_addr().map_err(failed)?;

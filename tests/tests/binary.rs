@@ -452,6 +452,32 @@ fn bad_configuration_stops_startup_naming_the_key() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A port another process holds stops start-up with one line that names the listener, the
+/// address and the system's reason, once.
+#[test]
+fn a_taken_port_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_once(
+        &[],
+        &[
+            ("CIM_STORE__PATH", dir.path().to_str().unwrap()),
+            ("CIM_TCP__PORT", &port),
+            ("CIM_WEBSOCKET__PORT", "0"),
+            ("CIM_XML__PORT", "0"),
+            ("CIM_HTTP__PORT", "0"),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port} (tcp)")),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    drop(taken);
+}
+
 /// `worker_threads` sizes the runtime: one worker per core unless set, as many as it says
 /// otherwise; 1025 is refused, naming the key.
 #[test]

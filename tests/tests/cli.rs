@@ -149,6 +149,23 @@ fn listen_and_send_in_two_terminals() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.matches("connected and bound in").count(), 2, "{out}");
     assert!(out.contains("2 round(s): min"), "{out}");
+
+    // An operator's kick ends the listener, and it says who kicked it.
+    let mut json = json;
+    let r = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::process::http(
+            p.addr("http"),
+            "DELETE",
+            "/api/v1/accounts/alice/sessions",
+            &[("x-api-key", KEY)],
+            "",
+        ));
+    assert_eq!(r.json()["kicked"], 1, "{r:?}");
+    wait_line(&json.stderr, "the operator's kick", |l| {
+        l.contains("alice was kicked by the server's operator")
+    });
+    assert_eq!(json.child.wait().unwrap().code(), Some(1));
 }
 
 #[test]

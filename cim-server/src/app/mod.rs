@@ -132,10 +132,10 @@ impl App {
             let addr = addrs.http;
             let socket = TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServerError::Bind {
+                .map_err(|error| ServerError::Bind {
                     addr,
                     protocol: "http",
-                    source,
+                    error,
                 })?;
             Some(socket)
         } else {
@@ -206,10 +206,10 @@ impl App {
         #[cfg(feature = "http")]
         let http = match http_socket {
             Some(socket) => {
-                let addr = socket.local_addr().map_err(|source| ServerError::Bind {
+                let addr = socket.local_addr().map_err(|error| ServerError::Bind {
                     addr: addrs.http,
                     protocol: "http",
-                    source,
+                    error,
                 })?;
                 let state = Arc::new(HttpState {
                     hub: Arc::clone(server.hub()),

@@ -477,11 +477,18 @@ impl Settings {
             return Err(invalid(
                 "http.api_key",
                 "\"\"",
-                format!(
-                    "required when the HTTP API listens off loopback (http.host = {}, {})",
-                    self.http.host,
-                    addrs.http.ip()
-                ),
+                if self.http.host.to_string() == addrs.http.ip().to_string() {
+                    format!(
+                        "required when the HTTP API listens off loopback (http.host = {})",
+                        self.http.host
+                    )
+                } else {
+                    format!(
+                        "required when the HTTP API listens off loopback (http.host = {}, {})",
+                        self.http.host,
+                        addrs.http.ip()
+                    )
+                },
             ));
         }
         if self.auth.token_secret.is_empty() && !self.auth.allow_anonymous {

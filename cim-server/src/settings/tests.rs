@@ -137,6 +137,8 @@ async fn off_loopback_needs_a_key_and_a_secret() {
     if cfg!(feature = "http") {
         let e = s.resolve().await.unwrap_err().to_string();
         assert!(e.contains("`http.api_key`"), "{e}");
+        // The address named once when the host is one already.
+        assert!(e.contains("(http.host = 0.0.0.0)"), "{e}");
     } else {
         // Without the HTTP API nothing listens there, so no key is needed.
         s.resolve().await.unwrap();
