@@ -449,6 +449,21 @@ fn bad_configuration_stops_startup_naming_the_key() {
     let (code, _, err) = run_once(&["--config", "/no/such/file.toml"], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("/no/such/file.toml"), "{err}");
+    // A store that cannot be opened names its key and the path.
+    let (code, _, err) = run_once(
+        &[],
+        &[
+            ("CIM_STORE__PATH", "/proc/no-store-here"),
+            ("CIM_TCP__PORT", "0"),
+            ("CIM_WEBSOCKET__PORT", "0"),
+            ("CIM_HTTP__PORT", "0"),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("configuration: `store.path` = \"/proc/no-store-here\": cannot open"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -467,7 +467,13 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError>
     let options = StoreOptions::new(s.durability, s.max_per_account)
         .flush_interval(Duration::from_millis(s.flush_interval_ms))
         .read_threads(s.read_threads);
-    let failed = |e: &dyn std::fmt::Display| ServerError::Config(e.to_string());
+    let failed = |e: &dyn std::fmt::Display| {
+        ServerError::Settings(SettingsError::Invalid {
+            key: "store.path".into(),
+            value: format!("{:?}", s.path.display().to_string()),
+            reason: e.to_string(),
+        })
+    };
     Ok(match settings.store_backend() {
         StoreBackend::Redis | StoreBackend::Auto => {
             return Err(ServerError::Config(
