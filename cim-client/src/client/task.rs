@@ -143,15 +143,20 @@ impl Task {
                     } else {
                         0
                     };
-                    let reason = if flaps > 0 {
-                        format!(
-                            "{reason}: closed {} ms after binding, {flaps} time(s) in a row \
+                    // Once is a close like any (a node draining, a restart); again and again
+                    // is what a second client of the device would cause.
+                    let reason = match flaps {
+                        0 => reason,
+                        1 => format!(
+                            "{reason}: closed {} ms after binding; reconnecting with back-off",
+                            lasted.as_millis()
+                        ),
+                        _ => format!(
+                            "{reason}: closed {} ms after binding, {flaps} times in a row \
                              (another connection of this account and device may be taking it \
                              over); reconnecting with back-off",
                             lasted.as_millis()
-                        )
-                    } else {
-                        reason
+                        ),
                     };
                     let delay = self.config.backoff.delay(flaps);
                     self.emit(Event::Closed {
