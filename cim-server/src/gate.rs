@@ -39,6 +39,16 @@ impl Form {
         }
     }
 
+    /// How the refusal names this form beside its listener: a WebSocket listener in both modes
+    /// has a limit for each.
+    fn mode(self) -> &'static str {
+        match self {
+            Form::BinaryPacket => " in protobuf",
+            Form::Json => " in JSON",
+            Form::BinaryFrame | Form::Xml => "",
+        }
+    }
+
     /// The length of `frame` in this form, or `None` when it exceeds `max` (the XML codec stops
     /// at its limit).
     fn len(self, frame: &Frame, max: usize) -> Option<usize> {
@@ -137,9 +147,10 @@ impl Admission for ListenerLimits {
             match limit.form.len(frame, limit.max) {
                 Some(len) if len <= limit.max => return Ok(()),
                 found => refused.push(format!(
-                    "{} bytes for the {} listener, whose limit is {} ({}.max_frame)",
+                    "{} bytes for the {} listener{}, whose limit is {} ({}.max_frame)",
                     found.map_or_else(|| "more".to_owned(), |n| n.to_string()),
                     limit.listener,
+                    limit.form.mode(),
                     limit.max,
                     limit.listener
                 )),
@@ -219,6 +230,25 @@ mod tests {
         let e = limits.admit(&message(70_000)).unwrap_err().to_string();
         assert!(
             e.contains("tcp.max_frame") && e.contains("xml.max_frame") && e.contains("200"),
+            "{e}"
+        );
+    }
+
+    /// A WebSocket listener in `auto` mode has a limit for each form, and the refusal says
+    /// which is which.
+    #[test]
+    fn a_websocket_listener_in_auto_mode_names_each_form() {
+        let mut both = Listener::websocket("127.0.0.1:0".parse().unwrap());
+        if let Protocol::WebSocket(ws) = &mut both.protocol {
+            ws.mode = WsMode::Auto;
+        }
+        let e = ListenerLimits::of(&[both])
+            .admit(&message(70_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("for the websocket listener in protobuf, whose limit")
+                && e.contains("for the websocket listener in JSON, whose limit"),
             "{e}"
         );
     }
