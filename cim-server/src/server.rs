@@ -51,7 +51,7 @@ pub enum ServerError {
     Settings(#[from] crate::settings::SettingsError),
     /// The session manager or the router could not start (a cluster backend unreachable, say).
     #[error("cannot start: {0}")]
-    Start(#[source] cim_core::Error),
+    Start(cim_core::Error),
 }
 
 /// A server: a hub and its listeners. Build one with [`Server::builder`].

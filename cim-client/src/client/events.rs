@@ -28,8 +28,9 @@ pub enum Event {
     Message(Message),
     /// A reply that no request of this client waits for.
     Reply(ReplyBody),
-    /// The account bound on another device: the server sent the kick notice (action `999`) and
-    /// closes this connection. The client does not reconnect by itself (call
+    /// The account bound on another device, or an operator kicked it: the server sent the kick
+    /// notice (action `999`, its content the new device's name, `admin` for an operator's kick)
+    /// and closes this connection. The client does not reconnect by itself (call
     /// [`Client::resume`](super::Client::resume) to take the account back).
     Kicked(Message),
     /// The server refused the bind (`401`: a missing or wrong token) or the WebSocket

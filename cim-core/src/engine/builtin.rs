@@ -112,8 +112,9 @@ impl RequestHandler for ClientMessage {
     }
 
     /// A run of sends from one connection goes to the router as one batch
-    /// ([`Router::send_many`](crate::engine::Router::send_many)), in order; a failure refuses
-    /// every send of the batch.
+    /// ([`Router::send_many`](crate::engine::Router::send_many)), in order; each is admitted on
+    /// its own, and each gets its own reply (a refusal for each one refused, or that the router
+    /// could not send).
     async fn handle_many(
         &self,
         ctx: &RequestContext<'_>,

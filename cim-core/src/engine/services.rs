@@ -167,6 +167,14 @@ impl Services {
             }
         }
         let expected = admitted.len();
+        // Kept for the debug line of each send, which names its sender and receiver, only when
+        // that line is shown.
+        let logged: Vec<Arc<SharedMessage>> = if tracing::enabled!(tracing::Level::DEBUG) {
+            admitted.clone()
+        } else {
+            Vec::new()
+        };
+        let mut logged = logged.iter();
         let mut routed = self.router.send_many(admitted).await.into_iter();
         let (mut sent, mut stored) = (0, 0);
         let results = refusals
@@ -180,15 +188,20 @@ impl Services {
                             format!("it answered fewer than the {expected} messages sent"),
                         ))
                     });
+                    let message = logged.next();
                     if let Ok(s) = &r {
                         sent += 1;
                         stored += u64::from(s.stored);
-                        debug!(
-                            id = s.id,
-                            delivered = s.delivered,
-                            stored = s.stored,
-                            "sent"
-                        );
+                        if let Some(m) = message {
+                            debug!(
+                                id = s.id,
+                                sender = %m.message().sender,
+                                receiver = %m.message().receiver,
+                                delivered = s.delivered,
+                                stored = s.stored,
+                                "sent"
+                            );
+                        }
                     }
                     r
                 }

@@ -513,8 +513,13 @@ fn message_ids(settings: &Settings, node: u8) -> Result<MessageIds, ServerError>
     match settings.store_backend() {
         StoreBackend::Memory => Ok(MessageIds::new(node)),
         StoreBackend::Redb | StoreBackend::Sled | StoreBackend::Redis | StoreBackend::Auto => {
-            MessageIds::open(node, &s.path)
-                .map_err(|e| ServerError::Config(format!("store.path = {:?}: {e}", s.path)))
+            MessageIds::open(node, &s.path).map_err(|e| {
+                ServerError::Settings(SettingsError::Invalid {
+                    key: "store.path".into(),
+                    value: format!("{:?}", s.path.display().to_string()),
+                    reason: e.to_string(),
+                })
+            })
         }
     }
 }

@@ -107,19 +107,21 @@ pub(super) async fn json_errors(method: &Method, res: Response) -> Response {
 impl From<cim_core::Error> for ApiError {
     fn from(e: cim_core::Error) -> Self {
         use cim_core::Error as E;
-        let status = match &e {
-            E::Reply { code, .. } => code
-                .parse::<u16>()
-                .ok()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-                .unwrap_or(StatusCode::BAD_REQUEST),
-            E::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        // A refusal's code is the status already: the reason is its message alone.
         match e {
-            E::Reply { message, .. } => ApiError::new(status, message),
-            other => ApiError::new(status, other.to_string()),
+            // A refusal whose code is an HTTP status answers with it, and its reason is the
+            // message alone; one of another code answers 400 and keeps the code in the reason.
+            E::Reply { code, message } => {
+                match code
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                {
+                    Some(status) => ApiError::new(status, message),
+                    None => ApiError::new(StatusCode::BAD_REQUEST, format!("{code}: {message}")),
+                }
+            }
+            E::Unavailable { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }
 }
