@@ -39,6 +39,21 @@ async fn pending(p: &ServerProcess, uid: &str) -> u64 {
     r.json()["pending"].as_u64().unwrap()
 }
 
+/// Sends `big` a message of `len` bytes over the HTTP API and checks that it is the next one
+/// `c` receives: nothing refused before it arrived.
+async fn next_arrival_is(p: &ServerProcess, c: &mut TcpClient, len: usize) {
+    let r = http(
+        p.addr("http"),
+        "POST",
+        "/api/v1/messages",
+        &[JSON],
+        &big("big", len),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(c.message().await.content.len(), len);
+}
+
 /// A message no listener can carry is refused before it is routed or stored, with `413` naming
 /// the limits — by the JSON API and by CIM's form endpoint — and never reaches anyone.
 #[tokio::test]
@@ -75,16 +90,7 @@ async fn http_refuses_a_message_no_listener_carries() {
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(pending(&p, "big").await, 0);
     // What arrives next is the next message, not the refused one.
-    let r = http(
-        p.addr("http"),
-        "POST",
-        "/api/v1/messages",
-        &[JSON],
-        &big("big", 10),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(c.message().await.content.len(), 10);
+    next_arrival_is(&p, &mut c, 10).await;
 }
 
 /// A batch with a message no listener can carry is refused whole, with `413` naming the
@@ -115,16 +121,7 @@ async fn http_refuses_a_batch_with_a_message_no_listener_carries() {
     );
     assert_eq!(pending(&p, "big").await, 0);
     // What arrives next is the next message, not the batch's first.
-    let r = http(
-        p.addr("http"),
-        "POST",
-        "/api/v1/messages",
-        &[JSON],
-        &big("big", 5),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(c.message().await.content.len(), 5);
+    next_arrival_is(&p, &mut c, 5).await;
 }
 
 /// A message one listener carries and the receiver's own connection's listener does not is
@@ -264,20 +261,13 @@ async fn pipelined_client_messages_are_admitted_one_by_one() {
         .unwrap();
     let mut bob = bound_tcp(&server, "bob").await;
     let mut sender = bound_tcp(&server, "sender").await;
-    let mut out = bytes::BytesMut::new();
-    for (i, content) in ["a", "zz", "b"].into_iter().enumerate() {
-        let body = cim_core::SentBody::new("client_message")
-            .with("receiver", "bob")
-            .with("content", content)
-            .with("requestId", format!("r{i}"));
-        cim_core::StreamCodec::encode(
-            &mut cim_codec_binary::BinaryCodec::new(),
-            &Frame::Sent(body),
-            &mut out,
-        )
-        .unwrap();
-    }
-    sender.send_raw(&out).await;
+    sender
+        .send_raw(&pipelined_sends(&[
+            ("bob", "a"),
+            ("bob", "zz"),
+            ("bob", "b"),
+        ]))
+        .await;
     for (i, want) in ["200", "413", "200"].into_iter().enumerate() {
         let r = sender.reply().await;
         assert_eq!(

@@ -254,16 +254,12 @@ async fn batched_and_pipelined_sends_are_counted() {
     assert_eq!(stored, [false, true, false]);
 
     // The same from bob's connection, the three requests in one write.
-    let mut out = bytes::BytesMut::new();
-    for (i, to) in ["alice", "carol", "alice"].into_iter().enumerate() {
-        let body = SentBody::new("client_message")
-            .with("receiver", to)
-            .with("content", format!("p{i}"))
-            .with("requestId", format!("r{i}"));
-        cim_core::StreamCodec::encode(&mut BinaryCodec::new(), &Frame::Sent(body), &mut out)
-            .unwrap();
-    }
-    bob.send_raw(&out).await;
+    bob.send_raw(&common::pipelined_sends(&[
+        ("alice", "p0"),
+        ("carol", "p1"),
+        ("alice", "p2"),
+    ]))
+    .await;
     for i in 0..3 {
         let r = bob.reply().await;
         assert_eq!(

@@ -161,6 +161,23 @@ pub fn message_to(uid: &str, content: &str) -> Message {
     }
 }
 
+/// `client_message` requests (receiver, content), their `requestId`s `r0`, `r1`, …, encoded for
+/// the binary protocol back to back, to be written at once (so that the server reads them
+/// together).
+pub fn pipelined_sends(sends: &[(&str, &str)]) -> BytesMut {
+    let mut out = BytesMut::new();
+    for (i, (to, content)) in sends.iter().enumerate() {
+        let body = SentBody::new("client_message")
+            .with("receiver", *to)
+            .with("content", *content)
+            .with("requestId", format!("r{i}"));
+        BinaryCodec::new()
+            .encode(&Frame::Sent(body), &mut out)
+            .unwrap();
+    }
+    out
+}
+
 /// A raw client of a stream protocol.
 pub struct StreamClient<C> {
     pub stream: TcpStream,
