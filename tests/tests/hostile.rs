@@ -221,16 +221,21 @@ impl Admission for NoZ {
     }
 }
 
-/// Every refusal of `client_message` carries the request's `requestId`, so the client reports
-/// it at once instead of waiting out its request timeout.
-#[tokio::test]
-async fn client_message_refusals_reach_the_client_at_once() {
-    let server = Server::builder()
+/// A server on a TCP listener that refuses messages with a `z` in them.
+async fn no_z_server() -> cim_server::RunningServer {
+    Server::builder()
         .listener(Listener::binary(loopback()))
         .admission(Arc::new(NoZ))
         .start()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Every refusal of `client_message` carries the request's `requestId`, so the client reports
+/// it at once instead of waiting out its request timeout.
+#[tokio::test]
+async fn client_message_refusals_reach_the_client_at_once() {
+    let server = no_z_server().await;
     let endpoint = format!("tcp://{}", server.addr("tcp").unwrap());
     let mut config = ClientConfig::new(endpoint.parse().unwrap(), BindInfo::new("sender"));
     // Long enough that a refusal waiting for the timeout could not pass for an answer.
@@ -253,12 +258,7 @@ async fn client_message_refusals_reach_the_client_at_once() {
 /// answered with its refusal and its `requestId`, the others are sent, in order.
 #[tokio::test]
 async fn pipelined_client_messages_are_admitted_one_by_one() {
-    let server = Server::builder()
-        .listener(Listener::binary(loopback()))
-        .admission(Arc::new(NoZ))
-        .start()
-        .await
-        .unwrap();
+    let server = no_z_server().await;
     let mut bob = bound_tcp(&server, "bob").await;
     let mut sender = bound_tcp(&server, "sender").await;
     sender
