@@ -41,6 +41,19 @@ pub struct Services {
     metrics: Arc<EngineMetrics>,
 }
 
+/// The debug line of a send, named by its sender and receiver: a send has no connection's span
+/// around it.
+fn log_sent(message: &SharedMessage, sent: &Sent) {
+    debug!(
+        id = sent.id,
+        sender = %message.message().sender,
+        receiver = %message.message().receiver,
+        delivered = sent.delivered,
+        stored = sent.stored,
+        "sent"
+    );
+}
+
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Services")
@@ -138,15 +151,7 @@ impl Services {
         if sent.stored {
             self.metrics.stored.increment(1);
         }
-        // Named by its sender and receiver: a send has no connection's span around it.
-        debug!(
-            id = sent.id,
-            sender = %message.message().sender,
-            receiver = %message.message().receiver,
-            delivered = sent.delivered,
-            stored = sent.stored,
-            "sent"
-        );
+        log_sent(&message, &sent);
         Ok(sent)
     }
 
@@ -193,14 +198,7 @@ impl Services {
                         sent += 1;
                         stored += u64::from(s.stored);
                         if let Some(m) = message {
-                            debug!(
-                                id = s.id,
-                                sender = %m.message().sender,
-                                receiver = %m.message().receiver,
-                                delivered = s.delivered,
-                                stored = s.stored,
-                                "sent"
-                            );
+                            log_sent(m, s);
                         }
                     }
                     r

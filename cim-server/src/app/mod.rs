@@ -467,13 +467,7 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError>
     let options = StoreOptions::new(s.durability, s.max_per_account)
         .flush_interval(Duration::from_millis(s.flush_interval_ms))
         .read_threads(s.read_threads);
-    let failed = |e: &dyn std::fmt::Display| {
-        ServerError::Settings(SettingsError::Invalid {
-            key: "store.path".into(),
-            value: format!("{:?}", s.path.display().to_string()),
-            reason: e.to_string(),
-        })
-    };
+    let failed = |e: &dyn std::fmt::Display| bad_store_path(&s.path, e);
     Ok(match settings.store_backend() {
         StoreBackend::Redis | StoreBackend::Auto => {
             return Err(ServerError::Config(
@@ -505,6 +499,15 @@ fn open_store(settings: &Settings) -> Result<Arc<dyn MessageStore>, ServerError>
     })
 }
 
+/// `store.path` names a directory the store (or its message-id file) cannot use: why.
+fn bad_store_path(path: &std::path::Path, why: &dyn std::fmt::Display) -> ServerError {
+    ServerError::Settings(SettingsError::Invalid {
+        key: "store.path".into(),
+        value: format!("{:?}", path.display().to_string()),
+        reason: why.to_string(),
+    })
+}
+
 /// The node's message ids: with a store on disk, their high-water mark lives in the store's
 /// directory, so ids keep increasing across restarts; with the memory store they start from the
 /// clock.
@@ -513,13 +516,7 @@ fn message_ids(settings: &Settings, node: u8) -> Result<MessageIds, ServerError>
     match settings.store_backend() {
         StoreBackend::Memory => Ok(MessageIds::new(node)),
         StoreBackend::Redb | StoreBackend::Sled | StoreBackend::Redis | StoreBackend::Auto => {
-            MessageIds::open(node, &s.path).map_err(|e| {
-                ServerError::Settings(SettingsError::Invalid {
-                    key: "store.path".into(),
-                    value: format!("{:?}", s.path.display().to_string()),
-                    reason: e.to_string(),
-                })
-            })
+            MessageIds::open(node, &s.path).map_err(|e| bad_store_path(&s.path, &e))
         }
     }
 }

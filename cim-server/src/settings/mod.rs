@@ -474,22 +474,16 @@ impl Settings {
             },
         };
         if self.http.enabled && self.http.api_key.is_empty() && !addrs.http.ip().is_loopback() {
-            return Err(invalid(
-                "http.api_key",
-                "\"\"",
-                if self.http.host.to_string() == addrs.http.ip().to_string() {
-                    format!(
-                        "required when the HTTP API listens off loopback (http.host = {})",
-                        self.http.host
-                    )
+            return Err(invalid("http.api_key", "\"\"", {
+                // The address it resolved to, unless the host is that address already.
+                let (host, ip) = (self.http.host.to_string(), addrs.http.ip().to_string());
+                let at = if host == ip {
+                    host
                 } else {
-                    format!(
-                        "required when the HTTP API listens off loopback (http.host = {}, {})",
-                        self.http.host,
-                        addrs.http.ip()
-                    )
-                },
-            ));
+                    format!("{host}, {ip}")
+                };
+                format!("required when the HTTP API listens off loopback (http.host = {at})")
+            }));
         }
         if self.auth.token_secret.is_empty() && !self.auth.allow_anonymous {
             for (key, l, addr) in [
