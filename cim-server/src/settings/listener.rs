@@ -82,6 +82,26 @@ impl TlsSettings {
     }
 }
 
+/// The keys of [`ListenerSettings`] each listener's section refuses (they are another
+/// listener's): left out where the settings are printed.
+pub(crate) const FOREIGN_KEYS: &[(&str, &[&str])] = &[
+    (
+        "tcp",
+        &[
+            "path",
+            "mode",
+            "require_token",
+            "forwarded_header",
+            "flash_policy",
+        ],
+    ),
+    ("websocket", &["flash_policy"]),
+    (
+        "xml",
+        &["path", "mode", "require_token", "forwarded_header", "tls"],
+    ),
+];
+
 /// Which listener a [`ListenerSettings`] configures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {

@@ -521,7 +521,19 @@ impl Settings {
             }
         }
         shown.cluster.redis = crate::app::redact(&shown.cluster.redis);
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        let mut table = match toml::Table::try_from(&shown) {
+            Ok(t) => t,
+            Err(e) => return format!("# cannot print: {e}\n"),
+        };
+        // Each listener's section shows only the keys it takes (the others are refused there).
+        for (section, foreign) in listener::FOREIGN_KEYS {
+            if let Some(toml::Value::Table(t)) = table.get_mut(*section) {
+                for k in *foreign {
+                    t.remove(*k);
+                }
+            }
+        }
+        toml::to_string_pretty(&table).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 
     /// `node_id` as a node number of message ids, `None` past 255 (the ids hold 8 bits of it).

@@ -230,6 +230,39 @@ fn sample_file_is_the_defaults() {
     }
 }
 
+/// What `--print-config` prints loads back as the same settings, and each listener's section
+/// holds only the keys it takes.
+#[test]
+fn the_printed_settings_load_back_and_name_only_what_each_listener_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("printed.toml");
+    let mut s = Settings::default();
+    s.websocket.path = "/ws".into();
+    s.xml.enabled = true;
+    s.xml.flash_policy = true;
+    std::fs::write(&file, s.to_toml()).unwrap();
+    assert_eq!(Settings::load(Some(&file), env(&[])).unwrap(), s);
+    let printed: toml::Table = s.to_toml().parse().unwrap();
+    let keys = |section: &str| -> Vec<String> {
+        printed[section]
+            .as_table()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    for (section, foreign) in super::listener::FOREIGN_KEYS {
+        let keys = keys(section);
+        assert!(keys.contains(&"port".to_owned()), "[{section}]: {keys:?}");
+        for k in *foreign {
+            assert!(!keys.contains(&(*k).to_owned()), "[{section}] shows {k}");
+        }
+    }
+    assert!(keys("websocket").contains(&"path".to_owned()));
+    assert!(keys("xml").contains(&"flash_policy".to_owned()));
+    assert!(keys("tcp").contains(&"tls".to_owned()));
+}
+
 #[test]
 fn print_masks_secrets() {
     let mut s = Settings::default();
