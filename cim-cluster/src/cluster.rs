@@ -34,6 +34,20 @@ pub(crate) struct Routed {
     pub(crate) stored: bool,
 }
 
+/// Routing that stopped at a failed script call: the messages of the calls before it were
+/// routed (`routed`, in order); those of the failed call and of every later one were not.
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    pub(crate) routed: Vec<Routed>,
+    pub(crate) error: ClusterError,
+}
+
+impl From<Stopped> for ClusterError {
+    fn from(s: Stopped) -> Self {
+        s.error
+    }
+}
+
 type Pending = (Arc<SharedMessage>, oneshot::Sender<Result<Routed, String>>);
 
 pub(crate) struct Inner {
@@ -104,30 +118,44 @@ impl Inner {
     }
 
     /// Routes each message (with the node or session ids it must skip) in one script call per
-    /// [`ROUTE_BATCH`].
+    /// [`ROUTE_BATCH`], in order; stops at the first call that fails, saying what the calls
+    /// before it routed.
     pub(crate) async fn route(
         &self,
         msgs: &[(Arc<SharedMessage>, String)],
-    ) -> Result<Vec<Routed>, ClusterError> {
-        let mut out = Vec::with_capacity(msgs.len());
+    ) -> Result<Vec<Routed>, Stopped> {
+        let mut routed = Vec::with_capacity(msgs.len());
         for chunk in msgs.chunks(ROUTE_BATCH) {
-            let mut inv = self.invocation(&self.scripts.route);
-            inv.arg(self.config.max_per_account).arg(chunk.len());
-            for (m, skip) in chunk {
-                inv.arg(m.message().receiver.as_str())
-                    .arg(encode_message(m.message()))
-                    .arg(skip.as_str());
+            match self.route_call(chunk).await {
+                Ok(r) => routed.extend(r),
+                Err(error) => return Err(Stopped { routed, error }),
             }
-            let mut it = array(self.call(&inv).await?)?.into_iter();
-            for _ in chunk {
-                let (Some(d), Some(s), Some(_dropped)) = (it.next(), it.next(), it.next()) else {
-                    return Err(ClusterError::Reply("route: too few results".into()));
-                };
-                out.push(Routed {
-                    delivered: count(d)?,
-                    stored: count(s)? > 0,
-                });
-            }
+        }
+        Ok(routed)
+    }
+
+    /// One script call routing `chunk` (at most [`ROUTE_BATCH`] messages), atomically.
+    async fn route_call(
+        &self,
+        chunk: &[(Arc<SharedMessage>, String)],
+    ) -> Result<Vec<Routed>, ClusterError> {
+        let mut inv = self.invocation(&self.scripts.route);
+        inv.arg(self.config.max_per_account).arg(chunk.len());
+        for (m, skip) in chunk {
+            inv.arg(m.message().receiver.as_str())
+                .arg(encode_message(m.message()))
+                .arg(skip.as_str());
+        }
+        let mut it = array(self.call(&inv).await?)?.into_iter();
+        let mut out = Vec::with_capacity(chunk.len());
+        for _ in chunk {
+            let (Some(d), Some(s), Some(_dropped)) = (it.next(), it.next(), it.next()) else {
+                return Err(ClusterError::Reply("route: too few results".into()));
+            };
+            out.push(Routed {
+                delivered: count(d)?,
+                stored: count(s)? > 0,
+            });
         }
         Ok(out)
     }
@@ -214,17 +242,17 @@ async fn batcher(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 .into_iter()
                 .map(|(m, reply)| ((m, String::new()), reply))
                 .unzip();
-            match inner.route(&msgs).await {
-                Ok(results) => {
-                    for (reply, r) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(r));
-                    }
-                }
-                Err(e) => {
-                    let e = e.to_string();
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+            let (routed, failed) = match inner.route(&msgs).await {
+                Ok(routed) => (routed, None),
+                Err(s) => (s.routed, Some(s.error.to_string())),
+            };
+            let mut replies = replies.into_iter();
+            for (reply, r) in replies.by_ref().zip(routed) {
+                let _ = reply.send(Ok(r));
+            }
+            if let Some(e) = failed {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
             drop(slot);

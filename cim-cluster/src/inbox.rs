@@ -301,11 +301,16 @@ impl Inner {
     /// in the inbox, for this node's shutdown or the reaper).
     pub(crate) async fn route_again(&self, msgs: &[(Arc<SharedMessage>, String)]) -> bool {
         let mut wait = Duration::from_millis(20);
+        // Routed so far: a retry starts after them.
+        let mut done = 0;
         loop {
-            match self.route(msgs).await {
+            let left = msgs.get(done..).unwrap_or_default();
+            match self.route(left).await {
                 Ok(_) => return true,
-                Err(e) => {
-                    warn!(error = %e, messages = msgs.len(), "routing refused messages again failed; retrying");
+                Err(s) => {
+                    done += s.routed.len();
+                    let left = msgs.len().saturating_sub(done);
+                    warn!(error = %s.error, messages = left, "routing refused messages again failed; retrying");
                     if self.is_stopping() {
                         return false;
                     }

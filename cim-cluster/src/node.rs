@@ -253,7 +253,7 @@ impl Inner {
                 }
             }
             if !again.is_empty() {
-                self.route(&again).await?;
+                self.route(&again).await.map_err(ClusterError::from)?;
                 rerouted += again.len();
                 if nid != self.nid {
                     self.metrics

@@ -43,30 +43,32 @@ impl Router for ClusterRouter {
         })
     }
 
-    /// One script call per batch: atomic, so a failure means none of the batch was sent (or,
-    /// when the answer was lost, all of it).
+    /// One script call per 256 messages, in order, each atomic. When one fails, the messages
+    /// of the calls before it are reported sent and the others not (a failed call sent none of
+    /// its messages, or, when the answer was lost, all of them).
     async fn send_many(&self, msgs: Vec<Arc<SharedMessage>>) -> Vec<cim_core::Result<Sent>> {
         let ids: Vec<i64> = msgs.iter().map(|m| m.message().id).collect();
         let batch: Vec<_> = msgs.into_iter().map(|m| (m, String::new())).collect();
-        match self.inner.route(&batch).await {
-            Ok(routed) => ids
-                .into_iter()
-                .zip(routed)
-                .map(|(id, r)| {
-                    Ok(Sent {
-                        id,
-                        delivered: r.delivered,
-                        stored: r.stored,
-                    })
+        let (routed, failed) = match self.inner.route(&batch).await {
+            Ok(routed) => (routed, None),
+            Err(s) => (s.routed, Some(s.error.to_string())),
+        };
+        let mut ids = ids.into_iter();
+        let mut out: Vec<cim_core::Result<Sent>> = ids
+            .by_ref()
+            .zip(routed)
+            .map(|(id, r)| {
+                Ok(Sent {
+                    id,
+                    delivered: r.delivered,
+                    stored: r.stored,
                 })
-                .collect(),
-            Err(e) => {
-                let e = e.to_string();
-                ids.iter()
-                    .map(|_| Err(cim_core::Error::unavailable("redis", &e)))
-                    .collect()
-            }
+            })
+            .collect();
+        if let Some(e) = failed {
+            out.extend(ids.map(|_| Err(cim_core::Error::unavailable("redis", &e))));
         }
+        out
     }
 
     async fn send_tag(&self, tag: &str, msg: Arc<SharedMessage>) -> cim_core::Result<Sent> {
@@ -120,14 +122,21 @@ impl Router for ClusterRouter {
         let skip = inner.sid(session.nid);
         let ids: Vec<i64> = messages.iter().map(|m| m.message().id).collect();
         let batch: Vec<_> = messages.into_iter().map(|m| (m, skip.clone())).collect();
-        let routed = inner.route(&batch).await?;
-        // Handed on: their inbox entries need not wait for this connection any more.
+        let (routed, failed) = match inner.route(&batch).await {
+            Ok(routed) => (routed, None),
+            Err(s) => (s.routed, Some(s.error)),
+        };
+        // Handed on: their inbox entries need not wait for this connection any more. (Those
+        // not routed wait, to be routed again from the inbox.)
         {
             let mut t = crate::inbox::lock(&inner.tracker);
-            for id in ids {
+            for id in ids.into_iter().take(routed.len()) {
                 t.settle(id);
             }
         }
-        Ok(routed.iter().filter(|r| r.stored).count())
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(routed.iter().filter(|r| r.stored).count()),
+        }
     }
 }

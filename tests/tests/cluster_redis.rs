@@ -440,6 +440,54 @@ async fn a_single_node_dispatches_to_itself() {
         .json_error(400);
 }
 
+/// A batch Redis refuses part way (out of memory after its first 256 messages, one script
+/// call): the answer names the first message not sent and says the ones before it were; those
+/// are stored, the others not, so a client sends again only the rest.
+#[tokio::test]
+async fn a_batch_refused_part_way_says_how_far_it_went() {
+    let redis = RedisServer::start();
+    let a = node_with(&redis, "a", 1, &[("CIM_HTTP__MAX_BODY", "4194304")]);
+    let h = a.addr("http");
+    let content = "x".repeat(4096);
+    let batch: Vec<_> = (0..600)
+        .map(|i| serde_json::json!({ "receiver": format!("pw{i}"), "content": content }))
+        .collect();
+    let body = serde_json::json!({ "messages": batch }).to_string();
+    let info = redis.command("INFO memory");
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    // Room for the first call's arguments (about 1 MiB) but not for them and its stored
+    // messages (as much again).
+    let limit = used + 1536 * 1024;
+    assert!(
+        redis
+            .command(&format!("CONFIG SET maxmemory {limit}"))
+            .starts_with("+OK")
+    );
+    let r = http(h, "POST", "/api/v1/messages/batch", &[JSON], &body).await;
+    redis.command("CONFIG SET maxmemory 0");
+    let reason = r.json_error(503);
+    assert!(
+        reason.starts_with("messages[256]: ") && reason.ends_with("; the 256 before it were sent"),
+        "{reason}"
+    );
+    for (uid, stored) in [("pw0", 1), ("pw255", 1), ("pw256", 0), ("pw599", 0)] {
+        let r = http(
+            h,
+            "GET",
+            &format!("/api/v1/accounts/{uid}/pending"),
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["pending"], stored, "{uid}: {r:?}");
+    }
+}
+
 /// A node whose Redis cannot be reached does not start, and says which key and why.
 #[test]
 fn an_unreachable_redis_stops_start_up_naming_the_key() {

@@ -157,14 +157,26 @@ pub async fn send_batch(
             ApiError::new(e.status, format!("messages[{i}]: {}", e.reason))
         })?;
     }
-    // The first failure answers the request (the messages before it were sent).
-    let results = st
-        .hub
-        .send_many(messages)
-        .await
-        .into_iter()
-        .map(|r| r.map(SentOut::from))
-        .collect::<Result<Vec<SentOut>, _>>()?;
+    // The first failure answers the request, naming the message and saying that those before
+    // it were sent (so that a client sends again only the rest).
+    let mut results = Vec::with_capacity(messages.len());
+    for (i, r) in st.hub.send_many(messages).await.into_iter().enumerate() {
+        match r {
+            Ok(sent) => results.push(SentOut::from(sent)),
+            Err(e) => {
+                let e = ApiError::from(e);
+                let before = match i {
+                    0 => "none was sent".to_owned(),
+                    1 => "the one before it was sent".to_owned(),
+                    n => format!("the {n} before it were sent"),
+                };
+                return Err(ApiError::new(
+                    e.status,
+                    format!("messages[{i}]: {}; {before}", e.reason),
+                ));
+            }
+        }
+    }
     Ok(Json(json!({ "results": results })))
 }
 
