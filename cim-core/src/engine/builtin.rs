@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::data::DataMap;
 use crate::engine::conn::Outbound;
 use crate::engine::handler::{RequestContext, RequestHandler};
 use crate::engine::handover::Replay;
@@ -92,10 +93,10 @@ fn message_of(
 }
 
 fn sent_reply(request_id: &Option<String>, id: i64) -> ReplyBody {
-    with_request_id(
-        request_id,
-        ReplyBody::ok(key::CLIENT_MESSAGE).with(send::MESSAGE_ID, id.to_string()),
-    )
+    // Room for exactly its entries: a map grown one entry at a time takes room for four.
+    let mut reply = ReplyBody::ok(key::CLIENT_MESSAGE);
+    reply.data = DataMap::with_capacity(1 + usize::from(request_id.is_some()));
+    with_request_id(request_id, reply.with(send::MESSAGE_ID, id.to_string()))
 }
 
 #[async_trait]

@@ -649,7 +649,13 @@ impl<T: Transport> Conn<T> {
             });
             self.write_out().await?;
             if !uncarried.is_empty() {
-                handover::keep_undelivered(&self.hub, self.session.as_deref(), uncarried).await;
+                // Boxed: rare, and its future would make every write's larger.
+                Box::pin(handover::keep_undelivered(
+                    &self.hub,
+                    self.session.as_deref(),
+                    uncarried,
+                ))
+                .await;
             }
             if let Some(req) = close {
                 return Err(End::requested(&req));

@@ -66,9 +66,10 @@ impl LocalRouter {
     }
 }
 
-#[async_trait]
-impl Router for LocalRouter {
-    async fn send(&self, msg: Arc<SharedMessage>) -> Result<Sent> {
+impl LocalRouter {
+    /// [`Router::send`], as a plain method: a batch calls it for each message without a boxed
+    /// future each.
+    async fn route(&self, msg: Arc<SharedMessage>) -> Result<Sent> {
         let id = msg.message().id;
         let Some(store) = &self.store else {
             let d = self.sessions.push(msg).await?;
@@ -102,6 +103,21 @@ impl Router for LocalRouter {
             delivered: d.delivered,
             stored: true,
         })
+    }
+}
+
+#[async_trait]
+impl Router for LocalRouter {
+    async fn send(&self, msg: Arc<SharedMessage>) -> Result<Sent> {
+        self.route(msg).await
+    }
+
+    async fn send_many(&self, msgs: Vec<Arc<SharedMessage>>) -> Vec<Result<Sent>> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            out.push(self.route(m).await);
+        }
+        out
     }
 
     async fn send_tag(&self, tag: &str, msg: Arc<SharedMessage>) -> Result<Sent> {
