@@ -268,7 +268,13 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
     let mut reload = reload_signal()?;
     let mut drain = drain_signal()?;
-    let app = App::start(&settings).await?;
+    let app = App::start(&settings)
+        .await
+        .map_err(|e| match settings.listener_keys(&e) {
+            // The keys that set the address that could not be listened on.
+            Some(keys) => anyhow::Error::from(e).context(keys),
+            None => anyhow::Error::from(e),
+        })?;
     for (protocol, addr) in app.addrs() {
         println!("cim-server: {protocol} listening on {addr}");
     }

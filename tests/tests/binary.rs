@@ -467,8 +467,8 @@ fn bad_configuration_stops_startup_naming_the_key() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A port another process holds stops start-up with one line that names the listener, the
-/// address and the system's reason, once.
+/// A port another process holds stops start-up with one line that names the keys that set
+/// the address, the listener, the address and the system's reason, once.
 #[test]
 fn a_taken_port_is_reported_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -486,7 +486,9 @@ fn a_taken_port_is_reported_once() {
     );
     assert_ne!(code, 0);
     assert!(
-        err.contains(&format!("cannot listen on 127.0.0.1:{port} (tcp)")),
+        err.contains(&format!(
+            "tcp.host, tcp.port: cannot listen on 127.0.0.1:{port} (tcp)"
+        )),
         "{err}"
     );
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");

@@ -21,6 +21,7 @@ pub struct ListenerSettings {
     /// Address or host name to listen on (a name is resolved at start-up).
     pub host: Host,
     /// Port (0 picks a free one).
+    #[serde(deserialize_with = "super::port::port")]
     pub port: u16,
     /// Largest frame in and out: a TCP frame's body (at most 65535), a WebSocket message, an
     /// XML document.
@@ -67,6 +68,7 @@ pub struct TlsSettings {
     pub key: PathBuf,
     /// A port for a TLS listener beside the plain one (0 picks a free one); unset: the
     /// listener's own port speaks TLS.
+    #[serde(deserialize_with = "super::port::optional")]
     pub port: Option<u16>,
 }
 

@@ -7,6 +7,7 @@
 
 mod host;
 mod listener;
+mod port;
 mod sections;
 
 use std::net::SocketAddr;
@@ -506,6 +507,26 @@ impl Settings {
             }
         }
         Ok(addrs)
+    }
+
+    /// For a listening socket that could not be opened, the keys that set its address:
+    /// `"tcp.host, tcp.port"`, `"tcp.host, tcp.tls.port"` for a TLS listener beside the plain
+    /// one, and so on.
+    pub fn listener_keys(&self, e: &crate::server::ServerError) -> Option<String> {
+        let crate::server::ServerError::Bind { protocol, .. } = e else {
+            return None;
+        };
+        let (section, beside) = match *protocol {
+            "tcp" => ("tcp", false),
+            "tls" => ("tcp", self.tcp.tls.beside()),
+            "websocket" => ("websocket", false),
+            "wss" => ("websocket", self.websocket.tls.beside()),
+            "xml" | "xml+tls" => ("xml", false),
+            "http" => ("http", false),
+            _ => return None,
+        };
+        let port = if beside { "tls.port" } else { "port" };
+        Some(format!("{section}.host, {section}.{port}"))
     }
 
     /// The settings as TOML, secrets masked.

@@ -178,6 +178,7 @@ pub struct HttpSettings {
     /// Address or host name to listen on (a name is resolved at start-up).
     pub host: Host,
     /// Port (0 picks a free one).
+    #[serde(deserialize_with = "super::port::port")]
     pub port: u16,
     /// Key required in `X-API-Key` (or `Authorization: Bearer`); required when `host` is not a
     /// loopback address.

@@ -41,6 +41,19 @@ fn errors_name_the_key_and_value() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("tcp.port") && e.contains("abc"), "{e}");
+    for (var, key) in [
+        ("CIM_TCP__PORT", "`tcp.port`"),
+        ("CIM_HTTP__PORT", "`http.port`"),
+        ("CIM_WEBSOCKET__TLS__PORT", "`websocket.tls.port`"),
+    ] {
+        let e = Settings::load(None, env(&[(var, "65536")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("65536 is not a port: must be 0 to 65535") && e.contains(key),
+            "{e}"
+        );
+    }
     let e = Settings::load(None, env(&[("CIM_TCP__MAX_FRAME", "70000")]))
         .unwrap_err()
         .to_string();
