@@ -394,7 +394,12 @@ async fn listen(cfg: ClientConfig, json: bool) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("[{}] ", m.title)
                     };
-                    println!("{} -> {}: {title}{}", m.sender, m.receiver, m.content);
+                    // A broadcast or a tag's push names no receiver.
+                    if m.receiver.is_empty() {
+                        println!("{}: {title}{}", m.sender, m.content);
+                    } else {
+                        println!("{} -> {}: {title}{}", m.sender, m.receiver, m.content);
+                    }
                 }
             }
             Event::Connected { rebound: true } => eprintln!(

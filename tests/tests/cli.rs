@@ -124,6 +124,19 @@ fn listen_and_send_in_two_terminals() {
     assert!(out.contains("delivered to 1 connection"), "{out}");
     let line = wait_line(&text.stdout, "the message", |l| l.contains("hi bob"));
     assert_eq!(line, "ops -> bob: hi bob");
+    // A broadcast names no receiver, and the line names none.
+    let r = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::process::http(
+            p.addr("http"),
+            "POST",
+            "/api/v1/broadcast",
+            &[("x-api-key", KEY), common::process::JSON],
+            r#"{"sender":"ops","content":"hi all"}"#,
+        ));
+    assert_eq!(r.status, 200, "{r:?}");
+    let line = wait_line(&text.stdout, "the broadcast", |l| l.contains("hi all"));
+    assert_eq!(line, "ops: hi all");
 
     // Who is online.
     let (code, out, err) = cim_once(&["sessions", "--http", &http, "--api-key", KEY]);
