@@ -23,7 +23,7 @@ fn used_memory(redis: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_part_way_reports_what_was_sent() {
     let redis = RedisServer::start();
-    let mut config = ClusterConfig::new(&redis.url(), "node-0", 0);
+    let mut config = ClusterConfig::new(redis.url(), "node-0", 0);
     config.prefix = "b:".into();
     let cluster = Cluster::connect(config).await.unwrap();
     let sessions = cluster.sessions();
