@@ -247,7 +247,8 @@ async fn batcher(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 Err(s) => (s.routed, Some(s.error.to_string())),
             };
             let mut replies = replies.into_iter();
-            for (reply, r) in replies.by_ref().zip(routed) {
+            // The routed first: a zip that ran out of them takes no reply with it.
+            for (r, reply) in routed.into_iter().zip(replies.by_ref()) {
                 let _ = reply.send(Ok(r));
             }
             if let Some(e) = failed {

@@ -54,10 +54,11 @@ impl Router for ClusterRouter {
             Err(s) => (s.routed, Some(s.error.to_string())),
         };
         let mut ids = ids.into_iter();
-        let mut out: Vec<cim_core::Result<Sent>> = ids
-            .by_ref()
-            .zip(routed)
-            .map(|(id, r)| {
+        // The routed first: a zip that ran out of them takes no id with it.
+        let mut out: Vec<cim_core::Result<Sent>> = routed
+            .into_iter()
+            .zip(ids.by_ref())
+            .map(|(r, id)| {
                 Ok(Sent {
                     id,
                     delivered: r.delivered,

@@ -115,6 +115,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The memory the server uses (`used_memory` of `INFO memory`), in bytes.
+    pub fn used_memory(&self) -> u64 {
+        self.command("INFO memory")
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("INFO memory names used_memory")
+    }
+
     /// The server's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -11,15 +11,6 @@ use cim_cluster::{Cluster, ClusterConfig};
 use cim_core::Message;
 use cim_core::engine::SharedMessage;
 
-/// `used_memory` of the Redis on `redis`, in bytes.
-fn used_memory(redis: &RedisServer) -> u64 {
-    let info = redis.command("INFO memory");
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("INFO memory names used_memory")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_part_way_reports_what_was_sent() {
     let redis = RedisServer::start();
@@ -47,7 +38,7 @@ async fn a_batch_refused_part_way_reports_what_was_sent() {
             }))
         })
         .collect();
-    let limit = used_memory(&redis) + 1536 * 1024;
+    let limit = redis.used_memory() + 1536 * 1024;
     assert!(
         redis
             .command(&format!("CONFIG SET maxmemory {limit}"))

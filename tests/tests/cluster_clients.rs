@@ -226,15 +226,7 @@ async fn the_dedup_window_drops_a_copy_across_a_reconnect() {
             }
         }
         assert_eq!(taken, [first]);
-        let r = http(
-            h,
-            "GET",
-            &format!("/api/v1/accounts/{uid}/pending"),
-            &[],
-            "",
-        )
-        .await;
-        assert_eq!(r.json()["pending"], 1, "{r:?}");
+        assert_eq!(pending(h, &uid).await, 1);
         client.resume().unwrap();
         // The server sends it again on the bind; then a second message.
         eventually("bound again", WAIT, || async { client.is_connected() }).await;

@@ -453,15 +453,9 @@ async fn a_batch_refused_part_way_says_how_far_it_went() {
         .map(|i| serde_json::json!({ "receiver": format!("pw{i}"), "content": content }))
         .collect();
     let body = serde_json::json!({ "messages": batch }).to_string();
-    let info = redis.command("INFO memory");
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
     // Room for the first call's arguments (about 1 MiB) but not for them and its stored
     // messages (as much again).
-    let limit = used + 1536 * 1024;
+    let limit = redis.used_memory() + 1536 * 1024;
     assert!(
         redis
             .command(&format!("CONFIG SET maxmemory {limit}"))
@@ -475,16 +469,7 @@ async fn a_batch_refused_part_way_says_how_far_it_went() {
         "{reason}"
     );
     for (uid, stored) in [("pw0", 1), ("pw255", 1), ("pw256", 0), ("pw599", 0)] {
-        let r = http(
-            h,
-            "GET",
-            &format!("/api/v1/accounts/{uid}/pending"),
-            &[],
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.json()["pending"], stored, "{uid}: {r:?}");
+        assert_eq!(pending(h, uid).await, stored, "{uid}");
     }
 }
 

@@ -19,24 +19,11 @@ use cim_core::engine::{Admission, ConnectionConfig};
 use cim_core::protocol::code;
 use cim_core::{Error, Frame, Message};
 use cim_server::{Listener, Server, WsMode, WsSettings};
-use common::process::{JSON, ServerProcess, built_binary, http, lines};
+use common::process::{JSON, ServerProcess, built_binary, http, lines, pending};
 use common::*;
 
 fn big(to: &str, len: usize) -> String {
     serde_json::json!({ "receiver": to, "content": "x".repeat(len) }).to_string()
-}
-
-async fn pending(p: &ServerProcess, uid: &str) -> u64 {
-    let r = http(
-        p.addr("http"),
-        "GET",
-        &format!("/api/v1/accounts/{uid}/pending"),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()["pending"].as_u64().unwrap()
 }
 
 /// Sends `big` a message of `len` bytes over the HTTP API and checks that it is the next one
@@ -88,7 +75,7 @@ async fn http_refuses_a_message_no_listener_carries() {
     )
     .await;
     assert_eq!(r.status, 413, "{}", r.body);
-    assert_eq!(pending(&p, "big").await, 0);
+    assert_eq!(pending(p.addr("http"), "big").await, 0);
     // What arrives next is the next message, not the refused one.
     next_arrival_is(&p, &mut c, 10).await;
 }
@@ -119,7 +106,7 @@ async fn http_refuses_a_batch_with_a_message_no_listener_carries() {
             && reason.contains("tcp.max_frame"),
         "{reason}"
     );
-    assert_eq!(pending(&p, "big").await, 0);
+    assert_eq!(pending(p.addr("http"), "big").await, 0);
     // What arrives next is the next message, not the batch's first.
     next_arrival_is(&p, &mut c, 5).await;
 }
@@ -200,7 +187,7 @@ async fn a_stored_message_no_connection_can_carry_is_never_deleted() {
     c.bind("kept", "android", "d").await;
     assert_eq!(c.message().await.content.len(), 5, "the one it can carry");
     let deadline = tokio::time::Instant::now() + WAIT;
-    while pending(&p, "kept").await != 1 {
+    while pending(p.addr("http"), "kept").await != 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the large one was not kept"

@@ -390,6 +390,20 @@ pub async fn send(addr: SocketAddr, to: &str, content: &str) -> Resp {
     http(addr, "POST", "/api/v1/messages", &[JSON], &body).await
 }
 
+/// How many messages wait for `uid` (`GET /api/v1/accounts/{uid}/pending` at `addr`).
+pub async fn pending(addr: SocketAddr, uid: &str) -> u64 {
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/accounts/{uid}/pending"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["pending"].as_u64().unwrap()
+}
+
 /// Sends and expects a 200; returns the message id.
 pub async fn send_ok(addr: SocketAddr, to: &str, content: &str) -> i64 {
     let r = send(addr, to, content).await;
