@@ -75,6 +75,25 @@ fn wait_line(rx: &Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> 
     }
 }
 
+/// A request to `p`'s HTTP API, from a test that is not async.
+fn api(
+    p: &common::process::ServerProcess,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> common::process::Resp {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::process::http(
+            p.addr("http"),
+            method,
+            path,
+            headers,
+            body,
+        ))
+}
+
 #[test]
 fn listen_and_send_in_two_terminals() {
     let p = ServerProcess::start(&[("CIM_HTTP__API_KEY", KEY)]);
@@ -125,15 +144,13 @@ fn listen_and_send_in_two_terminals() {
     let line = wait_line(&text.stdout, "the message", |l| l.contains("hi bob"));
     assert_eq!(line, "ops -> bob: hi bob");
     // A broadcast names no receiver, and the line names none.
-    let r = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(common::process::http(
-            p.addr("http"),
-            "POST",
-            "/api/v1/broadcast",
-            &[("x-api-key", KEY), common::process::JSON],
-            r#"{"sender":"ops","content":"hi all"}"#,
-        ));
+    let r = api(
+        &p,
+        "POST",
+        "/api/v1/broadcast",
+        &[("x-api-key", KEY), common::process::JSON],
+        r#"{"sender":"ops","content":"hi all"}"#,
+    );
     assert_eq!(r.status, 200, "{r:?}");
     let line = wait_line(&text.stdout, "the broadcast", |l| l.contains("hi all"));
     assert_eq!(line, "ops: hi all");
@@ -165,15 +182,13 @@ fn listen_and_send_in_two_terminals() {
 
     // An operator's kick ends the listener, and it says who kicked it.
     let mut json = json;
-    let r = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(common::process::http(
-            p.addr("http"),
-            "DELETE",
-            "/api/v1/accounts/alice/sessions",
-            &[("x-api-key", KEY)],
-            "",
-        ));
+    let r = api(
+        &p,
+        "DELETE",
+        "/api/v1/accounts/alice/sessions",
+        &[("x-api-key", KEY)],
+        "",
+    );
     assert_eq!(r.json()["kicked"], 1, "{r:?}");
     wait_line(&json.stderr, "the operator's kick", |l| {
         l.contains("alice was kicked by the server's operator")
