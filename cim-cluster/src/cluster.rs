@@ -48,6 +48,16 @@ impl From<Stopped> for ClusterError {
     }
 }
 
+impl Stopped {
+    /// What a routing routed, and why it stopped if it did.
+    pub(crate) fn split(r: Result<Vec<Routed>, Stopped>) -> (Vec<Routed>, Option<ClusterError>) {
+        match r {
+            Ok(routed) => (routed, None),
+            Err(s) => (s.routed, Some(s.error)),
+        }
+    }
+}
+
 type Pending = (Arc<SharedMessage>, oneshot::Sender<Result<Routed, String>>);
 
 pub(crate) struct Inner {
@@ -242,16 +252,13 @@ async fn batcher(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 .into_iter()
                 .map(|(m, reply)| ((m, String::new()), reply))
                 .unzip();
-            let (routed, failed) = match inner.route(&msgs).await {
-                Ok(routed) => (routed, None),
-                Err(s) => (s.routed, Some(s.error.to_string())),
-            };
+            let (routed, failed) = Stopped::split(inner.route(&msgs).await);
             let mut replies = replies.into_iter();
             // The routed first: a zip that ran out of them takes no reply with it.
             for (r, reply) in routed.into_iter().zip(replies.by_ref()) {
                 let _ = reply.send(Ok(r));
             }
-            if let Some(e) = failed {
+            if let Some(e) = failed.map(|e| e.to_string()) {
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }

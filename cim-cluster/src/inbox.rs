@@ -309,8 +309,8 @@ impl Inner {
                 Ok(_) => return true,
                 Err(s) => {
                     done += s.routed.len();
-                    let left = msgs.len().saturating_sub(done);
-                    warn!(error = %s.error, messages = left, "routing refused messages again failed; retrying");
+                    let remaining = msgs.len().saturating_sub(done);
+                    warn!(error = %s.error, messages = remaining, "routing refused messages again failed; retrying");
                     if self.is_stopping() {
                         return false;
                     }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use cim_core::Session;
 use cim_core::engine::{Router, Sent, Seq, SharedMessage};
 
-use crate::cluster::Inner;
+use crate::cluster::{Inner, Stopped};
 use crate::value::{count, int};
 
 /// The cluster's router for one node.
@@ -49,10 +49,7 @@ impl Router for ClusterRouter {
     async fn send_many(&self, msgs: Vec<Arc<SharedMessage>>) -> Vec<cim_core::Result<Sent>> {
         let ids: Vec<i64> = msgs.iter().map(|m| m.message().id).collect();
         let batch: Vec<_> = msgs.into_iter().map(|m| (m, String::new())).collect();
-        let (routed, failed) = match self.inner.route(&batch).await {
-            Ok(routed) => (routed, None),
-            Err(s) => (s.routed, Some(s.error.to_string())),
-        };
+        let (routed, failed) = Stopped::split(self.inner.route(&batch).await);
         let mut ids = ids.into_iter();
         // The routed first: a zip that ran out of them takes no id with it.
         let mut out: Vec<cim_core::Result<Sent>> = routed
@@ -66,7 +63,7 @@ impl Router for ClusterRouter {
                 })
             })
             .collect();
-        if let Some(e) = failed {
+        if let Some(e) = failed.map(|e| e.to_string()) {
             out.extend(ids.map(|_| Err(cim_core::Error::unavailable("redis", &e))));
         }
         out
@@ -123,10 +120,7 @@ impl Router for ClusterRouter {
         let skip = inner.sid(session.nid);
         let ids: Vec<i64> = messages.iter().map(|m| m.message().id).collect();
         let batch: Vec<_> = messages.into_iter().map(|m| (m, skip.clone())).collect();
-        let (routed, failed) = match inner.route(&batch).await {
-            Ok(routed) => (routed, None),
-            Err(s) => (s.routed, Some(s.error)),
-        };
+        let (routed, failed) = Stopped::split(inner.route(&batch).await);
         // Handed on: their inbox entries need not wait for this connection any more. (Those
         // not routed wait, to be routed again from the inbox.)
         {

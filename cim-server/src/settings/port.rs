@@ -2,23 +2,19 @@
 
 use serde::{Deserialize, Deserializer};
 
-/// The refusal of `n` as a port.
-fn out_of_range<E: serde::de::Error>(n: i64) -> E {
-    E::custom(format!("{n} is not a port: must be 0 to 65535"))
+/// `n` as a port, or its refusal.
+fn checked<E: serde::de::Error>(n: i64) -> Result<u16, E> {
+    u16::try_from(n).map_err(|_| E::custom(format!("{n} is not a port: must be 0 to 65535")))
 }
 
 /// A port, 0 to 65535.
 pub(crate) fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    let n = i64::deserialize(d)?;
-    u16::try_from(n).map_err(|_| out_of_range(n))
+    checked(i64::deserialize(d)?)
 }
 
 /// A port that may be left out.
 pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
-    match Option::<i64>::deserialize(d)? {
-        Some(n) => u16::try_from(n).map(Some).map_err(|_| out_of_range(n)),
-        None => Ok(None),
-    }
+    Option::<i64>::deserialize(d)?.map(checked).transpose()
 }
 
 #[cfg(test)]
