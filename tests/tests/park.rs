@@ -164,6 +164,97 @@ async fn a_broadcast_to_idle_parked_connections_does_not_resume_them() {
     }
 }
 
+/// Sends a request on a client's socket from inside the write of a delivery to `uid` (when it
+/// is reported) by a task of the runtime, and holds the write there while the parking thread
+/// sees the socket wake. (A write by the parking thread itself is left alone: that thread sees
+/// the wake-up only after it.)
+#[derive(Default)]
+struct InputDuringWrite {
+    uid: String,
+    socket: std::sync::Mutex<Option<std::net::TcpStream>>,
+    request: Vec<u8>,
+}
+
+impl cim_core::engine::EventListener for InputDuringWrite {
+    fn on_delivered(
+        &self,
+        _: &cim_core::engine::EventContext<'_>,
+        session: &cim_core::Session,
+        _: &cim_core::Message,
+    ) {
+        if session.uid != self.uid.as_str() || std::thread::current().name() == Some("cim-park") {
+            return;
+        }
+        if let Some(mut socket) = self.socket.lock().unwrap().take() {
+            use std::io::Write;
+            socket.write_all(&self.request).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wants_delivered(&self) -> bool {
+        true
+    }
+}
+
+/// Input that comes while a parked connection is written to (by a task of the runtime, for a
+/// fan-out: its state is out of its queue, and its socket's wake-up finds nothing to resume) is
+/// not lost: the connection looks at its socket again as it parks, is resumed, and answers.
+#[tokio::test]
+async fn input_during_a_write_from_the_parked_state_is_answered() {
+    let conn = ConnectionConfig {
+        park_after: PARK_AFTER,
+        ..ConnectionConfig::default()
+    };
+    let mut request = bytes::BytesMut::new();
+    cim_core::StreamCodec::encode(
+        &mut cim_codec_binary::BinaryCodec::new(),
+        &Frame::Sent(SentBody::new("no_such_key")),
+        &mut request,
+    )
+    .unwrap();
+    let listener = Arc::new(InputDuringWrite {
+        uid: "target".into(),
+        request: request.to_vec(),
+        ..InputDuringWrite::default()
+    });
+    let events = Arc::clone(&listener);
+    let (server, _) = start_with(conn, WsSettings::default(), |b| b.event_listener(events)).await;
+    // More than the parking thread writes to itself: the broadcast's writes are tasks'.
+    let mut others = Vec::new();
+    for i in 0..100 {
+        others.push(bound_tcp(&server, &format!("o{i}")).await);
+    }
+    let std_socket = std::net::TcpStream::connect(server.addr("tcp").unwrap()).unwrap();
+    *listener.socket.lock().unwrap() = Some(std_socket.try_clone().unwrap());
+    std_socket.set_nonblocking(true).unwrap();
+    let stream = tokio::net::TcpStream::from_std(std_socket).unwrap();
+    let mut target = StreamClient::on(stream, cim_codec_binary::BinaryCodec::new());
+    target.bind("target", "android", "dev-target").await;
+    parked(&server, 101).await;
+    // The parking thread writes a share of a fan-out itself when it wakes before the rest is
+    // pushed: rounds until a task has written to the target.
+    for round in 0..20 {
+        tokio::time::sleep(IDLE).await;
+        let content = format!("all {round}");
+        let sent = server
+            .hub()
+            .broadcast(message_to("", &content))
+            .await
+            .unwrap();
+        assert_eq!(sent.delivered, 101);
+        assert_eq!(target.message().await.content, content);
+        for c in &mut others {
+            assert_eq!(c.message().await.content, content);
+        }
+        if listener.socket.lock().unwrap().is_none() {
+            assert_eq!(target.reply().await.code, "404", "round {round}");
+            return;
+        }
+    }
+    panic!("no round's write to the target was a task's");
+}
+
 /// A burst pushed to an idle parked connection whose peer reads nothing: the first message is
 /// written from the parked state, the next finds the connection busy and resumes it, and its
 /// task writes the rest of the burst (more than the sockets hold) as the peer, reading at last,

@@ -122,6 +122,12 @@ struct State {
     /// The queue filled under [`SlowConsumer::Keep`]: pushes are refused until the connection
     /// has caught up.
     overflowed: bool,
+    /// The socket woke the parking thread while the parked state was out of the queue (being
+    /// written to): the event found nothing to resume, and the state is to look at its
+    /// socket's readiness afresh when it is held again. (Input is rare while a connection is
+    /// written to parked, so a write need not ask the kernel each time.)
+    #[cfg(unix)]
+    stirred: bool,
     /// Whom a push wakes: the connection's task, waiting for something to write (one consumer,
     /// so one waker), or the connection's state while it is parked.
     waiter: Waiter,
@@ -285,27 +291,68 @@ impl ConnectionHandle {
         entry: Box<R>,
         watch: impl FnOnce() -> std::io::Result<()>,
     ) -> Result<(), Box<R>> {
+        self.hold(entry, true, watch)
+    }
+
+    /// Holds the parked connection's state again after a write from it, like
+    /// [`hold_parked`](Self::hold_parked); its socket, still watched, is watched afresh
+    /// (`rewatch`, which looks at its readiness again) only if it woke the parking thread
+    /// meanwhile ([`socket_woke`](Self::socket_woke)): input that came during the write is
+    /// then not missed, and a write that none came during costs no system call.
+    #[cfg(unix)]
+    pub(crate) fn hold_parked_again<R: Resume>(
+        &self,
+        entry: Box<R>,
+        rewatch: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<(), Box<R>> {
+        self.hold(entry, false, rewatch)
+    }
+
+    #[cfg(unix)]
+    fn hold<R: Resume>(
+        &self,
+        entry: Box<R>,
+        always: bool,
+        watch: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<(), Box<R>> {
         let mut st = self.queue.lock();
         let pending = !st.items.is_empty()
             || st.close.is_some()
             || st.overflowed
             || self.queue.due.load(Ordering::Acquire);
-        if pending || matches!(st.waiter, Waiter::Parked(_)) || watch().is_err() {
+        if pending || matches!(st.waiter, Waiter::Parked(_)) {
             return Err(entry);
         }
+        if (always || st.stirred) && watch().is_err() {
+            return Err(entry);
+        }
+        st.stirred = false;
         // The task that parked has ended: nothing is left to wake but the parked state.
         st.waiter = Waiter::Parked(entry);
         Ok(())
     }
 
-    /// Takes the parked connection's state, for its socket woke it.
+    /// Takes the parked connection's state, for the runtime went away.
     #[cfg(unix)]
     pub(crate) fn take_parked(&self) -> Option<Box<dyn Resume>> {
+        self.take_parked_or(|_| {})
+    }
+
+    /// Takes the parked connection's state, for its socket woke it. Not held (it is being
+    /// written to): remembered, for [`hold_parked_again`](Self::hold_parked_again).
+    #[cfg(unix)]
+    pub(crate) fn socket_woke(&self) -> Option<Box<dyn Resume>> {
+        self.take_parked_or(|st| st.stirred = true)
+    }
+
+    #[cfg(unix)]
+    fn take_parked_or(&self, absent: impl FnOnce(&mut State)) -> Option<Box<dyn Resume>> {
         let mut st = self.queue.lock();
         match std::mem::take(&mut st.waiter) {
             Waiter::Parked(p) => Some(p),
             other => {
                 st.waiter = other;
+                absent(&mut st);
                 None
             }
         }
@@ -537,5 +584,46 @@ mod tests {
         assert!(h.hold_parked(held(), || Ok(())).is_err(), "held once");
         assert!(h.take_parked().is_some());
         assert!(h.take_parked().is_none());
+    }
+
+    /// Held again after a write from it, a parked state has its socket watched afresh only if
+    /// the socket woke the parking thread meanwhile (finding nothing to take); held anew, it
+    /// always has.
+    #[cfg(unix)]
+    #[test]
+    fn a_parked_state_held_again_rewatches_only_a_socket_that_woke() {
+        let hub = Arc::new(crate::engine::hub::Hub::builder().build());
+        let held = || Box::new(Held(Arc::clone(&hub)));
+        let (h, _rx) = ConnectionHandle::new(ConnId(1), 4);
+        let watched = std::cell::Cell::new(0);
+        let watch = || {
+            watched.set(watched.get() + 1);
+            Ok(())
+        };
+        assert!(h.hold_parked(held(), watch).is_ok());
+        assert_eq!(watched.get(), 1, "parked: watched");
+        // Taken out to be written to; held again with no event meanwhile: not watched again.
+        assert!(h.take_parked().is_some());
+        assert!(h.hold_parked_again(held(), watch).is_ok());
+        assert_eq!(watched.get(), 1, "no event during the write");
+        // Taken out again; its socket wakes the thread, which finds nothing to take.
+        assert!(h.take_parked().is_some());
+        assert!(h.socket_woke().is_none());
+        assert!(h.hold_parked_again(held(), watch).is_ok());
+        assert_eq!(
+            watched.get(),
+            2,
+            "an event during the write: watched afresh"
+        );
+        // Once: the next write without an event costs nothing.
+        assert!(h.take_parked().is_some());
+        assert!(h.hold_parked_again(held(), watch).is_ok());
+        assert_eq!(watched.get(), 2);
+        // A socket that wakes the thread while the state is held hands it over.
+        assert!(h.socket_woke().is_some());
+        // A failed rewatch hands the state back, to be resumed.
+        assert!(h.socket_woke().is_none());
+        let failed = || Err(std::io::Error::other("cannot watch"));
+        assert!(h.hold_parked_again(held(), failed).is_err());
     }
 }

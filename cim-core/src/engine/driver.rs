@@ -433,7 +433,7 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
         }
         let handle = self.conn.handle.clone();
         let fd = self.fd;
-        match handle.hold_parked(self, || parker.rewatch(fd, handle.id())) {
+        match handle.hold_parked_again(self, || parker.rewatch(fd, handle.id())) {
             Ok(()) => Written::Parked(handle.id()),
             Err(back) => Written::Resume(back, None),
         }

@@ -166,9 +166,9 @@ impl Parker {
         })
     }
 
-    /// Watches the socket of connection `id` again, after a write while parked: its readiness
-    /// is looked at afresh, so that input that came meanwhile (whose event found the
-    /// connection's state out of its queue) is not missed.
+    /// Watches the socket of connection `id` again, after a write while parked during which its
+    /// socket woke the thread: its readiness is looked at afresh, so that input that came
+    /// meanwhile (whose event found the connection's state out of its queue) is not missed.
     pub(crate) fn rewatch(&self, fd: RawFd, id: ConnId) -> io::Result<()> {
         let token = token(id).ok_or_else(|| io::Error::other("no token for this connection"))?;
         self.registry
@@ -324,8 +324,9 @@ fn watch(mut poll: Poll, parker: &Weak<Parker>) {
         if let Some(hub) = p.hub.get().and_then(Weak::upgrade) {
             for event in events.iter().filter(|e| e.token() != WAKE) {
                 let id = ConnId(event.token().0 as u64);
-                // Not found: a wake-up from its queue took it first.
-                if let Some(entry) = hub.live.get(id).and_then(|h| h.take_parked()) {
+                // Not found: a wake-up from its queue took it first (and it is written to, or
+                // resumed).
+                if let Some(entry) = hub.live.get(id).and_then(|h| h.socket_woke()) {
                     ready.push(entry);
                 }
             }
