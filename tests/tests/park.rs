@@ -340,27 +340,39 @@ async fn a_half_read_frame_keeps_its_connection_unparked() {
     parked(&server, 1).await;
 }
 
-/// The heartbeat reaches a parked connection: it is resumed to send the PING, parks again,
-/// and is closed when the PINGs go unanswered.
+/// The heartbeat reaches a parked connection: its PING is written from the parked state (the
+/// connection stays parked: resumed to write it, it would stay unparked for `park_after`), the
+/// PONG resumes it like any input, it parks again, and it is closed when the PINGs go
+/// unanswered.
 #[tokio::test]
-async fn the_heartbeat_resumes_a_parked_connection() {
+async fn the_heartbeat_reaches_a_parked_connection() {
     let conn = ConnectionConfig {
         timers: Timers {
-            write_idle: Duration::from_millis(300),
-            read_idle: Duration::from_millis(300),
+            write_idle: Duration::from_millis(600),
+            read_idle: Duration::from_millis(600),
             max_pong_timeout: 3,
             ..Timers::default()
         },
-        park_after: Duration::from_millis(50),
+        park_after: Duration::from_millis(200),
         ..ConnectionConfig::default()
     };
     let (server, closes) = start_with(conn, WsSettings::default(), |b| b).await;
     let mut c = bound_tcp(&server, "hb").await;
     parked(&server, 1).await;
     assert_eq!(c.next().await, Some(Frame::Ping));
+    assert_eq!(
+        server.hub().parked_connections(),
+        1,
+        "the PING written parked"
+    );
     c.send(Frame::Pong).await;
     parked(&server, 1).await;
     assert_eq!(c.next().await, Some(Frame::Ping));
+    assert_eq!(
+        server.hub().parked_connections(),
+        1,
+        "the next PING written parked"
+    );
     // No answers now: closed for the missed PINGs, and cleaned up.
     let seen = c.expect_closed().await;
     assert!(seen.iter().all(|f| *f == Frame::Ping), "{seen:?}");
@@ -368,6 +380,34 @@ async fn the_heartbeat_resumes_a_parked_connection() {
     assert!(reason.contains("no answer"), "{reason}");
     assert_eq!(server.hub().parked_connections(), 0);
     assert!(no_session(&server, "hb").await);
+}
+
+/// A push written from the parked state counts for the heartbeat as a write, without setting
+/// the shared timer again: the deadline set before it finds nothing due, is set again, and the
+/// PING comes at the later one, written parked.
+#[tokio::test]
+async fn a_push_written_parked_postpones_the_heartbeat() {
+    let conn = ConnectionConfig {
+        timers: Timers {
+            write_idle: Duration::from_millis(800),
+            read_idle: Duration::from_millis(5_000),
+            ..Timers::default()
+        },
+        park_after: Duration::from_millis(100),
+        ..ConnectionConfig::default()
+    };
+    let (server, _) = start_with(conn, WsSettings::default(), |b| b).await;
+    let mut c = bound_tcp(&server, "late").await;
+    parked(&server, 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_receives(&server, &mut c, "late", "in between").await;
+    assert_eq!(server.hub().parked_connections(), 1, "written parked");
+    assert_eq!(c.next().await, Some(Frame::Ping));
+    assert_eq!(
+        server.hub().parked_connections(),
+        1,
+        "the PING written parked"
+    );
 }
 
 /// A parked connection whose peer leaves is resumed by the hang-up and cleaned up: its session

@@ -404,6 +404,12 @@ impl OutboundReceiver {
         st.close.is_none() && !st.overflowed && !self.queue.due.load(Ordering::Acquire)
     }
 
+    /// Whether items are queued.
+    #[cfg(unix)]
+    pub(crate) fn has_items(&self) -> bool {
+        !self.queue.lock().items.is_empty()
+    }
+
     /// Whether a heartbeat deadline passed, without taking it.
     #[cfg(unix)]
     pub(crate) fn is_due(&self) -> bool {

@@ -386,12 +386,25 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
     }
 
     fn write_queued(mut self: Box<Self>, parker: &Parker) -> Written {
+        let now = Instant::now();
+        // Its heartbeat's deadline, polled as its task would poll it: a PING is written from
+        // here like a push, a close is the task's (the deadline left for it to find). Writes
+        // from here move the heartbeat's deadlines later without setting the shared timer
+        // again, so a deadline may find nothing due: it is set again here.
+        if self.rx.is_due() {
+            match self.conn.heartbeat.poll(now) {
+                TimerAction::Close(_) => return Written::Resume(self, None),
+                TimerAction::Ping => self.conn.out.push(Outbound::Frame(Box::new(Frame::Ping))),
+                TimerAction::Nothing => {}
+            }
+            self.rx.take_due();
+            self.conn.arm(now, false);
+        }
         // Busy (it read or wrote within `park_after`): its task would write again soon, and
         // writes it better (from the runtime's workers, a batch at a time).
-        if !self.conn.idle_enough(Instant::now()) {
+        if self.rx.has_items() && !self.conn.idle_enough(now) {
             return Written::Resume(self, None);
         }
-        let mut wrote = false;
         // A few batches, for pushes that came while one was written; more resume it.
         for _ in 0..PARKED_BATCHES {
             // A close, a deadline, an overflow: the task's to handle.
@@ -418,7 +431,6 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
                 ParkedSend::Written => {
                     let items = std::mem::take(&mut conn.out);
                     conn.wrote(&items);
-                    wrote = true;
                 }
                 ParkedSend::Rest(bytes) => {
                     let items = std::mem::take(&mut conn.out);
@@ -426,10 +438,6 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
                 }
                 ParkedSend::Unwritten => return Written::Resume(self, None),
             }
-        }
-        if wrote {
-            // Its heartbeat's deadline, from the write.
-            self.conn.arm(Instant::now(), false);
         }
         let handle = self.conn.handle.clone();
         let fd = self.fd;

@@ -8,8 +8,9 @@
 //! ([`Transport::park`](crate::engine::Transport::park)), and its socket is watched by an
 //! `epoll` (`kqueue`) set of the node's, on a thread of its own. What would have woken the task
 //! resumes the connection in a new one: input or a hang-up on the socket (the thread finds the
-//! queue through the node's live set), a close request in its queue, its heartbeat's deadline
-//! (which reaches it through the queue too). Resuming costs a spawn and two registrations. A
+//! queue through the node's live set), a close request in its queue, a heartbeat that closes
+//! it. Resuming costs a spawn and two registrations. Its heartbeat's deadline reaches it
+//! through the queue too, and a PING is written from the parked state like a push. A
 //! push to a connection that has idled for its `park_after` does not resume it: what was queued
 //! is written straight from the parked state (by this thread, or for a fan-out by tasks of the
 //! runtime, which resume the connections that need it), and the connection is resumed only if
