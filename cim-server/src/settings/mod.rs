@@ -201,7 +201,14 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(server_vars(env)?)),
         );
-        let merged = builder.build().map_err(load_error)?;
+        let merged = builder.build().map_err(|e| match (e, file) {
+            // Named by its path as given (the library names it relative to the working
+            // directory, after the parser's snippet).
+            (config::ConfigError::FileParse { cause, .. }, Some(path)) => {
+                SettingsError::Load(format!("{}: {cause}", path.display()))
+            }
+            (e, _) => load_error(e),
+        })?;
         // The path of a value that does not fit is kept, so the message names its key.
         let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
             let key = e.path().to_string();

@@ -542,3 +542,18 @@ fn http_enabled_without_the_feature_is_off_and_true_refused() {
         .to_string();
     assert!(e.contains("enable"), "{e}");
 }
+
+/// A file that is not TOML is named by its path as given, before the parser's account of where
+/// it stopped.
+#[test]
+fn a_malformed_file_is_named_by_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    std::fs::write(&file, "[tcp\nport = 1\n").unwrap();
+    let e = Settings::load(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    let named = format!("{}: ", file.display());
+    assert!(e.contains(&named), "{e}");
+    assert!(e.contains("line 1"), "{e}");
+}
