@@ -402,7 +402,7 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
         }
         // Busy (it read or wrote within `park_after`): its task would write again soon, and
         // writes it better (from the runtime's workers, a batch at a time).
-        if self.rx.has_items() && !self.conn.idle_enough(now) {
+        if !self.conn.idle_enough(now) && self.rx.has_items() {
             return Written::Resume(self, None);
         }
         // A few batches, for pushes that came while one was written; more resume it.
