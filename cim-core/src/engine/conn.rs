@@ -335,24 +335,24 @@ impl ConnectionHandle {
     /// Takes the parked connection's state, for the runtime went away.
     #[cfg(unix)]
     pub(crate) fn take_parked(&self) -> Option<Box<dyn Resume>> {
-        self.take_parked_or(|_| {})
+        self.take(false)
     }
 
     /// Takes the parked connection's state, for its socket woke it. Not held (it is being
     /// written to): remembered, for [`hold_parked_again`](Self::hold_parked_again).
     #[cfg(unix)]
     pub(crate) fn socket_woke(&self) -> Option<Box<dyn Resume>> {
-        self.take_parked_or(|st| st.stirred = true)
+        self.take(true)
     }
 
     #[cfg(unix)]
-    fn take_parked_or(&self, absent: impl FnOnce(&mut State)) -> Option<Box<dyn Resume>> {
+    fn take(&self, socket_woke: bool) -> Option<Box<dyn Resume>> {
         let mut st = self.queue.lock();
         match std::mem::take(&mut st.waiter) {
             Waiter::Parked(p) => Some(p),
             other => {
                 st.waiter = other;
-                absent(&mut st);
+                st.stirred |= socket_woke;
                 None
             }
         }
