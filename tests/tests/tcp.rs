@@ -8,12 +8,13 @@
 
 use crate::common;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cim_core::engine::{ConnectionConfig, Timers};
-use cim_core::{Frame, ReplyBody, RequestContext, RequestHandler, Result, SentBody};
+use cim_core::{Frame, Message, ReplyBody, RequestContext, RequestHandler, Result, SentBody};
 use cim_server::WsSettings;
 use common::*;
 
@@ -138,6 +139,94 @@ async fn client_message_reaches_the_receiver_and_is_acknowledged() {
         ))
         .await;
     assert_eq!(stranger.reply().await.code, "403");
+}
+
+/// The next frame of a slow reader: `None` for a push (counted in `received`) or a PING, the
+/// reply when one comes.
+async fn slow_read(client: &mut TcpClient, received: &AtomicU64) -> Option<ReplyBody> {
+    match client.next_slowly(8 * 1024).await {
+        Some(Frame::Message(m)) if m.action == "flood" => {
+            received.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Some(Frame::Reply(r)) => Some(r),
+        Some(Frame::Ping) => None,
+        other => panic!("expected a push or the reply, got {other:?}"),
+    }
+}
+
+/// A connection whose queue never empties still reads what its peer sends: its task looks at
+/// the socket between writes however busy the queue. Its reader is slow, and the pusher keeps
+/// 1 000 messages of 4 KiB on their way to it (more than the sockets' buffers hold, some 1.3 MB
+/// on loopback), so that its queue has something in it whenever its task looks; its writes are
+/// of 16 messages at most, so that each is short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_connection_whose_queue_never_empties_still_reads_its_peer() {
+    const IN_FLIGHT: u64 = 1_000;
+    let conn = ConnectionConfig {
+        queue_capacity: 4 * IN_FLIGHT as usize,
+        max_batch: 16,
+        ..ConnectionConfig::default()
+    };
+    let (server, _) = start_with(conn, WsSettings::default(), |b| b).await;
+    // A small receive buffer, so that the sockets hold little of what is on its way.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr("tcp").unwrap()).await.unwrap();
+    let mut alice = StreamClient::on(stream, cim_codec_binary::BinaryCodec::new());
+    alice.bind("alice", "android", "dev-alice").await;
+    let _bob = bound_tcp(&server, "bob").await;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let hub = Arc::clone(server.hub());
+        let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if sent - received.load(Ordering::Relaxed) >= IN_FLIGHT {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    continue;
+                }
+                let flood = Message {
+                    action: "flood".into(),
+                    ..message_to("alice", &"x".repeat(4 * 1024))
+                };
+                let sent_to = hub.send(flood).await.unwrap();
+                assert_eq!(sent_to.delivered, 1, "{sent_to:?}");
+                sent += 1;
+            }
+            sent
+        })
+    };
+    while received.load(Ordering::Relaxed) < IN_FLIGHT {
+        assert!(
+            slow_read(&mut alice, &received).await.is_none(),
+            "a reply before any request"
+        );
+    }
+    alice
+        .send(Frame::Sent(
+            SentBody::new("client_message")
+                .with("receiver", "bob")
+                .with("content", "between the pushes")
+                .with("requestId", "r-flood"),
+        ))
+        .await;
+    let reply = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(r) = slow_read(&mut alice, &received).await {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("the request was never read while the queue kept filling");
+    assert_eq!(reply.data.get("requestId"), Some("r-flood"), "{reply:?}");
+    assert_eq!(reply.code, "200", "{reply:?}");
+    assert!(!pusher.is_finished(), "the pushes stopped before the reply");
+    stop.store(true, Ordering::Relaxed);
+    pusher.await.unwrap();
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
@@ -29,6 +30,13 @@ use crate::error::Error;
 use crate::frame::Frame;
 use crate::session::Session;
 
+/// Items a connection's batch buffer may hold and still be kept between writes.
+const KEPT_BATCH: usize = 4;
+
+/// Queue wake-ups in a row served before the socket: past this many, the next wake-up looks at
+/// the socket first, so that a connection pushed to without pause still reads its peer.
+const QUEUE_FIRST: u8 = 8;
+
 /// A connection's task's state: the loop and write path here, what it does with the frames it
 /// reads in `requests.rs`. It outlives a task when the connection is parked (`park.rs`).
 pub(super) struct Conn<T> {
@@ -41,6 +49,7 @@ pub(super) struct Conn<T> {
     /// What of the listener's [`ConnectionConfig`] is used after the start, shared by every
     /// connection with the same.
     pub(super) settings: &'static Settings,
+    /// What is being written: drained from the queue, or the task's own frames.
     pub(super) out: Vec<Outbound>,
     /// Ids of stored messages written during the bind hand-over: the same messages may also sit
     /// in the queue (pushed while the hand-over ran), and are skipped there once.
@@ -178,13 +187,16 @@ fn run<T: Transport, G: Send + 'static>(
                     break 'run End::normal(Cause::ReadError, format!("resuming failed: {e}"));
                 }
             }
+            // Wake-ups since the socket was last looked at first.
+            let mut queue_wakes: u8 = 0;
             loop {
-                // A frame read is boxed at once: held in place across the await that handles
-                // it, it would make every idle connection's task larger by the size of a frame.
-                let read = tokio::select! {
-                    () = rx.ready() => None,
-                    frame = conn.transport.recv() => match frame {
-                        Ok(Some(frame)) => Some(Box::new(frame)),
+                let socket_first = queue_wakes >= QUEUE_FIRST;
+                let woke = woken(&rx, &mut conn.transport, socket_first).await;
+                queue_wakes = if socket_first { 0 } else { queue_wakes + 1 };
+                let read = match woke {
+                    Woke::Queue => None,
+                    Woke::Socket(frame) => match frame {
+                        Ok(Some(frame)) => Some(frame),
                         Ok(None) => break End::normal(Cause::Peer, "closed by peer"),
                         Err(Error::Io(e)) => {
                             break End::normal(Cause::ReadError, format!("read failed: {e}"));
@@ -269,6 +281,37 @@ fn run<T: Transport, G: Send + 'static>(
     }
 }
 
+/// What woke a connection's task.
+enum Woke {
+    /// Its queue: something to write, a close request or a heartbeat deadline.
+    Queue,
+    /// Its socket: a frame (boxed at once: held in place across the await that handles it, it
+    /// would make every idle connection's task larger by the size of a frame), the end of the
+    /// stream or an error.
+    Socket(crate::error::Result<Option<Box<Frame>>>),
+}
+
+/// Waits for the connection's queue or its socket. The queue is looked at first unless
+/// `socket_first`: a push then wakes the task without the socket being polled (which would
+/// register the task with it again), and the socket is looked at first once in a while, so
+/// that input is read however busy the queue.
+async fn woken<T: Transport>(rx: &OutboundReceiver, transport: &mut T, socket_first: bool) -> Woke {
+    let mut recv = std::pin::pin!(transport.recv());
+    std::future::poll_fn(|cx| {
+        if !socket_first && rx.poll_ready(cx).is_ready() {
+            return Poll::Ready(Woke::Queue);
+        }
+        if let Poll::Ready(frame) = recv.as_mut().poll(cx) {
+            return Poll::Ready(Woke::Socket(frame.map(|f| f.map(Box::new))));
+        }
+        if socket_first && rx.poll_ready(cx).is_ready() {
+            return Poll::Ready(Woke::Queue);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Why a connection's task would park.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(unix), allow(dead_code))]
@@ -314,6 +357,8 @@ impl<T: Transport, G: Send + 'static> Parked<T, G> {
         {
             return Err((self, None));
         }
+        // Parked, it keeps no batch buffer.
+        self.conn.out = Vec::new();
         let Some(parker) = self.conn.hub.parker().cloned() else {
             // The node cannot park: this connection stops trying.
             self.conn.settings = Settings {
@@ -577,9 +622,16 @@ impl<T: Transport> Conn<T> {
         // Most writes complete at once: only one that has to wait gets a deadline.
         let stall = self.write_timeout();
         let res = within(stall, self.transport.send(&self.out)).await;
-        // Released rather than cleared: an idle connection keeps no batch buffer.
-        let items = std::mem::take(&mut self.out);
-        self.written(res, stall, &items)
+        let mut items = std::mem::take(&mut self.out);
+        let done = self.written(res, stall, &items);
+        // A small batch buffer is kept for the next write (a busy connection would allocate
+        // one per write); a larger one, left by a burst, is released. A connection that parks
+        // releases it too (`Parked::park`): an idle connection keeps none.
+        items.clear();
+        if items.capacity() <= KEPT_BATCH {
+            self.out = items;
+        }
+        done
     }
 
     /// What a resumed connection does first: writes the rest of a write begun while it was
@@ -647,35 +699,40 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    /// Writes what others queued, batch by batch; ends the connection on a close request.
+    /// Writes one batch of what others queued; ends the connection on a close request. What is
+    /// left in the queue wakes the task again at once, and between batches the task's loop
+    /// looks at the socket too (`woken`): a queue that never empties does not keep the
+    /// connection from reading its peer.
     async fn flush(&mut self, rx: &OutboundReceiver) -> Result<(), End> {
-        loop {
-            let close = rx.drain(&mut self.out, self.settings.max_batch as usize);
-            let drained = self.out.len();
-            let uncarried = handover::sort_out(&mut self.out, self.replayed.take(), |m| {
-                self.transport.can_carry(m)
-            });
-            self.write_out().await?;
-            if !uncarried.is_empty() {
-                // Boxed: rare, and its future would make every write's larger.
-                Box::pin(handover::keep_undelivered(
-                    &self.hub,
-                    self.session.as_deref(),
-                    uncarried,
-                ))
-                .await;
-            }
-            if let Some(req) = close {
-                return Err(End::requested(&req));
-            }
-            if drained < self.settings.max_batch as usize {
-                // Caught up after an overflow: what was refused meanwhile is in the store.
-                if rx.overflowed() && rx.recover_overflow() {
-                    Box::pin(self.replay_stored()).await?;
-                }
-                return Ok(());
+        let close = rx.drain(&mut self.out, self.settings.max_batch as usize);
+        let drained = self.out.len();
+        let uncarried = handover::sort_out(&mut self.out, self.replayed.as_deref(), |m| {
+            self.transport.can_carry(m)
+        });
+        if drained < self.settings.max_batch as usize {
+            // What was pushed during the hand-over has all been looked at.
+            self.replayed = None;
+        }
+        self.write_out().await?;
+        if !uncarried.is_empty() {
+            // Boxed: rare, and its future would make every write's larger.
+            Box::pin(handover::keep_undelivered(
+                &self.hub,
+                self.session.as_deref(),
+                uncarried,
+            ))
+            .await;
+        }
+        if let Some(req) = close {
+            return Err(End::requested(&req));
+        }
+        if drained < self.settings.max_batch as usize {
+            // Caught up after an overflow: what was refused meanwhile is in the store.
+            if rx.overflowed() && rx.recover_overflow() {
+                Box::pin(self.replay_stored()).await?;
             }
         }
+        Ok(())
     }
 
     /// Writes the account's stored messages up to the router's boundary, oldest first, before
@@ -739,6 +796,50 @@ mod tests {
         #[cfg(unix)]
         assert_eq!(std::mem::size_of::<Parked<[u64; 10], Arc<()>>>(), 256);
         assert_eq!(std::mem::size_of::<Peer>(), 16);
+    }
+
+    /// A transport whose peer always has a frame ready, counting how often it is read.
+    #[derive(Default)]
+    struct AlwaysReadable {
+        reads: usize,
+    }
+
+    impl Transport for AlwaysReadable {
+        async fn recv(&mut self) -> crate::error::Result<Option<Frame>> {
+            self.reads += 1;
+            Ok(Some(Frame::Pong))
+        }
+
+        async fn send(&mut self, _items: &[Outbound]) -> crate::error::Result<()> {
+            Ok(())
+        }
+
+        async fn close(&mut self, _why: Closing) {}
+    }
+
+    #[tokio::test]
+    async fn a_ready_queue_wakes_the_task_without_reading_unless_the_socket_is_due() {
+        let (handle, rx) = ConnectionHandle::new(crate::engine::ConnId(1), 8);
+        let mut transport = AlwaysReadable::default();
+        // Nothing queued: the socket's frame wakes the task.
+        let woke = woken(&rx, &mut transport, false).await;
+        assert!(matches!(woke, Woke::Socket(Ok(Some(f))) if *f == Frame::Pong));
+        assert_eq!(transport.reads, 1);
+        // Something queued: the queue answers, and the socket is not read ...
+        handle.push_frame(Frame::Ping).unwrap();
+        assert!(matches!(
+            woken(&rx, &mut transport, false).await,
+            Woke::Queue
+        ));
+        assert_eq!(transport.reads, 1);
+        // ... unless it is the socket's turn: then its frame comes first, queue or not.
+        let woke = woken(&rx, &mut transport, true).await;
+        assert!(matches!(woke, Woke::Socket(Ok(Some(f))) if *f == Frame::Pong));
+        assert_eq!(transport.reads, 2);
+        assert!(matches!(
+            woken(&rx, &mut transport, false).await,
+            Woke::Queue
+        ));
     }
 
     #[test]

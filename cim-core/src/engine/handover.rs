@@ -270,21 +270,14 @@ impl Replay {
 /// (ids in `replayed`), and the messages the connection cannot carry (`carry` says no: too
 /// large for its listener), which it returns to be kept for the account
 /// ([`keep_undelivered`]) rather than lost.
-#[allow(clippy::box_collection)] // as the connection keeps it: one pointer when unused
 pub(crate) fn sort_out(
     out: &mut Vec<Outbound>,
-    replayed: Option<Box<HashSet<i64>>>,
+    replayed: Option<&HashSet<i64>>,
     mut carry: impl FnMut(&SharedMessage) -> bool,
 ) -> Vec<Outbound> {
     let mut uncarried = Vec::new();
     out.retain(|o| match o {
-        Outbound::Message(m)
-            if replayed
-                .as_ref()
-                .is_some_and(|r| r.contains(&m.message().id)) =>
-        {
-            false
-        }
+        Outbound::Message(m) if replayed.is_some_and(|r| r.contains(&m.message().id)) => false,
         Outbound::Message(m) if !carry(m) => {
             uncarried.push(o.clone());
             false

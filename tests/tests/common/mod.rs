@@ -229,6 +229,25 @@ impl<C: StreamCodec> StreamClient<C> {
         .expect("timed out waiting for a frame")
     }
 
+    /// The next frame, read as a slow reader reads: at most `chunk` bytes a millisecond.
+    pub async fn next_slowly(&mut self, chunk: usize) -> Option<Frame> {
+        tokio::time::timeout(WAIT, async {
+            let mut bytes = vec![0; chunk];
+            loop {
+                if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
+                    return Some(f);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                match self.stream.read(&mut bytes).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&bytes[..n]),
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a frame")
+    }
+
     /// The next frame that is not a PING.
     pub async fn next_data(&mut self) -> Option<Frame> {
         loop {
