@@ -378,13 +378,30 @@ async fn restart_pending(backend: Backend) {
 
 #[tokio::test]
 async fn a_kept_slow_reader_gets_everything_once_in_order_when_it_catches_up() {
+    kept_slow_reader(ConnectionConfig::default()).await;
+}
+
+/// The same, with a queue that holds exactly two batches (as the defaults' 1 024 hold four of
+/// 256): the catching up is seen on the write that empties the queue, not on a later look at
+/// it that nothing would wake (no parking, no heartbeat due within the test's wait).
+#[tokio::test]
+async fn a_kept_slow_reader_whose_queue_holds_whole_batches_catches_up() {
+    kept_slow_reader(ConnectionConfig {
+        max_batch: 4,
+        park_after: Duration::ZERO,
+        ..ConnectionConfig::default()
+    })
+    .await;
+}
+
+async fn kept_slow_reader(base: ConnectionConfig) {
     use cim_core::engine::SlowConsumer;
     let dir = tempfile::tempdir().unwrap();
     let conn = ConnectionConfig {
         queue_capacity: 8,
         write_timeout: Duration::from_secs(60),
         slow_consumer: SlowConsumer::Keep,
-        ..ConnectionConfig::default()
+        ..base
     };
     // A tiny queue overflows again and again as the reader catches up; spare the test an
     // fsync per round.

@@ -42,6 +42,14 @@ pub enum Outbound {
     Message(Arc<SharedMessage>),
 }
 
+/// What [`OutboundReceiver::drain_batch`] did.
+pub(crate) struct Drained {
+    /// The close request, if one is pending and every item before it has been taken.
+    pub(crate) close: Option<CloseRequest>,
+    /// Whether the queue is empty now.
+    pub(crate) emptied: bool,
+}
+
 /// Why a push to a connection failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
@@ -424,19 +432,28 @@ impl OutboundReceiver {
     /// Moves up to `max` queued items into `out` and returns the close request, if one is
     /// pending and every item before it has been taken.
     pub fn drain(&self, out: &mut Vec<Outbound>, max: usize) -> Option<CloseRequest> {
+        self.drain_batch(out, max).close
+    }
+
+    /// [`drain`](Self::drain), also saying whether it left the queue empty.
+    pub(crate) fn drain_batch(&self, out: &mut Vec<Outbound>, max: usize) -> Drained {
         let mut st = self.queue.lock();
         let n = st.items.len().min(max);
         out.extend(st.items.drain(..n));
-        if st.items.is_empty() {
-            // Release the ring buffer of a queue that grew for a burst.
-            if st.items.capacity() > 64 {
-                st.items = VecDeque::new();
-            }
-            if st.close.is_some() {
-                return st.close.as_deref().cloned();
-            }
+        if !st.items.is_empty() {
+            return Drained {
+                close: None,
+                emptied: false,
+            };
         }
-        None
+        // Release the ring buffer of a queue that grew for a burst.
+        if st.items.capacity() > 64 {
+            st.items = VecDeque::new();
+        }
+        Drained {
+            close: st.close.as_deref().cloned(),
+            emptied: true,
+        }
     }
 
     /// Whether the queue overflowed under [`SlowConsumer::Keep`] and refuses pushes.

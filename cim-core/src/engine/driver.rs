@@ -4,7 +4,6 @@
 //! whatever others queue for it, and cleans up. The rules live elsewhere; this is the loop and
 //! the write path.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::engine::conn::{CloseRequest, ConnectionHandle, Outbound, OutboundReceiver};
 use crate::engine::handler::connection_span;
-use crate::engine::handover::{self, Replay};
+use crate::engine::handover::{self, Replay, Replayed};
 use crate::engine::heartbeat::{Heartbeat, TimerAction};
 use crate::engine::hub::Hub;
 use crate::engine::metrics::Cause;
@@ -33,9 +32,14 @@ use crate::session::Session;
 /// Items a connection's batch buffer may hold and still be kept between writes.
 const KEPT_BATCH: usize = 4;
 
-/// Queue wake-ups in a row served before the socket: past this many, the next wake-up looks at
-/// the socket first, so that a connection pushed to without pause still reads its peer.
+/// Wake-ups of a connection's task that look at its queue first (a push then wakes it without
+/// its socket being polled); the one after them looks at the socket first, so that a
+/// connection pushed to without pause still reads its peer.
 const QUEUE_FIRST: u8 = 8;
+
+/// Batches a connection writes from its queue at most before its task looks at what else woke
+/// it (a full queue of the default settings: 1 024 items, batches of 256).
+const FLUSH_BATCHES: usize = 4;
 
 /// A connection's task's state: the loop and write path here, what it does with the frames it
 /// reads in `requests.rs`. It outlives a task when the connection is parked (`park.rs`).
@@ -51,11 +55,10 @@ pub(super) struct Conn<T> {
     pub(super) settings: &'static Settings,
     /// What is being written: drained from the queue, or the task's own frames.
     pub(super) out: Vec<Outbound>,
-    /// Ids of stored messages written during the bind hand-over: the same messages may also sit
-    /// in the queue (pushed while the hand-over ran), and are skipped there once.
+    /// Stored messages written during the bind hand-over (or a catching up): the same messages
+    /// may also sit in the queue (pushed while the replay ran), and are skipped there once.
     /// (Boxed: a connection that never replays holds one pointer, not an empty set.)
-    #[allow(clippy::box_collection)]
-    pub(super) replayed: Option<Box<HashSet<i64>>>,
+    pub(super) replayed: Option<Box<Replayed>>,
     /// The deadline set in the node's shared timer, in milliseconds since the connection
     /// opened (see [`Heartbeat::instant`]).
     armed_ms: u64,
@@ -191,18 +194,26 @@ fn run<T: Transport, G: Send + 'static>(
             let mut queue_wakes: u8 = 0;
             loop {
                 let socket_first = queue_wakes >= QUEUE_FIRST;
-                let woke = woken(&rx, &mut conn.transport, socket_first).await;
                 queue_wakes = if socket_first { 0 } else { queue_wakes + 1 };
-                let read = match woke {
-                    Woke::Queue => None,
-                    Woke::Socket(frame) => match frame {
-                        Ok(Some(frame)) => Some(frame),
-                        Ok(None) => break End::normal(Cause::Peer, "closed by peer"),
-                        Err(Error::Io(e)) => {
+                // (In a block of its own, so that the task holds no `Woke` across the awaits
+                // below: the frame is boxed, an idle connection's task stays small.)
+                let read = {
+                    let woke = {
+                        let (rx, mut recv) = (&rx, std::pin::pin!(conn.transport.recv()));
+                        std::future::poll_fn(move |cx| {
+                            poll_woken(rx, recv.as_mut(), socket_first, cx)
+                        })
+                        .await
+                    };
+                    match woke {
+                        Woke::Queue => None,
+                        Woke::Socket(Ok(Some(frame))) => Some(frame),
+                        Woke::Socket(Ok(None)) => break End::normal(Cause::Peer, "closed by peer"),
+                        Woke::Socket(Err(Error::Io(e))) => {
                             break End::normal(Cause::ReadError, format!("read failed: {e}"));
                         }
-                        Err(e) => break End::protocol(e),
-                    },
+                        Woke::Socket(Err(e)) => break End::protocol(e),
+                    }
                 };
                 // Whether to park: at once when the connection has just bound (so that in a
                 // storm of binds, a reconnecting fleet's, tasks do not pile up), else once it has
@@ -239,6 +250,12 @@ fn run<T: Transport, G: Send + 'static>(
                             }
                         }
                         TimerAction::Close(why) => break End::idle(why),
+                    }
+                    // A deadline releases the batch buffer kept between writes: a connection
+                    // that does not park (a WebSocket, say) keeps none while it idles. (It
+                    // holds nothing here: the replies to what it read are written by now.)
+                    if conn.out.is_empty() {
+                        conn.out = Vec::new();
                     }
                 }
                 // Boxed, so that an idle connection's task does not carry the write path.
@@ -291,25 +308,30 @@ enum Woke {
     Socket(crate::error::Result<Option<Box<Frame>>>),
 }
 
-/// Waits for the connection's queue or its socket. The queue is looked at first unless
-/// `socket_first`: a push then wakes the task without the socket being polled (which would
-/// register the task with it again), and the socket is looked at first once in a while, so
-/// that input is read however busy the queue.
-async fn woken<T: Transport>(rx: &OutboundReceiver, transport: &mut T, socket_first: bool) -> Woke {
-    let mut recv = std::pin::pin!(transport.recv());
-    std::future::poll_fn(|cx| {
-        if !socket_first && rx.poll_ready(cx).is_ready() {
-            return Poll::Ready(Woke::Queue);
-        }
-        if let Poll::Ready(frame) = recv.as_mut().poll(cx) {
-            return Poll::Ready(Woke::Socket(frame.map(|f| f.map(Box::new))));
-        }
-        if socket_first && rx.poll_ready(cx).is_ready() {
-            return Poll::Ready(Woke::Queue);
-        }
-        Poll::Pending
-    })
-    .await
+/// Whether the connection's queue or its socket (`recv`, a read in progress) woke its task.
+/// The queue is looked at first unless `socket_first`: a push then wakes the task without the
+/// socket being polled (which would register the task with it again), and the socket is
+/// looked at first once in a while, so that input is read however busy the queue. (A poll
+/// function rather than a future of its own: the task holds the read in progress alone.)
+fn poll_woken<F>(
+    rx: &OutboundReceiver,
+    recv: std::pin::Pin<&mut F>,
+    socket_first: bool,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Woke>
+where
+    F: Future<Output = crate::error::Result<Option<Frame>>>,
+{
+    if !socket_first && rx.poll_ready(cx).is_ready() {
+        return Poll::Ready(Woke::Queue);
+    }
+    if let Poll::Ready(frame) = recv.poll(cx) {
+        return Poll::Ready(Woke::Socket(frame.map(|f| f.map(Box::new))));
+    }
+    if socket_first && rx.poll_ready(cx).is_ready() {
+        return Poll::Ready(Woke::Queue);
+    }
+    Poll::Pending
 }
 
 /// Why a connection's task would park.
@@ -625,8 +647,8 @@ impl<T: Transport> Conn<T> {
         let mut items = std::mem::take(&mut self.out);
         let done = self.written(res, stall, &items);
         // A small batch buffer is kept for the next write (a busy connection would allocate
-        // one per write); a larger one, left by a burst, is released. A connection that parks
-        // releases it too (`Parked::park`): an idle connection keeps none.
+        // one per write); a larger one, left by a burst, is released, and so is any at the
+        // connection's next deadline or when it parks (`Parked::park`).
         items.clear();
         if items.capacity() <= KEPT_BATCH {
             self.out = items;
@@ -646,7 +668,9 @@ impl<T: Transport> Conn<T> {
         if !rx.is_due() {
             self.arm(Instant::now(), true);
         }
-        if !self.out.is_empty() {
+        // (A parked write may have emptied a queue that had overflowed: its catching up is
+        // the task's to see.)
+        if !self.out.is_empty() || rx.overflowed() {
             self.flush(rx).await?;
         }
         Ok(())
@@ -699,37 +723,46 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    /// Writes one batch of what others queued; ends the connection on a close request. What is
-    /// left in the queue wakes the task again at once, and between batches the task's loop
-    /// looks at the socket too (`woken`): a queue that never empties does not keep the
-    /// connection from reading its peer.
+    /// Writes what others queued, a batch at a time and [`FLUSH_BATCHES`] batches at most
+    /// (what is left wakes the task again at once, and its loop looks at the socket in between:
+    /// a queue that never empties does not keep the connection from reading its peer); ends
+    /// the connection on a close request.
     async fn flush(&mut self, rx: &OutboundReceiver) -> Result<(), End> {
-        let close = rx.drain(&mut self.out, self.settings.max_batch as usize);
-        let drained = self.out.len();
-        let uncarried = handover::sort_out(&mut self.out, self.replayed.as_deref(), |m| {
-            self.transport.can_carry(m)
-        });
-        if drained < self.settings.max_batch as usize {
-            // What was pushed during the hand-over has all been looked at.
-            self.replayed = None;
-        }
-        self.write_out().await?;
-        if !uncarried.is_empty() {
-            // Boxed: rare, and its future would make every write's larger.
-            Box::pin(handover::keep_undelivered(
-                &self.hub,
-                self.session.as_deref(),
-                uncarried,
-            ))
-            .await;
-        }
-        if let Some(req) = close {
-            return Err(End::requested(&req));
-        }
-        if drained < self.settings.max_batch as usize {
-            // Caught up after an overflow: what was refused meanwhile is in the store.
-            if rx.overflowed() && rx.recover_overflow() {
-                Box::pin(self.replay_stored()).await?;
+        for _ in 0..FLUSH_BATCHES {
+            let before = self.out.len();
+            let drained = rx.drain_batch(&mut self.out, self.settings.max_batch as usize);
+            let taken = self.out.len() - before;
+            let uncarried = handover::sort_out(
+                &mut self.out,
+                self.replayed.as_deref().map(|r| &r.ids),
+                |m| self.transport.can_carry(m),
+            );
+            // Past the items queued when the replay ended, there are no copies of what it wrote.
+            if let Some(r) = self.replayed.as_deref_mut() {
+                r.left = r.left.saturating_sub(taken);
+                if r.left == 0 || drained.emptied {
+                    self.replayed = None;
+                }
+            }
+            self.write_out().await?;
+            if !uncarried.is_empty() {
+                // Boxed: rare, and its future would make every write's larger.
+                Box::pin(handover::keep_undelivered(
+                    &self.hub,
+                    self.session.as_deref(),
+                    uncarried,
+                ))
+                .await;
+            }
+            if let Some(req) = drained.close {
+                return Err(End::requested(&req));
+            }
+            if drained.emptied {
+                // Caught up after an overflow: what was refused meanwhile is in the store.
+                if rx.overflowed() && rx.recover_overflow() {
+                    Box::pin(self.replay_stored()).await?;
+                }
+                return Ok(());
             }
         }
         Ok(())
@@ -757,6 +790,9 @@ impl<T: Transport> Conn<T> {
             self.hub.services().metrics().replayed.increment(written);
         }
         replay.end().await;
+        if let Some(r) = self.replayed.as_deref_mut() {
+            r.left = self.handle.queued();
+        }
         Ok(())
     }
 
@@ -815,6 +851,15 @@ mod tests {
         }
 
         async fn close(&mut self, _why: Closing) {}
+    }
+
+    async fn woken(
+        rx: &OutboundReceiver,
+        transport: &mut AlwaysReadable,
+        socket_first: bool,
+    ) -> Woke {
+        let mut recv = std::pin::pin!(transport.recv());
+        std::future::poll_fn(|cx| poll_woken(rx, recv.as_mut(), socket_first, cx)).await
     }
 
     #[tokio::test]

@@ -200,10 +200,9 @@ impl Replay {
     /// A message the connection cannot carry (`carry` says no: too large for its listener) is
     /// not written and is stored again at the end of the account's queue, for a connection that
     /// can — never deleted unsent. [`batch_written`](Self::batch_written) says it was written.
-    #[allow(clippy::box_collection)] // as the connection keeps it: one pointer when unused
     pub(crate) async fn next_batch(
         &mut self,
-        replayed: &mut Option<Box<HashSet<i64>>>,
+        replayed: &mut Option<Box<Replayed>>,
         mut carry: impl FnMut(&SharedMessage) -> bool,
     ) -> Option<Vec<Outbound>> {
         let page = match self.next_page(usize::MAX).await {
@@ -220,6 +219,7 @@ impl Replay {
             if carry(&message) {
                 replayed
                     .get_or_insert_default()
+                    .ids
                     .insert(message.message().id);
                 batch.push(Outbound::Message(message));
                 continue;
@@ -264,6 +264,17 @@ impl Replay {
             warn!(error = %e, "deleting delivered messages failed; they may be sent again");
         }
     }
+}
+
+/// What a replay of stored messages wrote, for the connection to skip the copies of it that
+/// were pushed to its queue meanwhile. (Boxed in the connection: one pointer when unused.)
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    /// Ids of the messages written.
+    pub(crate) ids: HashSet<i64>,
+    /// Items of the queue still to look at for copies: those queued when the replay ended (a
+    /// copy was pushed before then, and the queue is first in, first out).
+    pub(crate) left: usize,
 }
 
 /// Takes out of `out`, a batch to write, the copies of messages the bind's replay wrote already
