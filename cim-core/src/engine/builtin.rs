@@ -122,8 +122,8 @@ impl RequestHandler for ClientMessage {
         bodies: Vec<SentBody>,
     ) -> Vec<Result<Option<ReplyBody>>> {
         let mut replies: Vec<Option<ReplyBody>> = Vec::with_capacity(bodies.len());
-        let mut pending = Vec::new();
-        let mut messages = Vec::new();
+        let mut pending = Vec::with_capacity(bodies.len());
+        let mut messages = Vec::with_capacity(bodies.len());
         for body in bodies {
             match message_of(ctx, body) {
                 Ok((rid, m)) => {

@@ -150,6 +150,9 @@ impl<T: Transport> Conn<T> {
             services: self.hub.services(),
         };
         let replies = self.hub.dispatch_many(&ctx, run).await;
+        // Room for the run's replies at once (a run is at most `max_batch`, the most `out`
+        // holds before it is written).
+        self.out.reserve(replies.len());
         for reply in replies.into_iter().flatten() {
             self.reply(&request_key, reply).await?;
         }

@@ -112,13 +112,36 @@ impl<S, C: StreamCodec> StreamTransport<S, C> {
                 }
             };
         }
-        let mut out = BytesMut::new();
+        // Sized once for the whole write: grown an item at a time, a burst's buffer was copied
+        // over and over (the publisher's replies, a batch of pushes).
+        let mut out = BytesMut::with_capacity(self.write_len(items));
         for item in items {
             if let Err(e) = self.encode(item, &mut out) {
                 warn!(error = %e, "cannot encode {}; skipped", describe(item));
             }
         }
         (!out.is_empty()).then(|| out.freeze())
+    }
+}
+
+/// What a frame other than a pushed message (a reply, mostly) is expected to take in a write,
+/// for sizing the write's buffer: a `client_message` reply takes some 60 bytes.
+const FRAME_LEN_HINT: usize = 64;
+
+impl<S, C: StreamCodec> StreamTransport<S, C> {
+    /// About how many bytes `items` encode to: a pushed message's shared encoding as it is, a
+    /// frame [`FRAME_LEN_HINT`].
+    fn write_len(&mut self, items: &[Outbound]) -> usize {
+        items
+            .iter()
+            .map(|item| match item {
+                Outbound::Message(shared) => match self.shared_encoding(shared) {
+                    Some(Ok(bytes)) => bytes.len(),
+                    _ => FRAME_LEN_HINT,
+                },
+                Outbound::Frame(_) => FRAME_LEN_HINT,
+            })
+            .sum()
     }
 }
 
@@ -217,5 +240,46 @@ fn describe(item: &Outbound) -> String {
     match item {
         Outbound::Frame(f) => format!("{:?} frame", f.frame_type()),
         Outbound::Message(m) => format!("message {}", m.message().id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cim_codec_binary::BinaryCodec;
+    use cim_core::{Message, ReplyBody};
+    use std::sync::Arc;
+
+    /// A write of pushed messages and replies is the items' encodings one after the other, in a
+    /// buffer sized for it at once (a message's share exactly, a reply's by the hint).
+    #[test]
+    fn a_burst_is_encoded_into_one_buffer_sized_for_it() {
+        let mut t = StreamTransport::new((), BinaryCodec::default());
+        let pushed = |content: &str| {
+            Outbound::Message(Arc::new(SharedMessage::new(Message {
+                id: 7,
+                receiver: "u1".into(),
+                content: content.into(),
+                ..Message::default()
+            })))
+        };
+        let reply = || Outbound::Frame(Box::new(Frame::Reply(ReplyBody::ok("client_message"))));
+        let items = vec![pushed("a"), reply(), pushed(&"b".repeat(300)), reply()];
+
+        let mut one_by_one = Vec::new();
+        for item in &items {
+            let mut b = BytesMut::new();
+            t.encode(item, &mut b).unwrap();
+            one_by_one.extend_from_slice(&b);
+        }
+        let messages: usize = [&items[0], &items[2]]
+            .iter()
+            .map(|i| match i {
+                Outbound::Message(m) => t.shared_encoding(m).unwrap().unwrap().len(),
+                Outbound::Frame(_) => unreachable!(),
+            })
+            .sum();
+        assert_eq!(t.write_len(&items), messages + 2 * FRAME_LEN_HINT);
+        assert_eq!(t.encoded(&items).unwrap(), one_by_one);
     }
 }
