@@ -48,6 +48,9 @@ pub(crate) struct Drained {
     pub(crate) close: Option<CloseRequest>,
     /// Whether the queue is empty now.
     pub(crate) emptied: bool,
+    /// Whether it overflowed under [`SlowConsumer::Keep`] and refuses pushes (known only once
+    /// `emptied`: `false` before).
+    pub(crate) overflowed: bool,
 }
 
 /// Why a push to a connection failed.
@@ -444,6 +447,7 @@ impl OutboundReceiver {
             return Drained {
                 close: None,
                 emptied: false,
+                overflowed: false,
             };
         }
         // Release the ring buffer of a queue that grew for a burst.
@@ -453,6 +457,7 @@ impl OutboundReceiver {
         Drained {
             close: st.close.as_deref().cloned(),
             emptied: true,
+            overflowed: st.overflowed,
         }
     }
 

@@ -258,8 +258,20 @@ fn run<T: Transport, G: Send + 'static>(
                         conn.out = Vec::new();
                     }
                 }
-                // Boxed, so that an idle connection's task does not carry the write path.
-                if let Err(end) = Box::pin(conn.flush(&rx)).await {
+                // What is queued is mostly written at once, here; else by the write path, boxed
+                // so that an idle connection's task does not carry it.
+                // (`None`: nothing left; else what the socket left of a write begun at once.)
+                #[cfg(unix)]
+                let left = match conn.write_queued_now(&rx) {
+                    AtOnce::Done => None,
+                    AtOnce::Left => Some(None),
+                    AtOnce::Rest(rest) => Some(Some(rest)),
+                };
+                #[cfg(not(unix))]
+                let left = Some(None);
+                if let Some(rest) = left
+                    && let Err(end) = Box::pin(conn.flush_after(rest, &rx)).await
+                {
                     break end;
                 }
                 #[cfg(unix)]
@@ -332,6 +344,17 @@ where
         return Poll::Ready(Woke::Queue);
     }
     Poll::Pending
+}
+
+/// What [`Conn::write_queued_now`] left for the write path.
+#[cfg(unix)]
+enum AtOnce {
+    /// Nothing: the queue is written out.
+    Done,
+    /// What is queued (and what `out` holds): for [`Conn::flush`].
+    Left,
+    /// The rest of a write the socket took part of, to be written first.
+    Rest(Box<Rest>),
 }
 
 /// Why a connection's task would park.
@@ -644,15 +667,9 @@ impl<T: Transport> Conn<T> {
         // Most writes complete at once: only one that has to wait gets a deadline.
         let stall = self.write_timeout();
         let res = within(stall, self.transport.send(&self.out)).await;
-        let mut items = std::mem::take(&mut self.out);
+        let items = std::mem::take(&mut self.out);
         let done = self.written(res, stall, &items);
-        // A small batch buffer is kept for the next write (a busy connection would allocate
-        // one per write); a larger one, left by a burst, is released, and so is any at the
-        // connection's next deadline or when it parks (`Parked::park`).
-        items.clear();
-        if items.capacity() <= KEPT_BATCH {
-            self.out = items;
-        }
+        self.keep_batch(items);
         done
     }
 
@@ -721,6 +738,79 @@ impl<T: Transport> Conn<T> {
         if let Some(session) = &self.session {
             self.hub.delivered(session, items);
         }
+    }
+
+    /// Writes what others queued without waiting, as [`flush`](Self::flush) would, when that
+    /// is all there is to do (no close request, no replay's copies to skip, nothing the
+    /// transport cannot carry, no overflow to catch up from) and the socket takes it at once:
+    /// what most wake-ups of a busy connection find. The write path's future, made and boxed
+    /// for each write, is then not needed; what this leaves is the write path's.
+    #[cfg(unix)]
+    fn write_queued_now(&mut self, rx: &OutboundReceiver) -> AtOnce {
+        if self.replayed.is_some() || !self.out.is_empty() {
+            return AtOnce::Left;
+        }
+        for _ in 0..FLUSH_BATCHES {
+            let drained = rx.drain_batch(&mut self.out, self.settings.max_batch as usize);
+            let transport = &mut self.transport;
+            let uncarried = self.out.iter().any(|o| match o {
+                Outbound::Message(m) => !transport.can_carry(m),
+                Outbound::Frame(_) => false,
+            });
+            if drained.close.is_some() || uncarried {
+                // (Still in `out`: the write path sorts them out with what it drains.)
+                return AtOnce::Left;
+            }
+            if !self.out.is_empty() {
+                match self.transport.send_now(&self.out) {
+                    ParkedSend::Written => {
+                        let items = std::mem::take(&mut self.out);
+                        self.wrote(&items);
+                        self.keep_batch(items);
+                    }
+                    ParkedSend::Rest(bytes) => {
+                        let items = std::mem::take(&mut self.out);
+                        return AtOnce::Rest(Box::new(Rest { bytes, items }));
+                    }
+                    ParkedSend::Unwritten => return AtOnce::Left,
+                }
+            }
+            if drained.emptied {
+                return if drained.overflowed {
+                    AtOnce::Left
+                } else {
+                    AtOnce::Done
+                };
+            }
+        }
+        AtOnce::Left
+    }
+
+    /// Keeps `items`' buffer, emptied, for the next write if it is small (a busy connection
+    /// would allocate one per write); a larger one, left by a burst, is released, and so is any
+    /// at the connection's next deadline or when it parks (`Parked::park`).
+    fn keep_batch(&mut self, mut items: Vec<Outbound>) {
+        items.clear();
+        if items.capacity() <= KEPT_BATCH {
+            self.out = items;
+        }
+    }
+
+    /// Writes `rest` (what the socket left of a write begun at once), then [`flush`]es.
+    ///
+    /// [`flush`]: Self::flush
+    async fn flush_after(
+        &mut self,
+        rest: Option<Box<Rest>>,
+        rx: &OutboundReceiver,
+    ) -> Result<(), End> {
+        #[cfg(unix)]
+        if let Some(rest) = rest {
+            self.write_rest(*rest).await?;
+        }
+        #[cfg(not(unix))]
+        let _ = rest;
+        self.flush(rx).await
     }
 
     /// Writes what others queued, a batch at a time and [`FLUSH_BATCHES`] batches at most

@@ -78,7 +78,19 @@ pub trait Transport: Send + 'static {
         ParkedSend::Unwritten
     }
 
-    /// Writes `rest`, the bytes [`send_parked`](Self::send_parked) left, as they are, waiting
+    /// Live, encodes `items` and writes as much of them as the socket takes at once, without
+    /// waiting: the engine tries it before [`send`](Self::send), whose future (made for each
+    /// write, and boxed) most writes of a busy connection do not need. What it leaves is as for
+    /// [`send_parked`](Self::send_parked): [`ParkedSend::Rest`] is written with
+    /// [`send_rest`](Self::send_rest), [`ParkedSend::Unwritten`] with `send`. The default
+    /// writes nothing.
+    #[cfg(unix)]
+    fn send_now(&mut self, _items: &[Outbound]) -> ParkedSend {
+        ParkedSend::Unwritten
+    }
+
+    /// Writes `rest`, the bytes [`send_parked`](Self::send_parked) or
+    /// [`send_now`](Self::send_now) left, as they are, waiting
     /// for the socket as [`send`](Self::send) does, then flushes. Called after
     /// [`unpark`](Self::unpark), before anything else is written.
     #[cfg(unix)]
@@ -92,7 +104,7 @@ pub trait Transport: Send + 'static {
     }
 }
 
-/// What [`Transport::send_parked`] wrote.
+/// What [`Transport::send_parked`] or [`Transport::send_now`] wrote.
 #[cfg(unix)]
 #[derive(Debug)]
 pub enum ParkedSend {

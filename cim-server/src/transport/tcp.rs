@@ -22,6 +22,23 @@ pub struct TcpTransport<C> {
 }
 
 impl<C: StreamCodec> TcpTransport<C> {
+    /// Encodes `items` and writes what `write` takes of them at once.
+    #[cfg(unix)]
+    fn send_at_once(
+        &mut self,
+        items: &[Outbound],
+        write: impl FnOnce(&mut Socket, &[u8]) -> usize,
+    ) -> ParkedSend {
+        let Some(bytes) = self.inner.encoded(items) else {
+            return ParkedSend::Written;
+        };
+        match write(self.inner.get_mut(), &bytes) {
+            0 => ParkedSend::Unwritten,
+            n if n >= bytes.len() => ParkedSend::Written,
+            n => ParkedSend::Rest(bytes.slice(n..)),
+        }
+    }
+
     /// Wraps `stream`, framed by `codec`.
     pub fn new(stream: TcpStream, codec: C) -> Self {
         Self {
@@ -81,16 +98,17 @@ impl Socket {
         let Io::Parked(s) = &mut self.0 else {
             return 0;
         };
-        let mut written = 0;
-        while let Some(left) = bytes.get(written..).filter(|l| !l.is_empty()) {
-            match s.write(left) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        written
+        write_at_once(bytes, |b| s.write(b))
+    }
+
+    /// Live: writes what of `bytes` the socket takes without waiting (as far as the runtime
+    /// knows it writable), and says how much; as [`write_parked`](Self::write_parked) does.
+    #[cfg(unix)]
+    fn write_live(&mut self, bytes: &[u8]) -> usize {
+        let Io::Live(s) = &mut self.0 else {
+            return 0;
+        };
+        write_at_once(bytes, |b| s.try_write(b))
     }
 
     #[cfg(unix)]
@@ -163,6 +181,22 @@ impl AsyncWrite for Socket {
     }
 }
 
+/// Writes what of `bytes` `write` takes before it would block (or fails), and says how much.
+/// An error ends the writing as a full socket does: the connection's task meets it again.
+#[cfg(unix)]
+fn write_at_once(bytes: &[u8], mut write: impl FnMut(&[u8]) -> io::Result<usize>) -> usize {
+    let mut written = 0;
+    while let Some(left) = bytes.get(written..).filter(|l| !l.is_empty()) {
+        match write(left) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    written
+}
+
 impl<C: StreamCodec> Transport for TcpTransport<C> {
     async fn recv(&mut self) -> Result<Option<Frame>> {
         self.inner.recv().await
@@ -205,14 +239,12 @@ impl<C: StreamCodec> Transport for TcpTransport<C> {
 
     #[cfg(unix)]
     fn send_parked(&mut self, items: &[Outbound]) -> ParkedSend {
-        let Some(bytes) = self.inner.encoded(items) else {
-            return ParkedSend::Written;
-        };
-        match self.inner.get_mut().write_parked(&bytes) {
-            0 => ParkedSend::Unwritten,
-            n if n >= bytes.len() => ParkedSend::Written,
-            n => ParkedSend::Rest(bytes.slice(n..)),
-        }
+        self.send_at_once(items, Socket::write_parked)
+    }
+
+    #[cfg(unix)]
+    fn send_now(&mut self, items: &[Outbound]) -> ParkedSend {
+        self.send_at_once(items, Socket::write_live)
     }
 
     #[cfg(unix)]
@@ -276,6 +308,59 @@ mod tests {
             reader.await.unwrap(),
             "the peer read what was encoded, in order"
         );
+    }
+
+    /// Live, the transport writes what its socket takes at once: a small write whole, a large
+    /// one in part (the rest handed back, then nothing more while the socket is full), and a
+    /// parked one nothing; the peer reads every byte, in order.
+    #[tokio::test]
+    async fn a_live_write_at_once_hands_back_what_the_socket_does_not_take() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let (peer, accepted) = tokio::join!(
+            socket.connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let mut peer = peer.unwrap();
+        let mut t = TcpTransport::new(accepted.unwrap().0, BinaryCodec::new());
+        let mut expected = BytesMut::new();
+        let mut batch = |n: usize, size: usize| -> Vec<Outbound> {
+            (0..n)
+                .map(|i| {
+                    let frame = Frame::Message(Message {
+                        content: format!("{i:05}{}", "y".repeat(size)),
+                        ..Message::default()
+                    });
+                    StreamCodec::encode(&mut BinaryCodec::new(), &frame, &mut expected).unwrap();
+                    Outbound::Frame(Box::new(frame))
+                })
+                .collect()
+        };
+        let small = batch(1, 10);
+        assert!(matches!(t.send_now(&small), ParkedSend::Written));
+        let large = batch(100, 60_000);
+        let rest = match t.send_now(&large) {
+            ParkedSend::Rest(rest) => rest,
+            other => panic!("6 MB taken at once, or none of it: {other:?}"),
+        };
+        assert!(!rest.is_empty());
+        assert!(
+            matches!(t.send_now(&small), ParkedSend::Unwritten),
+            "a full socket takes nothing more"
+        );
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; expected.len()];
+            peer.read_exact(&mut got).await.unwrap();
+            got == expected
+        });
+        t.send_rest(rest).await.unwrap();
+        assert!(
+            reader.await.unwrap(),
+            "the peer read what was encoded, in order"
+        );
+        assert!(t.park().unwrap().is_some());
+        assert!(matches!(t.send_now(&small), ParkedSend::Unwritten));
     }
 
     /// A transport that is not parked writes nothing from `send_parked`.
