@@ -265,12 +265,8 @@ mod tests {
 
     use super::*;
 
-    /// Parked, the transport writes what its socket takes at once and hands back the rest,
-    /// which it writes once live again: the peer, which read nothing meanwhile, then reads every
-    /// byte, in order. (6 MB in one write: more than the sockets hold, a send buffer being 4 MB
-    /// at the most by default and the peer's receive buffer a few KB.)
-    #[tokio::test]
-    async fn a_parked_write_hands_back_what_the_socket_does_not_take() {
+    /// A connected transport and its peer, whose receive buffer is small (4 KiB).
+    async fn small_reader() -> (TcpStream, TcpTransport<BinaryCodec>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
@@ -278,26 +274,31 @@ mod tests {
             socket.connect(listener.local_addr().unwrap()),
             listener.accept()
         );
-        let mut peer = peer.unwrap();
-        let mut t = TcpTransport::new(accepted.unwrap().0, BinaryCodec::new());
-        assert!(t.park().unwrap().is_some());
-        let mut expected = BytesMut::new();
-        let items: Vec<Outbound> = (0..100)
+        let t = TcpTransport::new(accepted.unwrap().0, BinaryCodec::new());
+        (peer.unwrap(), t)
+    }
+
+    /// `n` messages of some `size` bytes of content, their encoding appended to `expected`.
+    fn messages(n: usize, size: usize, expected: &mut BytesMut) -> Vec<Outbound> {
+        (0..n)
             .map(|i| {
                 let frame = Frame::Message(Message {
-                    content: format!("{i:05}{}", "y".repeat(60_000)),
+                    content: format!("{i:05}{}", "y".repeat(size)),
                     ..Message::default()
                 });
-                StreamCodec::encode(&mut BinaryCodec::new(), &frame, &mut expected).unwrap();
+                StreamCodec::encode(&mut BinaryCodec::new(), &frame, expected).unwrap();
                 Outbound::Frame(Box::new(frame))
             })
-            .collect();
-        let rest = match t.send_parked(&items) {
-            ParkedSend::Rest(rest) => rest,
-            other => panic!("6 MB taken at once, or none of it: {other:?}"),
-        };
-        assert!(!rest.is_empty() && rest.len() < expected.len());
-        t.unpark().unwrap();
+            .collect()
+    }
+
+    /// Writes `rest` with `send_rest` while `peer` reads: it reads `expected`, in order.
+    async fn rest_reaches(
+        t: &mut TcpTransport<BinaryCodec>,
+        mut peer: TcpStream,
+        rest: bytes::Bytes,
+        expected: BytesMut,
+    ) {
         let reader = tokio::spawn(async move {
             let mut got = vec![0; expected.len()];
             peer.read_exact(&mut got).await.unwrap();
@@ -310,36 +311,35 @@ mod tests {
         );
     }
 
+    /// Parked, the transport writes what its socket takes at once and hands back the rest,
+    /// which it writes once live again: the peer, which read nothing meanwhile, then reads every
+    /// byte, in order. (6 MB in one write: more than the sockets hold, a send buffer being 4 MB
+    /// at the most by default and the peer's receive buffer a few KB.)
+    #[tokio::test]
+    async fn a_parked_write_hands_back_what_the_socket_does_not_take() {
+        let (peer, mut t) = small_reader().await;
+        assert!(t.park().unwrap().is_some());
+        let mut expected = BytesMut::new();
+        let items = messages(100, 60_000, &mut expected);
+        let rest = match t.send_parked(&items) {
+            ParkedSend::Rest(rest) => rest,
+            other => panic!("6 MB taken at once, or none of it: {other:?}"),
+        };
+        assert!(!rest.is_empty() && rest.len() < expected.len());
+        t.unpark().unwrap();
+        rest_reaches(&mut t, peer, rest, expected).await;
+    }
+
     /// Live, the transport writes what its socket takes at once: a small write whole, a large
     /// one in part (the rest handed back, then nothing more while the socket is full), and a
     /// parked one nothing; the peer reads every byte, in order.
     #[tokio::test]
     async fn a_live_write_at_once_hands_back_what_the_socket_does_not_take() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let (peer, accepted) = tokio::join!(
-            socket.connect(listener.local_addr().unwrap()),
-            listener.accept()
-        );
-        let mut peer = peer.unwrap();
-        let mut t = TcpTransport::new(accepted.unwrap().0, BinaryCodec::new());
+        let (peer, mut t) = small_reader().await;
         let mut expected = BytesMut::new();
-        let mut batch = |n: usize, size: usize| -> Vec<Outbound> {
-            (0..n)
-                .map(|i| {
-                    let frame = Frame::Message(Message {
-                        content: format!("{i:05}{}", "y".repeat(size)),
-                        ..Message::default()
-                    });
-                    StreamCodec::encode(&mut BinaryCodec::new(), &frame, &mut expected).unwrap();
-                    Outbound::Frame(Box::new(frame))
-                })
-                .collect()
-        };
-        let small = batch(1, 10);
+        let small = messages(1, 10, &mut expected);
         assert!(matches!(t.send_now(&small), ParkedSend::Written));
-        let large = batch(100, 60_000);
+        let large = messages(100, 60_000, &mut expected);
         let rest = match t.send_now(&large) {
             ParkedSend::Rest(rest) => rest,
             other => panic!("6 MB taken at once, or none of it: {other:?}"),
@@ -349,16 +349,7 @@ mod tests {
             matches!(t.send_now(&small), ParkedSend::Unwritten),
             "a full socket takes nothing more"
         );
-        let reader = tokio::spawn(async move {
-            let mut got = vec![0; expected.len()];
-            peer.read_exact(&mut got).await.unwrap();
-            got == expected
-        });
-        t.send_rest(rest).await.unwrap();
-        assert!(
-            reader.await.unwrap(),
-            "the peer read what was encoded, in order"
-        );
+        rest_reaches(&mut t, peer, rest, expected).await;
         assert!(t.park().unwrap().is_some());
         assert!(matches!(t.send_now(&small), ParkedSend::Unwritten));
     }
