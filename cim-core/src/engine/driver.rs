@@ -264,13 +264,13 @@ fn run<T: Transport, G: Send + 'static>(
                 #[cfg(unix)]
                 let left = match conn.write_queued_now(&rx) {
                     AtOnce::Done => None,
-                    AtOnce::Left => Some(None),
-                    AtOnce::Rest(rest) => Some(Some(rest)),
+                    AtOnce::Left { batches } => Some((None, batches)),
+                    AtOnce::Rest { rest, batches } => Some((Some(rest), batches)),
                 };
                 #[cfg(not(unix))]
-                let left = Some(None);
-                if let Some(rest) = left
-                    && let Err(end) = Box::pin(conn.flush_after(rest, &rx)).await
+                let left = Some((None, FLUSH_BATCHES));
+                if let Some((rest, batches)) = left
+                    && let Err(end) = Box::pin(conn.flush_after(rest, &rx, batches)).await
                 {
                     break end;
                 }
@@ -349,12 +349,13 @@ where
 /// What [`Conn::write_queued_now`] left for the write path.
 #[cfg(unix)]
 enum AtOnce {
-    /// Nothing: the queue is written out.
+    /// Nothing for now: the queue is written out, or [`FLUSH_BATCHES`] batches were (what is
+    /// left wakes the task again, as after a turn of [`Conn::flush`]).
     Done,
-    /// What is queued (and what `out` holds): for [`Conn::flush`].
-    Left,
-    /// The rest of a write the socket took part of, to be written first.
-    Rest(Box<Rest>),
+    /// What is queued (and what `out` holds): for [`Conn::flush`], `batches` at most.
+    Left { batches: usize },
+    /// The rest of a write the socket took part of, to be written first; then as `Left`.
+    Rest { rest: Box<Rest>, batches: usize },
 }
 
 /// Why a connection's task would park.
@@ -688,7 +689,7 @@ impl<T: Transport> Conn<T> {
         // (A parked write may have emptied a queue that had overflowed: its catching up is
         // the task's to see.)
         if !self.out.is_empty() || rx.overflowed() {
-            self.flush(rx).await?;
+            self.flush(rx, FLUSH_BATCHES).await?;
         }
         Ok(())
     }
@@ -748,9 +749,13 @@ impl<T: Transport> Conn<T> {
     #[cfg(unix)]
     fn write_queued_now(&mut self, rx: &OutboundReceiver) -> AtOnce {
         if self.replayed.is_some() || !self.out.is_empty() {
-            return AtOnce::Left;
+            return AtOnce::Left {
+                batches: FLUSH_BATCHES,
+            };
         }
-        for _ in 0..FLUSH_BATCHES {
+        for done in 0..FLUSH_BATCHES {
+            // Batches the write path may still write this turn, this one included.
+            let batches = FLUSH_BATCHES - done;
             let drained = rx.drain_batch(&mut self.out, self.settings.max_batch as usize);
             let transport = &mut self.transport;
             let uncarried = self.out.iter().any(|o| match o {
@@ -758,8 +763,8 @@ impl<T: Transport> Conn<T> {
                 Outbound::Frame(_) => false,
             });
             if drained.close.is_some() || uncarried {
-                // (Still in `out`: the write path sorts them out with what it drains.)
-                return AtOnce::Left;
+                // (Still in `out`, the write path's first batch.)
+                return AtOnce::Left { batches };
             }
             if !self.out.is_empty() {
                 match self.transport.send_now(&self.out) {
@@ -770,20 +775,26 @@ impl<T: Transport> Conn<T> {
                     }
                     ParkedSend::Rest(bytes) => {
                         let items = std::mem::take(&mut self.out);
-                        return AtOnce::Rest(Box::new(Rest { bytes, items }));
+                        return AtOnce::Rest {
+                            rest: Box::new(Rest { bytes, items }),
+                            // (At least one: a queue this emptied after an overflow is
+                            // caught up from there.)
+                            batches: (batches - 1).max(1),
+                        };
                     }
-                    ParkedSend::Unwritten => return AtOnce::Left,
+                    ParkedSend::Unwritten => return AtOnce::Left { batches },
                 }
             }
             if drained.emptied {
                 return if drained.overflowed {
-                    AtOnce::Left
+                    // Caught up after an overflow: the write path's to see.
+                    AtOnce::Left { batches: 1 }
                 } else {
                     AtOnce::Done
                 };
             }
         }
-        AtOnce::Left
+        AtOnce::Done
     }
 
     /// Keeps `items`' buffer, emptied, for the next write if it is small (a busy connection
@@ -796,13 +807,15 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    /// Writes `rest` (what the socket left of a write begun at once), then [`flush`]es.
+    /// Writes `rest` (what the socket left of a write begun at once), then [`flush`]es
+    /// `batches` at most.
     ///
     /// [`flush`]: Self::flush
     async fn flush_after(
         &mut self,
         rest: Option<Box<Rest>>,
         rx: &OutboundReceiver,
+        batches: usize,
     ) -> Result<(), End> {
         #[cfg(unix)]
         if let Some(rest) = rest {
@@ -810,17 +823,19 @@ impl<T: Transport> Conn<T> {
         }
         #[cfg(not(unix))]
         let _ = rest;
-        self.flush(rx).await
+        self.flush(rx, batches).await
     }
 
-    /// Writes what others queued, a batch at a time and [`FLUSH_BATCHES`] batches at most
-    /// (what is left wakes the task again at once, and its loop looks at the socket in between:
-    /// a queue that never empties does not keep the connection from reading its peer); ends
-    /// the connection on a close request.
-    async fn flush(&mut self, rx: &OutboundReceiver) -> Result<(), End> {
-        for _ in 0..FLUSH_BATCHES {
+    /// Writes what others queued, a batch at a time (`max_batch` items, with what `out`
+    /// already holds) and `batches` batches at most ([`FLUSH_BATCHES`] a turn of the task's
+    /// loop: what is left wakes the task again at once, and its loop looks at the socket in
+    /// between, so a queue that never empties does not keep the connection from reading its
+    /// peer); ends the connection on a close request.
+    async fn flush(&mut self, rx: &OutboundReceiver, batches: usize) -> Result<(), End> {
+        for _ in 0..batches {
             let before = self.out.len();
-            let drained = rx.drain_batch(&mut self.out, self.settings.max_batch as usize);
+            let room = (self.settings.max_batch as usize).saturating_sub(before);
+            let drained = rx.drain_batch(&mut self.out, room);
             let taken = self.out.len() - before;
             let uncarried = handover::sort_out(
                 &mut self.out,
@@ -975,6 +990,79 @@ mod tests {
             woken(&rx, &mut transport, false).await,
             Woke::Queue
         ));
+    }
+
+    /// A transport that records how many items each write carried, written at once
+    /// (`send_now`) or by the write path (`send`); `at_once` says whether it writes at once.
+    struct Recording {
+        at_once: bool,
+        now: Vec<usize>,
+        sent: Vec<usize>,
+    }
+
+    impl Transport for Recording {
+        async fn recv(&mut self) -> crate::error::Result<Option<Frame>> {
+            std::future::pending().await
+        }
+
+        async fn send(&mut self, items: &[Outbound]) -> crate::error::Result<()> {
+            self.sent.push(items.len());
+            Ok(())
+        }
+
+        async fn close(&mut self, _why: Closing) {}
+
+        #[cfg(unix)]
+        fn send_now(&mut self, items: &[Outbound]) -> ParkedSend {
+            if !self.at_once {
+                return ParkedSend::Unwritten;
+            }
+            self.now.push(items.len());
+            ParkedSend::Written
+        }
+    }
+
+    /// One turn of the task's loop writes at most [`FLUSH_BATCHES`] batches of `max_batch`
+    /// items, whether the transport writes at once or only by the write path (which then
+    /// finds the first batch drained already and adds nothing to it).
+    #[tokio::test]
+    async fn a_turn_writes_at_most_its_batches_at_once_or_not() {
+        for at_once in [true, false] {
+            let hub = Arc::new(Hub::builder().build());
+            let config = ConnectionConfig {
+                max_batch: 2,
+                ..ConnectionConfig::default()
+            };
+            let transport = Recording {
+                at_once,
+                now: Vec::new(),
+                sent: Vec::new(),
+            };
+            let remote: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            let (mut conn, rx) = Conn::open(hub, transport, &config, remote, false);
+            for _ in 0..20 {
+                conn.handle.push_frame(Frame::Ping).unwrap();
+            }
+            #[cfg(unix)]
+            let left = match conn.write_queued_now(&rx) {
+                AtOnce::Done => None,
+                AtOnce::Left { batches } => Some(batches),
+                AtOnce::Rest { .. } => panic!("nothing is written in part here"),
+            };
+            #[cfg(not(unix))]
+            let left = Some(FLUSH_BATCHES);
+            if let Some(batches) = left {
+                assert!(conn.flush_after(None, &rx, batches).await.is_ok());
+            }
+            let t = &conn.transport;
+            let writes: Vec<usize> = t.now.iter().chain(&t.sent).copied().collect();
+            assert_eq!(writes, vec![2; FLUSH_BATCHES], "at once: {at_once}");
+            assert_eq!(
+                conn.handle.queued(),
+                20 - 2 * FLUSH_BATCHES,
+                "the rest waits"
+            );
+        }
     }
 
     #[test]
