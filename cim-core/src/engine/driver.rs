@@ -510,11 +510,7 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
             if conn.out.is_empty() {
                 break;
             }
-            let uncarried = conn.out.iter().any(|o| match o {
-                Outbound::Message(m) => !conn.transport.can_carry(m),
-                Outbound::Frame(_) => false,
-            });
-            if uncarried {
+            if conn.holds_uncarried() {
                 // Kept for the account by the task's write path.
                 return Written::Resume(self, None);
             }
@@ -757,12 +753,7 @@ impl<T: Transport> Conn<T> {
             // Batches the write path may still write this turn, this one included.
             let batches = FLUSH_BATCHES - done;
             let drained = rx.drain_batch(&mut self.out, self.settings.max_batch as usize);
-            let transport = &mut self.transport;
-            let uncarried = self.out.iter().any(|o| match o {
-                Outbound::Message(m) => !transport.can_carry(m),
-                Outbound::Frame(_) => false,
-            });
-            if drained.close.is_some() || uncarried {
+            if drained.close.is_some() || self.holds_uncarried() {
                 // (Still in `out`, the write path's first batch.)
                 return AtOnce::Left { batches };
             }
@@ -795,6 +786,17 @@ impl<T: Transport> Conn<T> {
             }
         }
         AtOnce::Done
+    }
+
+    /// Whether `out` holds a message the transport cannot carry (left for the write path,
+    /// which keeps it for the account).
+    #[cfg(unix)]
+    fn holds_uncarried(&mut self) -> bool {
+        let transport = &mut self.transport;
+        self.out.iter().any(|o| match o {
+            Outbound::Message(m) => !transport.can_carry(m),
+            Outbound::Frame(_) => false,
+        })
     }
 
     /// Keeps `items`' buffer, emptied, for the next write if it is small (a busy connection
