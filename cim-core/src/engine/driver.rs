@@ -514,16 +514,10 @@ impl<T: Transport, G: Send + 'static> super::park::Resume for Parked<T, G> {
                 // Kept for the account by the task's write path.
                 return Written::Resume(self, None);
             }
-            match conn.transport.send_parked(&conn.out) {
-                ParkedSend::Written => {
-                    let items = std::mem::take(&mut conn.out);
-                    conn.wrote(&items);
-                }
-                ParkedSend::Rest(bytes) => {
-                    let items = std::mem::take(&mut conn.out);
-                    return Written::Resume(self, Some(Box::new(Rest { bytes, items })));
-                }
-                ParkedSend::Unwritten => return Written::Resume(self, None),
+            let sent = conn.transport.send_parked(&conn.out);
+            // (Parked, it keeps no batch buffer: the written one is dropped.)
+            if let Err(rest) = conn.sent_at_once(sent) {
+                return Written::Resume(self, rest);
             }
         }
         let handle = self.conn.handle.clone();
@@ -758,22 +752,18 @@ impl<T: Transport> Conn<T> {
                 return AtOnce::Left { batches };
             }
             if !self.out.is_empty() {
-                match self.transport.send_now(&self.out) {
-                    ParkedSend::Written => {
-                        let items = std::mem::take(&mut self.out);
-                        self.wrote(&items);
-                        self.keep_batch(items);
-                    }
-                    ParkedSend::Rest(bytes) => {
-                        let items = std::mem::take(&mut self.out);
+                let sent = self.transport.send_now(&self.out);
+                match self.sent_at_once(sent) {
+                    Ok(items) => self.keep_batch(items),
+                    Err(Some(rest)) => {
                         return AtOnce::Rest {
-                            rest: Box::new(Rest { bytes, items }),
+                            rest,
                             // (At least one: a queue this emptied after an overflow is
                             // caught up from there.)
                             batches: (batches - 1).max(1),
                         };
                     }
-                    ParkedSend::Unwritten => return AtOnce::Left { batches },
+                    Err(None) => return AtOnce::Left { batches },
                 }
             }
             if drained.emptied {
@@ -786,6 +776,26 @@ impl<T: Transport> Conn<T> {
             }
         }
         AtOnce::Done
+    }
+
+    /// What a write of `out` at once (`sent`: the transport's `send_now` or `send_parked`)
+    /// leaves: all of it written, `out`'s items (accounted for, `out` emptied); else the rest
+    /// of a write the socket took part of (the items with it), or `None` when nothing was
+    /// written (the items still in `out`).
+    #[cfg(unix)]
+    fn sent_at_once(&mut self, sent: ParkedSend) -> Result<Vec<Outbound>, Option<Box<Rest>>> {
+        match sent {
+            ParkedSend::Written => {
+                let items = std::mem::take(&mut self.out);
+                self.wrote(&items);
+                Ok(items)
+            }
+            ParkedSend::Rest(bytes) => {
+                let items = std::mem::take(&mut self.out);
+                Err(Some(Box::new(Rest { bytes, items })))
+            }
+            ParkedSend::Unwritten => Err(None),
+        }
     }
 
     /// Whether `out` holds a message the transport cannot carry (left for the write path,
@@ -866,7 +876,7 @@ impl<T: Transport> Conn<T> {
             }
             if drained.emptied {
                 // Caught up after an overflow: what was refused meanwhile is in the store.
-                if rx.overflowed() && rx.recover_overflow() {
+                if drained.overflowed && rx.recover_overflow() {
                     Box::pin(self.replay_stored()).await?;
                 }
                 return Ok(());
