@@ -30,6 +30,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field's number and value; `None` at the end.
+    #[inline]
     fn next(&mut self) -> Option<Result<(u32, Value<'a>), Reason>> {
         if self.rest.is_empty() {
             return None;
@@ -38,26 +39,31 @@ impl<'a> Fields<'a> {
     }
 
     /// A varint; one byte (every tag and short length here) without a loop.
+    #[inline]
     fn varint(&mut self) -> Result<u64, Reason> {
         match self.rest.split_first() {
             Some((&b, rest)) if b < 0x80 => {
                 self.rest = rest;
                 Ok(u64::from(b))
             }
-            _ => decode_varint(&mut self.rest).map_err(|e| e.to_string()),
+            _ => self.long_varint(),
         }
     }
 
+    /// A varint of more than one byte, or a missing one (kept out of line: the reader's loop
+    /// stays small where every field pays for it).
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u64, Reason> {
+        decode_varint(&mut self.rest).map_err(|e| e.to_string())
+    }
+
+    #[inline]
     fn read(&mut self) -> Result<(u32, Value<'a>), Reason> {
         let key = self.varint()?;
         let (tag, wire_type) = match (u32::try_from(key), WireType::try_from(key & 7)) {
             (Ok(k), Ok(wire_type)) if k >> 3 > 0 => (k >> 3, wire_type),
             // prost's reasons for what it refuses here.
-            _ => {
-                return Err(decode_key(&mut key_bytes(key).as_slice())
-                    .err()
-                    .map_or_else(|| format!("invalid key value: {key}"), |e| e.to_string()));
-            }
+            _ => return Err(key_error(key)),
         };
         let value = match wire_type {
             WireType::Varint => Value::Varint(self.varint()?),
@@ -81,6 +87,14 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// prost's reason for refusing `key`.
+#[cold]
+fn key_error(key: u64) -> Reason {
+    decode_key(&mut key_bytes(key).as_slice())
+        .err()
+        .map_or_else(|| format!("invalid key value: {key}"), |e| e.to_string())
+}
+
 /// `key` as a varint again, for prost to say what is wrong with it.
 fn key_bytes(key: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(10);
@@ -89,6 +103,7 @@ fn key_bytes(key: u64) -> Vec<u8> {
 }
 
 /// The error prost gives for a field of the wrong wire type.
+#[cold]
 fn wrong_type(field: &str, got: &Value<'_>, expected: WireType) -> Reason {
     let got = match got {
         Value::Varint(_) => WireType::Varint,
@@ -99,16 +114,24 @@ fn wrong_type(field: &str, got: &Value<'_>, expected: WireType) -> Reason {
 }
 
 /// A string field's value.
+#[inline]
 fn string(field: &str, value: &Value<'_>) -> Result<String, Reason> {
     match value {
         Value::Bytes(b) => std::str::from_utf8(b)
             .map(str::to_owned)
-            .map_err(|_| format!("invalid string value for {field}: data is not UTF-8 encoded")),
+            .map_err(|_| not_utf8(field)),
         other => Err(wrong_type(field, other, WireType::LengthDelimited)),
     }
 }
 
+/// The error prost gives for a string that is not UTF-8.
+#[cold]
+fn not_utf8(field: &str) -> Reason {
+    format!("invalid string value for {field}: data is not UTF-8 encoded")
+}
+
 /// A map entry: `key` (1) and `value` (2), both strings, either may be missing.
+#[inline]
 fn entry(body: &[u8]) -> Result<(String, String), Reason> {
     let (mut key, mut value) = (String::new(), String::new());
     let mut fields = Fields::new(body);
